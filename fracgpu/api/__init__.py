@@ -1,0 +1,1 @@
+"""Contracts shared by every fracgpu program and its users. Leaf: imports nothing of ours."""

@@ -1,0 +1,48 @@
+"""Strict readers for JSON documents: every bad field names itself in the error."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from fracgpu.api.v1beta1.errors import InvalidDocument
+
+
+def obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidDocument(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def lst(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidDocument(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidDocument(f"{where}.{key}: expected a string, got {_kind(value)}")
+    return value
+
+
+def integer(
+    d: Mapping[str, Any], key: str, where: str, *, minimum: int = 0, default: int | None = None
+) -> int:
+    value = d.get(key, default)
+    # bool is an int in Python but never a valid count here
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidDocument(f"{where}.{key}: expected an integer, got {_kind(value)}")
+    if value < minimum:
+        raise InvalidDocument(f"{where}.{key}: must be >= {minimum}, got {value}")
+    return value
+
+
+def boolean(d: Mapping[str, Any], key: str, where: str, *, default: bool | None = None) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidDocument(f"{where}.{key}: expected true or false, got {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]

@@ -1,0 +1,143 @@
+"""The `fracgpu.io/gpu-inventory` Node annotation: what the plugin saw on its node.
+
+Written by the device plugin (only when it changes), read by the extender, the controller and
+`fracgpu inspect`. JSON, versioned by ``version`` so that a later format can be told apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from fracgpu.api.v1beta1 import _decode as d
+from fracgpu.api.v1beta1.errors import InvalidDocument
+
+FORMAT_VERSION = 1
+
+
+class LinkClass(IntEnum):
+    """How two GPUs talk, best first by value (higher is better)."""
+
+    SYSTEM = 0  # across CPU sockets (SMP interconnect)
+    NUMA = 1  # same NUMA node, through the host bridge
+    PCIE_SWITCH = 2  # behind one PCIe switch
+    NVLINK = 3
+
+
+LINK_NAMES = {
+    LinkClass.SYSTEM: "system",
+    LinkClass.NUMA: "numa",
+    LinkClass.PCIE_SWITCH: "pcie-switch",
+    LinkClass.NVLINK: "nvlink",
+}
+_LINK_BY_NAME = {v: k for k, v in LINK_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class GpuLink:
+    peer: str  # the other GPU's uuid
+    link: LinkClass
+    nvlinks: int = 0  # number of NVLink lanes between them (0 when link is not NVLINK)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInfo:
+    uuid: str
+    index: int
+    model: str  # normalised, a valid label value (see core.inventory.normalise_model)
+    memory: int  # bytes
+    numa: int  # -1 when unknown
+    pci_bus_id: str = ""
+    healthy: bool = True
+    reason: str = ""  # why unhealthy, empty when healthy
+    links: tuple[GpuLink, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInventoryDoc:
+    gpus: tuple[GpuInfo, ...]
+    node_healthy: bool = True  # False when NVML is unreachable / driver gone
+    node_reason: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "nodeHealthy": self.node_healthy,
+                "nodeReason": self.node_reason,
+                "gpus": [
+                    {
+                        "uuid": g.uuid,
+                        "index": g.index,
+                        "model": g.model,
+                        "memory": g.memory,
+                        "numa": g.numa,
+                        "pciBusId": g.pci_bus_id,
+                        "healthy": g.healthy,
+                        "reason": g.reason,
+                        "links": [
+                            {"peer": lk.peer, "link": LINK_NAMES[lk.link], "nvlinks": lk.nvlinks}
+                            for lk in g.links
+                        ],
+                    }
+                    for g in self.gpus
+                ],
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    @staticmethod
+    def from_json(text: str) -> NodeInventoryDoc:
+        try:
+            raw: Any = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise InvalidDocument(f"inventory: not JSON: {e}") from None
+        top = d.obj(raw, "inventory")
+        version = d.integer(top, "version", "inventory", minimum=1)
+        if version != FORMAT_VERSION:
+            raise InvalidDocument(f"inventory.version: unsupported {version}, this build reads {FORMAT_VERSION}")
+        gpus: list[GpuInfo] = []
+        for i, item in enumerate(d.lst(top.get("gpus"), "inventory.gpus")):
+            where = f"inventory.gpus[{i}]"
+            g = d.obj(item, where)
+            links: list[GpuLink] = []
+            for j, litem in enumerate(d.lst(g.get("links", []), f"{where}.links")):
+                lw = f"{where}.links[{j}]"
+                lo = d.obj(litem, lw)
+                name = d.string(lo, "link", lw)
+                if name not in _LINK_BY_NAME:
+                    raise InvalidDocument(f"{lw}.link: unknown link class {name!r}")
+                links.append(
+                    GpuLink(
+                        peer=d.string(lo, "peer", lw),
+                        link=_LINK_BY_NAME[name],
+                        nvlinks=d.integer(lo, "nvlinks", lw, default=0),
+                    )
+                )
+            uuid = d.string(g, "uuid", where)
+            if not uuid or "::" in uuid:
+                raise InvalidDocument(f"{where}.uuid: must be non-empty and contain no '::'")
+            gpus.append(
+                GpuInfo(
+                    uuid=uuid,
+                    index=d.integer(g, "index", where),
+                    model=d.string(g, "model", where),
+                    memory=d.integer(g, "memory", where, minimum=1),
+                    numa=d.integer(g, "numa", where, minimum=-1, default=-1),
+                    pci_bus_id=d.string(g, "pciBusId", where, default=""),
+                    healthy=d.boolean(g, "healthy", where, default=True),
+                    reason=d.string(g, "reason", where, default=""),
+                    links=tuple(links),
+                )
+            )
+        uuids = [g.uuid for g in gpus]
+        if len(set(uuids)) != len(uuids):
+            raise InvalidDocument("inventory.gpus: duplicate uuid")
+        return NodeInventoryDoc(
+            gpus=tuple(gpus),
+            node_healthy=d.boolean(top, "nodeHealthy", "inventory", default=True),
+            node_reason=d.string(top, "nodeReason", "inventory", default=""),
+        )

@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Fixtures that build worlds live next to the tests that use them."""
