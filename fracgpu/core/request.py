@@ -108,10 +108,7 @@ class GpuRequest:
 
     def describe(self) -> str:
         """The pod's numbers as they appear in every refusal, e.g. '50 vgpu-core, 8Gi vgpu-memory'."""
-        if self.cores <= CORES_PER_GPU:
-            text = f"{self.cores} vgpu-core"
-        else:
-            text = f"{self.gpu_count} whole GPUs"
+        text = f"{self.cores} vgpu-core" if self.cores <= CORES_PER_GPU else f"{self.gpu_count} whole GPUs"
         if self.memory is not None:
             text += f", {format_bytes_human(self.memory)} vgpu-memory"
         return text

@@ -1,0 +1,46 @@
+"""`fracgpu <command>`: one CLI for every program. Each command lives in its own package's main module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module with main(argv) -> int, one-line help)
+    "device-plugin": ("fracgpu.deviceplugin.main", "serve fracgpu.io/vgpu-core to the kubelet (DaemonSet)"),
+    "extender": ("fracgpu.extender.main", "kube-scheduler extender: filter, prioritize, bind"),
+    "controller": ("fracgpu.controller.main", "GPU health self-heal: evict, taint, recover"),
+    "webhook": ("fracgpu.webhook.main", "mutating admission webhook for GPU pods"),
+    "simulate": ("fracgpu.sim.main", "replay a workload through the placement core, no cluster needed"),
+    "inspect": ("fracgpu.sim.inspect", "GPUs, shares and tenants of a cluster or snapshot"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: fracgpu <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'fracgpu <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    if args[0] in ("--version", "version"):
+        from fracgpu import __version__
+
+        print(__version__)
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"fracgpu: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(entry[0])
+    result: int = module.main(args[1:])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""GPU health: pure transitions from samples to a per-GPU verdict, and a node-level verdict.
+
+No I/O and no clock reads here: every function takes ``now`` (seconds, any monotonic origin).
+
+How the device plugin wires it (one ``HealthTracker`` per node, fed by the poll loop)::
+
+    cfg = HealthConfig.from_env(os.environ)        # or HealthConfig(...) built from flags
+    tracker = HealthTracker(cfg)
+    # every cfg.poll_interval seconds (and at once when an XID event arrives):
+    for uuid, sample in backend_samples():         # GpuSample per GPU; xids = XIDs since last sample
+        change = tracker.observe(uuid, sample, now=time.monotonic())
+        if change is not None:                     # the GPU went unhealthy or recovered
+            push ListAndWatch update; write inventory (healthy=change.state.healthy, reason=change.state.reason)
+    tracker.forget(uuid)                           # a GPU that left the node
+    verdict = node_verdict(nvml_ok, node_reason, tracker.states().values(), cfg.node_policy)
+    # -> inventory's nodeHealthy / nodeReason
+
+Or, without the tracker, the pure step: ``state = step(state, sample, cfg, now)``.
+
+Rules (defaults in ``HealthConfig``):
+
+- A fatal XID (``fatal_xids``) or a lost GPU (``GpuSample.lost``) makes the GPU unhealthy at once.
+- Application XIDs (``ignored_xids``: the app's fault, not the GPU's) are ignored. An XID in neither
+  list counts as one bad check (``unknown_xids="bad-check"``), or is fatal / ignored by configuration.
+- A threshold breach (temperature, power over the enforced limit, uncorrectable ECC, retired or
+  pending-retirement pages, row remapping pending/failed, memory use, an NVML read error) counts as a
+  bad check; ``bad_checks`` bad checks in a row make the GPU unhealthy.
+- An unhealthy GPU recovers after ``recovery_checks`` good checks in a row. A GPU that failed more
+  than once within ``flap_window`` seconds needs twice as many good checks per repeated failure
+  (capped at ``max_recovery_checks``): a flapping GPU stays out instead of flapping.
+- The node as a whole is broken when NVML is unreachable / the driver is gone, or by ``node_policy``:
+  ``all-gpus`` (every GPU unhealthy, or no GPU at all), ``any-gpu``, ``never``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final, Protocol
+
+
+class HealthConfigError(ValueError):
+    """A health setting is not valid; the message names it and the value."""
+
+
+class NodePolicy(StrEnum):
+    """When the node as a whole is broken (and so tainted), beyond NVML/driver failure."""
+
+    ALL_GPUS = "all-gpus"  # every GPU unhealthy (or none left)
+    ANY_GPU = "any-gpu"  # at least one GPU unhealthy
+    NEVER = "never"  # GPU state never breaks the node; NVML/driver failure still does
+
+
+class UnknownXids(StrEnum):
+    """What an XID in neither list does."""
+
+    BAD_CHECK = "bad-check"  # counts as a threshold breach for that check
+    FATAL = "fatal"  # as NVIDIA's device plugin does: every non-application XID is fatal
+    IGNORE = "ignore"
+
+
+# Fatal by default: the GPU (or its memory, or its links) is broken until reset or replaced.
+XID_DESCRIPTIONS: Final[Mapping[int, str]] = {
+    13: "graphics engine exception",
+    31: "GPU memory page fault",
+    43: "GPU stopped processing",
+    45: "preemptive cleanup",
+    48: "double-bit ECC error",
+    62: "internal micro-controller halt",
+    63: "ECC page retirement or row remapping event",
+    64: "ECC page retirement or row remapping failure",
+    68: "video processor exception",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+    109: "context switch timeout",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+    140: "unrecovered ECC error",
+}
+DEFAULT_FATAL_XIDS: Final = frozenset({48, 62, 64, 74, 79, 94, 95, 119, 120, 140})
+# Caused by the application, not the GPU: NVIDIA's device plugin skips the same list.
+DEFAULT_IGNORED_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
+
+# Reasons: the start of each reason string, so that callers and tests can tell causes apart.
+REASON_XID: Final = "xid"
+REASON_LOST: Final = "GPU lost"
+REASON_NVML: Final = "nvml error"
+REASON_TEMPERATURE: Final = "temperature"
+REASON_POWER: Final = "power"
+REASON_ECC: Final = "uncorrectable ECC errors"
+REASON_RETIRED: Final = "retired pages"
+REASON_RETIRED_PENDING: Final = "page retirement pending"
+REASON_REMAP_PENDING: Final = "row remapping pending"
+REASON_REMAP_FAILED: Final = "row remapping failed"
+REASON_MEMORY: Final = "memory used"
+NODE_REASON_NO_GPUS: Final = "no GPUs visible"
+NODE_REASON_ALL: Final = "every GPU unhealthy"
+NODE_REASON_ANY: Final = "GPU unhealthy"
+
+
+def describe_xid(xid: int) -> str:
+    text = XID_DESCRIPTIONS.get(xid)
+    return f"{REASON_XID} {xid}" + (f" ({text})" if text else "")
+
+
+def parse_xid_list(spec: str, *, where: str = "xids") -> frozenset[int]:
+    """'48, 79,94' -> {48, 79, 94}; '' or 'none' -> {}. Bad items raise HealthConfigError naming them."""
+    text = spec.strip().lower()
+    if text in ("", "none"):
+        return frozenset()
+    out: set[int] = set()
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if not item.isdigit():
+            raise HealthConfigError(f"{where}: {item!r} is not an XID number (comma list of integers)")
+        out.add(int(item))
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class XidPolicy:
+    """Which XIDs act, parsed like NVIDIA's ``DP_DISABLE_HEALTHCHECKS``."""
+
+    fatal: frozenset[int] = DEFAULT_FATAL_XIDS
+    ignored: frozenset[int] = DEFAULT_IGNORED_XIDS
+    unknown: UnknownXids = UnknownXids.BAD_CHECK
+    enabled: bool = True  # False: XIDs are ignored altogether
+
+    def classify(self, xid: int) -> str:
+        """'fatal' | 'bad-check' | 'ignore' for one XID."""
+        if not self.enabled or xid in self.ignored:
+            return "ignore"
+        if xid in self.fatal:
+            return "fatal"
+        return self.unknown.value if self.unknown is not UnknownXids.BAD_CHECK else "bad-check"
+
+    @staticmethod
+    def parse(disable: str = "", fatal: str | None = None, ignored: str | None = None) -> XidPolicy:
+        """Build from NVIDIA-style strings.
+
+        ``disable`` follows ``DP_DISABLE_HEALTHCHECKS``: ``all`` or ``xids`` turns XID checks off; a
+        comma list of XIDs adds them to the ignored ones (``"109,45"``); ``""`` changes nothing.
+        ``fatal`` / ``ignored`` replace the default lists when given (``""`` or ``"none"`` = empty).
+        An XID in both lists is ignored: disabling wins, as in NVIDIA's plugin.
+        """
+        fatal_set = DEFAULT_FATAL_XIDS if fatal is None else parse_xid_list(fatal, where="fatal xids")
+        ignored_set = DEFAULT_IGNORED_XIDS if ignored is None else parse_xid_list(ignored, where="ignored xids")
+        text = disable.strip().lower()
+        if text in ("all", "xids"):
+            return XidPolicy(fatal=fatal_set, ignored=ignored_set, enabled=False)
+        extra = parse_xid_list(text, where="disabled health checks")
+        return XidPolicy(fatal=fatal_set, ignored=ignored_set | extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """A check is bad when any set limit is crossed; None turns that check off."""
+
+    max_temperature_c: float | None = 90.0  # datacenter GPUs throttle (slowdown) around 85-92 C
+    max_power_ratio: float | None = 1.10  # power draw / enforced power limit
+    max_ecc_uncorrectable: int | None = 0  # volatile uncorrectable (DBE) count: any one is bad
+    max_retired_pages: int | None = 60  # total retired pages (SBE + DBE); DCGM's limit is 60
+    retired_pages_pending: bool = True  # a page waits for retirement (needs a GPU reset)
+    remapped_rows_pending: bool = True  # a row remap waits (needs a GPU reset), A100 and later
+    remapped_rows_failed: bool = True  # the GPU ran out of spare rows
+    max_memory_used_ratio: float | None = None  # memory used / total; off: a full GPU is not a sick GPU
+    nvml_errors: bool = True  # a sample that NVML could not read counts as bad
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    xids: XidPolicy = field(default_factory=XidPolicy)
+    poll_interval: float = 2.0  # seconds between samples (the plugin's loop reads it)
+    bad_checks: int = 3  # bad checks in a row before a threshold breach makes the GPU unhealthy
+    recovery_checks: int = 30  # good checks in a row before an unhealthy GPU is healthy again (60 s)
+    max_recovery_checks: int = 960  # cap of the flap backoff (32 min at 2 s)
+    flap_window: float = 3600.0  # failures within this many seconds count as flapping
+    node_policy: NodePolicy = NodePolicy.ALL_GPUS
+
+    def __post_init__(self) -> None:
+        if self.poll_interval <= 0 or not math.isfinite(self.poll_interval):
+            raise HealthConfigError(f"poll interval: must be > 0 seconds, got {self.poll_interval}")
+        if self.bad_checks < 1:
+            raise HealthConfigError(f"bad checks: must be >= 1, got {self.bad_checks}")
+        if self.recovery_checks < 1:
+            raise HealthConfigError(f"recovery checks: must be >= 1, got {self.recovery_checks}")
+        if self.max_recovery_checks < self.recovery_checks:
+            raise HealthConfigError(
+                f"max recovery checks: must be >= recovery checks ({self.recovery_checks}), "
+                f"got {self.max_recovery_checks}"
+            )
+        if self.flap_window < 0:
+            raise HealthConfigError(f"flap window: must be >= 0 seconds, got {self.flap_window}")
+
+    @staticmethod
+    def from_env(environ: Mapping[str, str], prefix: str = "FRACGPU_HEALTH_") -> HealthConfig:
+        """Settings from environment-style strings; unset keys keep the defaults.
+
+        Keys (after ``prefix``): POLL_INTERVAL, BAD_CHECKS, RECOVERY_CHECKS, MAX_RECOVERY_CHECKS,
+        FLAP_WINDOW, NODE_POLICY, FATAL_XIDS, IGNORED_XIDS, UNKNOWN_XIDS, MAX_TEMPERATURE,
+        MAX_POWER_RATIO, MAX_ECC_UNCORRECTABLE, MAX_RETIRED_PAGES, MAX_MEMORY_USED_RATIO (``off``
+        disables a limit), and ``DP_DISABLE_HEALTHCHECKS`` (no prefix, NVIDIA's meaning).
+        """
+
+        def get(key: str) -> str | None:
+            return environ.get(prefix + key)
+
+        base = HealthConfig()
+        t = base.thresholds
+        thresholds = Thresholds(
+            max_temperature_c=_opt_float(get("MAX_TEMPERATURE"), t.max_temperature_c, "MAX_TEMPERATURE"),
+            max_power_ratio=_opt_float(get("MAX_POWER_RATIO"), t.max_power_ratio, "MAX_POWER_RATIO"),
+            max_ecc_uncorrectable=_opt_int(
+                get("MAX_ECC_UNCORRECTABLE"), t.max_ecc_uncorrectable, "MAX_ECC_UNCORRECTABLE"
+            ),
+            max_retired_pages=_opt_int(get("MAX_RETIRED_PAGES"), t.max_retired_pages, "MAX_RETIRED_PAGES"),
+            max_memory_used_ratio=_opt_float(
+                get("MAX_MEMORY_USED_RATIO"), t.max_memory_used_ratio, "MAX_MEMORY_USED_RATIO"
+            ),
+        )
+        xids = XidPolicy.parse(
+            environ.get("DP_DISABLE_HEALTHCHECKS", ""), fatal=get("FATAL_XIDS"), ignored=get("IGNORED_XIDS")
+        )
+        unknown = get("UNKNOWN_XIDS")
+        if unknown is not None:
+            xids = replace(xids, unknown=_enum(UnknownXids, unknown, "UNKNOWN_XIDS"))
+        policy = get("NODE_POLICY")
+        return HealthConfig(
+            thresholds=thresholds,
+            xids=xids,
+            poll_interval=_float(get("POLL_INTERVAL"), base.poll_interval, "POLL_INTERVAL"),
+            bad_checks=_int(get("BAD_CHECKS"), base.bad_checks, "BAD_CHECKS"),
+            recovery_checks=_int(get("RECOVERY_CHECKS"), base.recovery_checks, "RECOVERY_CHECKS"),
+            max_recovery_checks=_int(
+                get("MAX_RECOVERY_CHECKS"),
+                max(base.max_recovery_checks, _int(get("RECOVERY_CHECKS"), base.recovery_checks, "")),
+                "MAX_RECOVERY_CHECKS",
+            ),
+            flap_window=_float(get("FLAP_WINDOW"), base.flap_window, "FLAP_WINDOW"),
+            node_policy=base.node_policy if policy is None else _enum(NodePolicy, policy, "NODE_POLICY"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One poll of one GPU. None = not read (not supported by this GPU, or not asked for)."""
+
+    temperature_c: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None  # enforced power limit
+    utilization_pct: float | None = None  # for metrics; not a health criterion
+    memory_used: int | None = None  # bytes
+    memory_total: int | None = None  # bytes
+    ecc_uncorrectable: int | None = None  # volatile (since driver load) uncorrectable count
+    ecc_correctable: int | None = None  # for metrics; not a health criterion
+    retired_pages: int | None = None  # total retired pages, SBE + DBE
+    retired_pages_pending: bool = False
+    remapped_rows_pending: bool = False
+    remapped_rows_failed: bool = False
+    xids: tuple[int, ...] = ()  # XIDs seen since the previous sample of this GPU
+    lost: bool = False  # NVML says the GPU is lost / off the bus: unhealthy at once
+    error: str = ""  # an NVML error while reading this GPU (counts as a bad check)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuHealth:
+    """A GPU's health state between samples. Start from ``GpuHealth()`` (healthy)."""
+
+    healthy: bool = True
+    reason: str = ""  # why unhealthy (stable while unhealthy); empty when healthy
+    bad_streak: int = 0  # bad checks in a row
+    good_streak: int = 0  # good checks in a row
+    last_problem: str = ""  # the latest bad check's reason, even while still healthy
+    changed_at: float | None = None  # `now` of the last healthy <-> unhealthy transition
+    failures: tuple[float, ...] = ()  # when it went unhealthy, within the flap window
+    required_good: int = 0  # good checks needed to recover from the current failure
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What one sample says on its own, before the streak rules."""
+
+    fatal: str = ""  # a reason that acts at once
+    bad: tuple[str, ...] = ()  # threshold breaches
+
+    @property
+    def good(self) -> bool:
+        return not self.fatal and not self.bad
+
+
+def check_sample(sample: GpuSample, cfg: HealthConfig) -> Check:
+    """Classify one sample against the thresholds and the XID policy (no history)."""
+    fatal: list[str] = []
+    bad: list[str] = []
+    if sample.lost:
+        fatal.append(REASON_LOST + (f": {sample.error}" if sample.error else ""))
+    elif sample.error and cfg.thresholds.nvml_errors:
+        bad.append(f"{REASON_NVML}: {sample.error}")
+    for xid in sample.xids:
+        kind = cfg.xids.classify(xid)
+        if kind == "fatal":
+            fatal.append(describe_xid(xid))
+        elif kind == "bad-check":
+            bad.append(describe_xid(xid))
+    bad.extend(_breaches(sample, cfg.thresholds))
+    return Check(fatal="; ".join(dict.fromkeys(fatal)), bad=tuple(dict.fromkeys(bad)))
+
+
+def _breaches(s: GpuSample, t: Thresholds) -> list[str]:
+    out: list[str] = []
+    if t.max_temperature_c is not None and s.temperature_c is not None and s.temperature_c > t.max_temperature_c:
+        out.append(f"{REASON_TEMPERATURE} {s.temperature_c:g}C > {t.max_temperature_c:g}C")
+    if (
+        t.max_power_ratio is not None
+        and s.power_w is not None
+        and s.power_limit_w
+        and s.power_w > s.power_limit_w * t.max_power_ratio
+    ):
+        out.append(
+            f"{REASON_POWER} {s.power_w:.0f}W > {t.max_power_ratio:g} x limit {s.power_limit_w:.0f}W"
+        )
+    if t.max_ecc_uncorrectable is not None and s.ecc_uncorrectable is not None:
+        if s.ecc_uncorrectable > t.max_ecc_uncorrectable:
+            out.append(f"{REASON_ECC} {s.ecc_uncorrectable} > {t.max_ecc_uncorrectable}")
+    if t.max_retired_pages is not None and s.retired_pages is not None and s.retired_pages > t.max_retired_pages:
+        out.append(f"{REASON_RETIRED} {s.retired_pages} > {t.max_retired_pages}")
+    if t.retired_pages_pending and s.retired_pages_pending:
+        out.append(REASON_RETIRED_PENDING)
+    if t.remapped_rows_pending and s.remapped_rows_pending:
+        out.append(REASON_REMAP_PENDING)
+    if t.remapped_rows_failed and s.remapped_rows_failed:
+        out.append(REASON_REMAP_FAILED)
+    if (
+        t.max_memory_used_ratio is not None
+        and s.memory_used is not None
+        and s.memory_total
+        and s.memory_used > s.memory_total * t.max_memory_used_ratio
+    ):
+        out.append(f"{REASON_MEMORY} {s.memory_used / s.memory_total:.0%} > {t.max_memory_used_ratio:.0%}")
+    return out
+
+
+def required_good_checks(failures: int, cfg: HealthConfig) -> int:
+    """Good checks needed to recover after the n-th failure within the flap window (n >= 1)."""
+    doublings = max(0, failures - 1)
+    if doublings >= 32:
+        return cfg.max_recovery_checks
+    return min(cfg.recovery_checks << doublings, cfg.max_recovery_checks)
+
+
+def step(state: GpuHealth, sample: GpuSample, cfg: HealthConfig, now: float) -> GpuHealth:
+    """The state after one sample. Compare ``healthy`` of the old and new state to see a transition."""
+    return apply_check(state, check_sample(sample, cfg), cfg, now)
+
+
+def apply_check(state: GpuHealth, check: Check, cfg: HealthConfig, now: float) -> GpuHealth:
+    if check.good:
+        good = state.good_streak + 1
+        if not state.healthy and good >= state.required_good:
+            return replace(
+                state, healthy=True, reason="", bad_streak=0, good_streak=good, last_problem="",
+                changed_at=now, required_good=0,
+            )  # fmt: skip
+        return replace(state, bad_streak=0, good_streak=good, last_problem="")
+    problem = check.fatal or "; ".join(check.bad)
+    bad = state.bad_streak + 1
+    if not state.healthy:
+        # Still unhealthy: the recovery run starts over; the reason stays the one it failed for
+        # (a stable reason keeps the inventory annotation from being rewritten every poll).
+        return replace(state, bad_streak=bad, good_streak=0, last_problem=problem)
+    if check.fatal:
+        reason = check.fatal
+    elif bad >= cfg.bad_checks:
+        reason = f"{problem} ({bad} checks in a row)" if cfg.bad_checks > 1 else problem
+    else:
+        return replace(state, bad_streak=bad, good_streak=0, last_problem=problem)
+    failures = tuple(t for t in state.failures if now - t <= cfg.flap_window) + (now,)
+    return GpuHealth(
+        healthy=False,
+        reason=reason,
+        bad_streak=bad,
+        good_streak=0,
+        last_problem=problem,
+        changed_at=now,
+        failures=failures,
+        required_good=required_good_checks(len(failures), cfg),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    uuid: str
+    state: GpuHealth  # the new state; ``state.healthy`` says which way it went
+
+
+class HealthTracker:
+    """Per-node ledger of GPU health states: a thin mutable shell over ``step`` for the plugin's loop."""
+
+    def __init__(self, cfg: HealthConfig) -> None:
+        self.cfg = cfg
+        self._states: dict[str, GpuHealth] = {}
+
+    def observe(self, uuid: str, sample: GpuSample, now: float) -> HealthChange | None:
+        """Feed one sample; returns the change when the GPU turned unhealthy or healthy, else None."""
+        old = self._states.get(uuid, GpuHealth())
+        new = step(old, sample, self.cfg, now)
+        self._states[uuid] = new
+        return HealthChange(uuid, new) if new.healthy != old.healthy else None
+
+    def state(self, uuid: str) -> GpuHealth:
+        return self._states.get(uuid, GpuHealth())
+
+    def states(self) -> dict[str, GpuHealth]:
+        return dict(self._states)
+
+    def forget(self, uuid: str) -> None:
+        self._states.pop(uuid, None)
+
+    def clone(self) -> HealthTracker:
+        other = HealthTracker(self.cfg)
+        other._states = dict(self._states)
+        return other
+
+
+class HasHealth(Protocol):
+    """Anything with a health flag and a reason: GpuHealth, or the inventory's GpuInfo."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeVerdict:
+    broken: bool
+    reason: str = ""
+
+
+def node_verdict(
+    node_ok: bool, node_reason: str, gpus: Iterable[HasHealth], policy: NodePolicy
+) -> NodeVerdict:
+    """Is the node as a whole broken? ``node_ok`` False = NVML unreachable / driver gone (always broken)."""
+    if not node_ok:
+        return NodeVerdict(True, node_reason or "NVML unreachable")
+    if policy is NodePolicy.NEVER:
+        return NodeVerdict(False)
+    items = list(gpus)
+    if not items:
+        return NodeVerdict(True, NODE_REASON_NO_GPUS)
+    sick = [g for g in items if not g.healthy]
+    if policy is NodePolicy.ALL_GPUS and len(sick) == len(items):
+        return NodeVerdict(True, f"{NODE_REASON_ALL} ({len(items)}): {_first_reason(sick)}")
+    if policy is NodePolicy.ANY_GPU and sick:
+        return NodeVerdict(True, f"{NODE_REASON_ANY} ({len(sick)}/{len(items)}): {_first_reason(sick)}")
+    return NodeVerdict(False)
+
+
+def _first_reason(sick: list[HasHealth]) -> str:
+    return next((g.reason for g in sick if g.reason), "unknown")
+
+
+def _enum[E: StrEnum](kind: type[E], text: str, key: str) -> E:
+    value = text.strip().lower()
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = " | ".join(m.value for m in kind)
+        raise HealthConfigError(f"{key}: one of {allowed}, got {text!r}") from None
+
+
+def _float(text: str | None, default: float, key: str) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise HealthConfigError(f"{key}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise HealthConfigError(f"{key}: expected a finite number, got {text!r}")
+    return value
+
+
+def _int(text: str | None, default: int, key: str) -> int:
+    if text is None:
+        return default
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise HealthConfigError(f"{key}: expected an integer, got {text!r}") from None
+
+
+def _opt_float(text: str | None, default: float | None, key: str) -> float | None:
+    if text is not None and text.strip().lower() in ("off", "none", ""):
+        return None
+    return _float(text, default, key) if text is not None else default
+
+
+def _opt_int(text: str | None, default: int | None, key: str) -> int | None:
+    if text is not None and text.strip().lower() in ("off", "none", ""):
+        return None
+    return _int(text, default, key) if text is not None else default
