@@ -26,7 +26,8 @@ FloatArray = npt.NDArray[np.float64]
 class Policy(Protocol):
     """Scores fitting nodes (higher is better) and may choose the GPU slots to use on each."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray: ...
 

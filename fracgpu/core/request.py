@@ -199,7 +199,9 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
     app_cpu: list[int] = []
     app_ram: list[int] = []
     for key, default_kind in (("initContainers", "init"), ("containers", "app")):
-        items = spec.get(key) or []
+        items = spec.get(key)
+        if items is None:
+            items = []
         if not isinstance(items, list):
             raise RequestError(f"pod: spec.{key} must be a list")
         for i, c in enumerate(items):
