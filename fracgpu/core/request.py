@@ -189,6 +189,8 @@ def effective(init: Sequence[tuple[str, int]], app: Sequence[int]) -> int:
 
 def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
     """The GPU request of a pod given as its JSON object; None when it asks for no vgpu-core."""
+    if not isinstance(pod, Mapping):
+        raise RequestError("pod: expected a JSON object")
     spec = pod.get("spec")
     meta = pod.get("metadata") or {}
     if not isinstance(spec, Mapping) or not isinstance(meta, Mapping):
