@@ -62,7 +62,10 @@ class PodUse:
 class ClusterState:
     """The mutable ledger of nodes and pods. Not thread-safe: callers hold their own lock."""
 
-    def __init__(self, *, gpu_slots: int = 8, capacity: int = 64) -> None:
+    def __init__(self, *, gpu_slots: int = 8, capacity: int = 64, units_per_gpu: int = CORES_PER_GPU) -> None:
+        # Capacity units of one GPU: CORES_PER_GPU (100 vgpu-core) for the extender; the trace
+        # simulator keeps the trace's exact 1000 milli-GPU instead of rounding them.
+        self.units_per_gpu = units_per_gpu
         self._slots = max(1, gpu_slots)
         self._cap = max(1, capacity)
         self.specs: list[NodeSpec | None] = []
@@ -101,6 +104,7 @@ class ClusterState:
         grow("mem_total", (rows,), np.int64, 0)
         grow("priority", (rows,), np.int64, 0)
         grow("gpu_count", (rows,), np.int64, 0)
+        grow("row_version", (rows,), np.int64, 0)
         self._cap, self._slots = rows, slots
 
     # Declared for type checkers; created in _alloc.
@@ -122,6 +126,8 @@ class ClusterState:
     mem_total: IntArray
     priority: IntArray
     gpu_count: IntArray
+    # Bumped whenever a row's capacity or usage changes: per-node caches recompute only those rows.
+    row_version: IntArray
 
     @property
     def rows(self) -> int:
@@ -170,6 +176,7 @@ class ClusterState:
         for key in self._pods_on.pop(row, set()):
             self.pods.pop(key, None)
         self.specs[row] = None
+        self.row_version[row] += 1
         self.active[row] = False
         self.usable[row] = False
         self.present[row, :] = False
@@ -183,6 +190,7 @@ class ClusterState:
             return
         self.specs[row] = dataclasses.replace(spec, unusable=reason)
         self.usable[row] = not reason
+        self.row_version[row] += 1
         self.version += 1
 
     def _reset_row(self, row: int) -> None:
@@ -193,7 +201,7 @@ class ClusterState:
         self.present[row, :n] = True
         self.healthy[row, :] = False
         self.free_cores[row, :] = 0
-        self.free_cores[row, :n] = CORES_PER_GPU
+        self.free_cores[row, :n] = self.units_per_gpu
         self.total_memory[row, :] = 0
         self.free_memory[row, :] = 0
         self.gpu_pods[row, :] = 0
@@ -220,6 +228,7 @@ class ClusterState:
         self.mem_free[row] = spec.memory_bytes
         self.priority[row] = spec.priority
         self.gpu_count[row] = n
+        self.row_version[row] += 1
 
     # ---- pods ---------------------------------------------------------------------------------
     def _charge(self, row: int, use: PodUse, sign: int) -> None:
@@ -235,6 +244,7 @@ class ClusterState:
             self.gpu_pods[row, slot] += sign
         self.cpu_free[row] -= sign * use.cpu_milli
         self.mem_free[row] -= sign * use.memory_bytes
+        self.row_version[row] += 1
 
     def add_pod(self, key: str, use: PodUse) -> Callable[[], None]:
         """Charge a pod (replacing an earlier record of it); returns an undo."""

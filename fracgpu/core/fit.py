@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fracgpu.api.v1beta1.names import CORES_PER_GPU, TOPOLOGY_REQUIRED
+from fracgpu.api.v1beta1.names import TOPOLOGY_REQUIRED
 from fracgpu.core.cluster import BoolArray, ClusterState, IntArray
 from fracgpu.core.quantity import format_bytes_human
 from fracgpu.core.request import GpuRequest
@@ -25,7 +25,7 @@ def reason_model(req: GpuRequest) -> str:
 
 
 def reason_capacity(req: GpuRequest) -> str:
-    if req.gpu_count == 1 and req.cores_per_gpu < CORES_PER_GPU:
+    if req.gpu_count == 1 and req.cores_per_gpu < req.units_per_gpu:
         head = f"no single GPU with {req.cores_per_gpu} free vgpu-core"
     elif req.gpu_count == 1:
         head = "no whole free GPU"
@@ -33,7 +33,7 @@ def reason_capacity(req: GpuRequest) -> str:
         head = f"fewer than {req.gpu_count} whole free GPUs"
     if req.memory is not None:
         return f"{head} and {format_bytes_human(req.memory)} free vgpu-memory"
-    if req.cores_per_gpu < CORES_PER_GPU:
+    if req.cores_per_gpu < req.units_per_gpu:
         return f"{head} and {req.cores_per_gpu}% of its memory free"
     return head
 
@@ -58,6 +58,9 @@ def reason_memory(req: GpuRequest) -> str:
 class FitOptions:
     check_host: bool = True  # CPU/RAM (kube-scheduler also checks them; the simulator relies on this)
     max_pods_per_gpu: int = 0  # 0 = no limit
+    # Name the cause for every node that does not fit. The simulator, which needs only the nodes
+    # that fit, turns this off: a per-node Python loop would dominate a 10,000-task replay.
+    reasons: bool = True
 
 
 @dataclass(slots=True)
@@ -70,8 +73,13 @@ class FitResult:
 
 
 def allowed_models(state: ClusterState, req: GpuRequest) -> BoolArray:
-    """allowed[model_id]: a lookup table, so a model rule costs one pass over distinct models."""
+    """allowed[model_id]: a lookup table, so a model rule costs one pass over distinct models.
+
+    The last entry (index -1, the model id of absent slots) is always False."""
     table = np.zeros(max(1, len(state.models())) + 1, dtype=np.bool_)
+    if not req.model_rule.allow and not req.model_rule.deny:
+        table[: len(state.models())] = True
+        return table
     for model, mid in state.models().items():
         table[mid] = req.model_rule.admits(model)
     return table
@@ -87,11 +95,13 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     model_ok = present & allowed_models(state, req)[state.model[rows]]
     usable_gpu = model_ok & state.healthy[rows]
     total = state.total_memory[rows]
-    mem_need = np.full_like(total, req.memory) if req.memory is not None else total * c // CORES_PER_GPU
-    room = usable_gpu & (state.free_cores[rows] >= c) & (state.free_memory[rows] >= mem_need)
-    if k > 1 or c == CORES_PER_GPU:
+    unit = req.units_per_gpu
+    mem_need = np.full_like(total, req.memory) if req.memory is not None else total * c // unit
+    free = state.free_cores[rows]
+    room = usable_gpu & (free >= c) & (state.free_memory[rows] >= mem_need)
+    if k > 1 or c == unit:
         # whole GPUs: nothing else may be on them
-        room &= (state.free_cores[rows] == CORES_PER_GPU) & (state.free_memory[rows] == total)
+        room &= (free == unit) & (state.free_memory[rows] == total)
     capacity_ok = room.sum(axis=1) >= k
     gpu_ok = room
     limit_hit = np.zeros(len(rows), dtype=np.bool_)
@@ -99,6 +109,10 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
         gpu_ok = room & (state.gpu_pods[rows] < opts.max_pods_per_gpu)
         limit_hit = capacity_ok & (gpu_ok.sum(axis=1) < k)
     node_ok = gpu_ok.sum(axis=1) >= k
+    if c == 0:
+        # a pod that asks for no GPU (the trace's CPU-only tasks): only host resources matter
+        node_ok = np.ones(len(rows), dtype=np.bool_)
+        capacity_ok = node_ok
     host_cpu = host_mem = np.ones(len(rows), dtype=np.bool_)
     if opts.check_host:
         host_cpu = state.cpu_free[rows] >= req.cpu_milli
@@ -113,7 +127,7 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
 
     result = FitResult(rows=rows[ok], gpu_ok=gpu_ok[ok], mem_need=mem_need[ok])
     bad = np.flatnonzero(~ok)
-    if len(bad) == 0:
+    if len(bad) == 0 or not opts.reasons:
         return result
     has_gpu: BoolArray = np.asarray(present.any(axis=1))
     has_model: BoolArray = np.asarray(model_ok.any(axis=1))

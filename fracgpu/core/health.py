@@ -38,7 +38,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
+
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class HealthConfigError(ValueError):
@@ -139,7 +141,7 @@ class XidPolicy:
             return "ignore"
         if xid in self.fatal:
             return "fatal"
-        return self.unknown.value if self.unknown is not UnknownXids.BAD_CHECK else "bad-check"
+        return self.unknown.value
 
     @staticmethod
     def parse(disable: str = "", fatal: str | None = None, ignored: str | None = None) -> XidPolicy:
@@ -233,16 +235,16 @@ class HealthConfig:
         if unknown is not None:
             xids = replace(xids, unknown=_enum(UnknownXids, unknown, "UNKNOWN_XIDS"))
         policy = get("NODE_POLICY")
+        recovery = _int(get("RECOVERY_CHECKS"), base.recovery_checks, "RECOVERY_CHECKS")
         return HealthConfig(
             thresholds=thresholds,
             xids=xids,
             poll_interval=_float(get("POLL_INTERVAL"), base.poll_interval, "POLL_INTERVAL"),
             bad_checks=_int(get("BAD_CHECKS"), base.bad_checks, "BAD_CHECKS"),
-            recovery_checks=_int(get("RECOVERY_CHECKS"), base.recovery_checks, "RECOVERY_CHECKS"),
+            recovery_checks=recovery,
+            # unset: the default cap, raised to the recovery run when that is longer
             max_recovery_checks=_int(
-                get("MAX_RECOVERY_CHECKS"),
-                max(base.max_recovery_checks, _int(get("RECOVERY_CHECKS"), base.recovery_checks, "")),
-                "MAX_RECOVERY_CHECKS",
+                get("MAX_RECOVERY_CHECKS"), max(base.max_recovery_checks, recovery), "MAX_RECOVERY_CHECKS"
             ),
             flap_window=_float(get("FLAP_WINDOW"), base.flap_window, "FLAP_WINDOW"),
             node_policy=base.node_policy if policy is None else _enum(NodePolicy, policy, "NODE_POLICY"),
@@ -324,12 +326,10 @@ def _breaches(s: GpuSample, t: Thresholds) -> list[str]:
         and s.power_limit_w
         and s.power_w > s.power_limit_w * t.max_power_ratio
     ):
-        out.append(
-            f"{REASON_POWER} {s.power_w:.0f}W > {t.max_power_ratio:g} x limit {s.power_limit_w:.0f}W"
-        )
-    if t.max_ecc_uncorrectable is not None and s.ecc_uncorrectable is not None:
-        if s.ecc_uncorrectable > t.max_ecc_uncorrectable:
-            out.append(f"{REASON_ECC} {s.ecc_uncorrectable} > {t.max_ecc_uncorrectable}")
+        out.append(f"{REASON_POWER} {s.power_w:.0f}W > {t.max_power_ratio:g} x limit {s.power_limit_w:.0f}W")
+    ecc_limit = t.max_ecc_uncorrectable
+    if ecc_limit is not None and s.ecc_uncorrectable is not None and s.ecc_uncorrectable > ecc_limit:
+        out.append(f"{REASON_ECC} {s.ecc_uncorrectable} > {ecc_limit}")
     if t.max_retired_pages is not None and s.retired_pages is not None and s.retired_pages > t.max_retired_pages:
         out.append(f"{REASON_RETIRED} {s.retired_pages} > {t.max_retired_pages}")
     if t.retired_pages_pending and s.retired_pages_pending:
@@ -382,7 +382,7 @@ def apply_check(state: GpuHealth, check: Check, cfg: HealthConfig, now: float) -
         reason = f"{problem} ({bad} checks in a row)" if cfg.bad_checks > 1 else problem
     else:
         return replace(state, bad_streak=bad, good_streak=0, last_problem=problem)
-    failures = tuple(t for t in state.failures if now - t <= cfg.flap_window) + (now,)
+    failures = (*(t for t in state.failures if now - t <= cfg.flap_window), now)
     return GpuHealth(
         healthy=False,
         reason=reason,
@@ -446,9 +446,7 @@ class NodeVerdict:
     reason: str = ""
 
 
-def node_verdict(
-    node_ok: bool, node_reason: str, gpus: Iterable[HasHealth], policy: NodePolicy
-) -> NodeVerdict:
+def node_verdict(node_ok: bool, node_reason: str, gpus: Iterable[HasHealth], policy: NodePolicy) -> NodeVerdict:
     """Is the node as a whole broken? ``node_ok`` False = NVML unreachable / driver gone (always broken)."""
     if not node_ok:
         return NodeVerdict(True, node_reason or "NVML unreachable")
@@ -469,7 +467,7 @@ def _first_reason(sick: list[HasHealth]) -> str:
     return next((g.reason for g in sick if g.reason), "unknown")
 
 
-def _enum[E: StrEnum](kind: type[E], text: str, key: str) -> E:
+def _enum(kind: type[_E], text: str, key: str) -> _E:
     value = text.strip().lower()
     try:
         return kind(value)
@@ -500,12 +498,15 @@ def _int(text: str | None, default: int, key: str) -> int:
 
 
 def _opt_float(text: str | None, default: float | None, key: str) -> float | None:
-    if text is not None and text.strip().lower() in ("off", "none", ""):
-        return None
-    return _float(text, default, key) if text is not None else default
+    if text is None:
+        return default
+    return None if text.strip().lower() in _OFF else _float(text, 0.0, key)
 
 
 def _opt_int(text: str | None, default: int | None, key: str) -> int | None:
-    if text is not None and text.strip().lower() in ("off", "none", ""):
-        return None
-    return _int(text, default, key) if text is not None else default
+    if text is None:
+        return default
+    return None if text.strip().lower() in _OFF else _int(text, 0, key)
+
+
+_OFF = ("off", "none", "")

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from fracgpu.api.v1beta1.names import CORES_PER_GPU, TOPOLOGY_NONE
+from fracgpu.api.v1beta1.names import TOPOLOGY_NONE
 from fracgpu.core.cluster import ClusterState, IntArray
 from fracgpu.core.fit import DEFAULT_FIT, FitOptions, FitResult, best_linked_set, fit
 from fracgpu.core.request import GpuRequest
@@ -43,7 +43,7 @@ def best_fit_choice(state: ClusterState, req: GpuRequest, f: FitResult) -> IntAr
     if len(f.rows) == 0:
         return np.zeros((0, k), dtype=np.int64)
     if k == 1:
-        free = np.where(f.gpu_ok, state.free_cores[f.rows], CORES_PER_GPU + 1)
+        free = np.where(f.gpu_ok, state.free_cores[f.rows], state.units_per_gpu + 1)
         picked: IntArray = np.argmin(free, axis=1).reshape(-1, 1).astype(np.int64)
         return picked
     out = np.zeros((len(f.rows), k), dtype=np.int64)
@@ -66,7 +66,7 @@ class BestFit:
 
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray:
         gpu_free = np.where(state.present[f.rows], state.free_cores[f.rows], 0).sum(axis=1)
-        gpu_left = (gpu_free - req.cores).astype(np.float64) / max(1, state.slots * CORES_PER_GPU)
+        gpu_left = (gpu_free - req.cores).astype(np.float64) / max(1, state.slots * state.units_per_gpu)
         cpu_total = np.maximum(state.cpu_total[f.rows], 1)
         cpu_left = (state.cpu_free[f.rows] - req.cpu_milli).astype(np.float64) / cpu_total
         scores: FloatArray = 1.0 - (0.5 * gpu_left + 0.5 * cpu_left)
@@ -85,7 +85,7 @@ class Spread:
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray:
         present = state.present[f.rows]
         free = np.where(present, state.free_cores[f.rows], 0).sum(axis=1).astype(np.float64)
-        scores: FloatArray = free / np.maximum(present.sum(axis=1), 1) / CORES_PER_GPU
+        scores: FloatArray = free / np.maximum(present.sum(axis=1), 1) / state.units_per_gpu
         return scores
 
     def choose(self, state: ClusterState, req: GpuRequest, f: FitResult) -> IntArray | None:

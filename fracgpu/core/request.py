@@ -87,24 +87,26 @@ class GpuRequest:
     zone_policy: str = ZONE_NONE
     cpu_milli: int = 0
     memory_bytes: int = 0  # host RAM
+    # Units of one whole GPU; must match the ClusterState's (1000 in the trace simulator's milli-GPU).
+    units_per_gpu: int = CORES_PER_GPU
 
     @property
     def gpu_count(self) -> int:
-        return 1 if self.cores <= CORES_PER_GPU else self.cores // CORES_PER_GPU
+        return 1 if self.cores <= self.units_per_gpu else self.cores // self.units_per_gpu
 
     @property
     def cores_per_gpu(self) -> int:
-        return min(self.cores, CORES_PER_GPU)
+        return min(self.cores, self.units_per_gpu)
 
     @property
     def is_share(self) -> bool:
-        return self.cores < CORES_PER_GPU
+        return self.cores < self.units_per_gpu
 
     def memory_on(self, gpu_memory: int) -> int:
         """VRAM this pod holds on a GPU of `gpu_memory` bytes."""
         if self.memory is not None:
             return self.memory
-        return gpu_memory * self.cores_per_gpu // CORES_PER_GPU
+        return gpu_memory * self.cores_per_gpu // self.units_per_gpu
 
     def describe(self) -> str:
         """The pod's numbers as they appear in every refusal, e.g. '50 vgpu-core, 8Gi vgpu-memory'."""

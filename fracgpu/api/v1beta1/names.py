@@ -46,6 +46,10 @@ DEFAULT_NAMESPACE: Final = "fracgpu-system"
 # Taint of a node whose GPUs are broken as a whole (key configurable).
 TAINT_GPU_FAILED: Final = "fracgpu.io/gpu-failed"
 
+# Recovery Jobs the controller starts for a broken node (optional, user-supplied template).
+LABEL_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job label: the node (hashed if > 63 chars)
+ANN_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job annotation: the node's full name
+
 SCHEDULER_NAME: Final = "fracgpu-scheduler"
 
 # TenantQuota CRD.

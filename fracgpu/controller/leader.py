@@ -1,0 +1,159 @@
+"""Leader election through a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
+
+Two replicas never act twice: a replica acts only while ``is_leader(now)``, which holds until
+``renew_deadline`` after the start of its last successful renewal; another replica takes over only
+after it has seen the Lease unchanged for ``lease_duration`` (> renew_deadline) on its own clock.
+Writes use the Lease's resourceVersion (optimistic concurrency): of two racing replicas one gets a
+409 Conflict and stays a follower. Clock skew between replicas does not matter (durations are
+measured on each replica's own monotonic clock); only the clock *rate* is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class LeaseConflict(Exception):
+    """The Lease changed under us (409) or was created by another replica first."""
+
+
+class LeaseStore(Protocol):
+    """Get / create / replace one Lease; the adapter maps 409 (and 'already exists') to LeaseConflict."""
+
+    def get(self) -> Mapping[str, Any] | None: ...
+
+    def create(self, body: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+    def replace(self, body: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def wall(self) -> dt.datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+def micro_time(t: dt.datetime) -> str:
+    """A Kubernetes MicroTime: RFC 3339 with microseconds, UTC."""
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    """Call ``tick()`` every ``retry_period``; act only while ``is_leader()``."""
+
+    def __init__(
+        self, store: LeaseStore, namespace: str, name: str, identity: str, timing: LeaseTiming, clock: Clock
+    ) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.timing = timing
+        self.clock = clock
+        self._renewed_at: float | None = None  # our clock, start of the last successful write
+        self._observed: tuple[Any, ...] | None = None  # the Lease spec as last seen
+        self._observed_at = 0.0  # our clock, when it last changed
+        self.holder = ""  # the holder as last seen
+
+    def is_leader(self, now: float | None = None) -> bool:
+        t = self.clock.monotonic() if now is None else now
+        return self._renewed_at is not None and t < self._renewed_at + self.timing.renew_deadline
+
+    def tick(self) -> bool:
+        """Try to acquire or renew the Lease once; returns whether this replica leads now.
+
+        API errors other than a conflict leave the state as it was: a leader keeps leading until its
+        renew deadline passes, then steps down by itself.
+        """
+        now = self.clock.monotonic()
+        lease = self.store.get()
+        if lease is None:
+            return self._write(now, None, transitions=0, acquire=True)
+        spec_raw = lease.get("spec")
+        spec: Mapping[str, Any] = spec_raw if isinstance(spec_raw, Mapping) else {}
+        holder = str(spec.get("holderIdentity") or "")
+        seen = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"), spec.get("leaseTransitions"))
+        if seen != self._observed:
+            self._observed, self._observed_at = seen, now
+        self.holder = holder
+        duration = _seconds(spec.get("leaseDurationSeconds"), self.timing.lease_duration)
+        if holder and holder != self.identity and now < self._observed_at + duration:
+            self._renewed_at = None
+            return False
+        transitions = _int(spec.get("leaseTransitions"))
+        ours = holder == self.identity
+        return self._write(now, lease, transitions=transitions if ours else transitions + 1, acquire=not ours)
+
+    def release(self) -> None:
+        """Give the Lease up at shutdown so that another replica takes over without waiting."""
+        if not self.is_leader():
+            return
+        lease = self.store.get()
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+            self._renewed_at = None
+            return
+        body = _with_spec(lease, {**lease.get("spec", {}), "holderIdentity": None, "leaseDurationSeconds": 1})
+        self._renewed_at = None
+        with contextlib.suppress(LeaseConflict):
+            self.store.replace(body)
+
+    def _write(self, now: float, lease: Mapping[str, Any] | None, *, transitions: int, acquire: bool) -> bool:
+        wall = micro_time(self.clock.wall())
+        old_spec = (lease or {}).get("spec") or {}
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": max(1, round(self.timing.lease_duration)),
+            "acquireTime": wall if acquire else old_spec.get("acquireTime", wall),
+            "renewTime": wall,
+            "leaseTransitions": transitions,
+        }
+        try:
+            if lease is None:
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": spec,
+                }
+                written = self.store.create(body)
+            else:
+                written = self.store.replace(_with_spec(lease, spec))
+        except LeaseConflict:
+            self._renewed_at = None
+            return False
+        wspec = written.get("spec") or {}
+        self._observed = (
+            self.identity,
+            wspec.get("renewTime", wall),
+            wspec.get("leaseDurationSeconds", spec["leaseDurationSeconds"]),
+            wspec.get("leaseTransitions", transitions),
+        )
+        self._observed_at = now
+        self._renewed_at = now
+        self.holder = self.identity
+        return True
+
+
+def _with_spec(lease: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(lease.get("metadata") or {})
+    # keep resourceVersion: the replace is conditional on it
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
+
+
+def _seconds(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else default
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

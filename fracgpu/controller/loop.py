@@ -1,0 +1,250 @@
+"""The controller's I/O shell: keep a cache of views, elect a leader, execute plans. Thin on purpose.
+
+``ClusterCache`` is fed by list+watch callbacks (any thread) and hands out a consistent ``World``.
+``Controller.step()`` runs one round: while this replica leads, plan (pure, ``reconcile.plan``)
+and execute — taints, untaints, evictions, events — re-checking leadership before every write.
+``Controller.run(stop)`` paces rounds: the elector ticks every ``retry_period``; a round runs every
+``resync`` seconds or sooner when the cache changed. Tests call ``step()`` with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from fracgpu.controller import reconcile
+from fracgpu.controller.config import ControllerConfig
+from fracgpu.controller.leader import Clock, LeaderElector
+from fracgpu.controller.metrics import ControllerMetrics
+from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
+from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
+from fracgpu.kube import errors
+
+log = logging.getLogger(__name__)
+
+
+class Writer(Protocol):
+    """The writes the controller makes. Raise ``fracgpu.kube.errors.KubeAPIError`` subclasses."""
+
+    def evict(self, namespace: str, name: str, uid: str, grace_period_s: int | None) -> None: ...
+
+    def add_taint(self, node: str, key: str, effect: str) -> None: ...
+
+    def remove_taint(self, node: str, key: str) -> None: ...
+
+    def record_event(self, ref: reconcile.ObjectRef, type_: str, reason: str, message: str) -> None: ...
+
+
+class ClusterCache:
+    """Nodes, fracgpu pods and heartbeat Leases as views; thread-safe; ``changed`` is set on updates."""
+
+    def __init__(self, taint_key: str, lease_namespace: str) -> None:
+        self.taint_key = taint_key
+        self.lease_namespace = lease_namespace
+        self.changed = threading.Event()
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeView] = {}
+        self._pods: dict[tuple[str, str], PodView] = {}
+        self._beats: dict[str, str] = {}
+
+    def node(self, event: str, obj: Mapping[str, Any]) -> None:
+        view = node_view(obj, self.taint_key)
+        with self._lock:
+            if event == "DELETED":
+                self._nodes.pop(view.name, None)
+            else:
+                self._nodes[view.name] = view
+        self.changed.set()
+
+    def pod(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        view = None if event == "DELETED" else pod_view(obj)
+        with self._lock:
+            if view is None:
+                self._pods.pop(key, None)
+            else:
+                self._pods[key] = view
+        self.changed.set()
+
+    def lease(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if meta.get("namespace", self.lease_namespace) != self.lease_namespace:
+            return
+        beat = heartbeat(obj)
+        if beat is None:
+            return
+        with self._lock:
+            if event == "DELETED":
+                self._beats.pop(beat[0], None)
+            else:
+                self._beats[beat[0]] = beat[1]
+        self.changed.set()
+
+    def replace(self, kind: str, objs: list[Mapping[str, Any]]) -> None:
+        """A relist: the whole set of one kind ("nodes" | "pods" | "leases") at once."""
+        with self._lock:
+            if kind == "nodes":
+                self._nodes = {v.name: v for v in (node_view(o, self.taint_key) for o in objs)}
+            elif kind == "pods":
+                pods = (pod_view(o) for o in objs)
+                self._pods = {(p.namespace, p.name): p for p in pods if p is not None}
+            elif kind == "leases":
+                beats = (
+                    heartbeat(o)
+                    for o in objs
+                    if (o.get("metadata") or {}).get("namespace", self.lease_namespace) == self.lease_namespace
+                )
+                self._beats = dict(b for b in beats if b is not None)
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        self.changed.set()
+
+    def world(self) -> World:
+        with self._lock:
+            return World(nodes=dict(self._nodes), pods=tuple(self._pods.values()), heartbeats=dict(self._beats))
+
+
+class Controller:
+    def __init__(
+        self,
+        cfg: ControllerConfig,
+        cache: ClusterCache,
+        writer: Writer,
+        elector: LeaderElector,
+        clock: Clock,
+        metrics: ControllerMetrics,
+    ) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.writer = writer
+        self.elector = elector
+        self.clock = clock
+        self.metrics = metrics
+        self.memory = Memory()
+        self._leading = False
+
+    def elect(self) -> bool:
+        """One election tick (acquire or renew); API errors keep the current standing."""
+        try:
+            self.elector.tick()
+        except errors.KubeAPIError as e:
+            self.metrics.errors.labels("lease").inc()
+            log.warning("leader lease failed error=%r", e)
+        leading = self.elector.is_leader()
+        if leading != self._leading:
+            log.info("leadership changed leader=%s identity=%s holder=%s", leading, self.elector.identity,
+                     self.elector.holder)  # fmt: skip
+            self._leading = leading
+        self.metrics.is_leader.set(1 if leading else 0)
+        return leading
+
+    def step(self) -> Plan | None:
+        """One reconcile round; None when this replica does not lead (its memory is dropped)."""
+        now = self.clock.monotonic()
+        if not self.elector.is_leader(now):
+            self.memory = Memory()
+            return None
+        self.cache.changed.clear()
+        p = reconcile.plan(self.cache.world(), self.memory, self.cfg, now)
+        self.memory = p.memory
+        self.metrics.set_gauges(p.gauges)
+        for event in p.events:
+            self._event(event)
+        for taint in p.taints:
+            if not self._still_leader():
+                return p
+            try:
+                self.writer.add_taint(taint.node, self.cfg.taint_key, "NoSchedule")
+            except errors.KubeAPIError as e:
+                self.metrics.errors.labels("taint").inc()
+                log.warning("taint failed node=%s error=%r", taint.node, e)
+                continue
+            self.metrics.taints.inc()
+            log.warning("node tainted node=%s key=%s reason=%r", taint.node, self.cfg.taint_key, taint.reason)
+            self._event(taint.event)
+        for untaint in p.untaints:
+            if not self._still_leader():
+                return p
+            try:
+                self.writer.remove_taint(untaint.node, self.cfg.taint_key)
+            except errors.KubeAPIError as e:
+                self.metrics.errors.labels("untaint").inc()
+                log.warning("untaint failed node=%s error=%r", untaint.node, e)
+                continue
+            self.metrics.recoveries.inc()
+            log.info("node recovered node=%s key=%s reason=%r", untaint.node, self.cfg.taint_key, untaint.reason)
+            self._event(untaint.event)
+        for action in p.evictions:
+            if not self._still_leader():
+                return p
+            self._evict(action)
+        return p
+
+    def _evict(self, action: reconcile.Evict) -> None:
+        pod = action.pod
+        detail = ""
+        try:
+            self.writer.evict(pod.namespace, pod.name, pod.uid, self.cfg.eviction_grace_period)
+            outcome = EvictionOutcome.EVICTED
+        except errors.TooManyRequests as e:
+            outcome, detail = EvictionOutcome.BLOCKED, e.message
+        except errors.NotFound:
+            outcome = EvictionOutcome.GONE
+        except errors.Conflict as e:  # uid precondition: a new pod of the same name; the old one is gone
+            outcome, detail = (EvictionOutcome.GONE, "") if "UID" in e.message else (EvictionOutcome.ERROR, e.message)
+        except errors.KubeAPIError as e:
+            outcome, detail = EvictionOutcome.ERROR, str(e)
+        self.metrics.evictions.labels(outcome.value).inc()
+        log_fn = log.info if outcome in (EvictionOutcome.EVICTED, EvictionOutcome.GONE) else log.warning
+        log_fn("eviction pod=%s node=%s result=%s reason=%r detail=%r", pod.key, pod.node, outcome.value,
+               action.reason, detail)  # fmt: skip
+        self.memory, events = reconcile.after_eviction(
+            self.memory, action, outcome, detail, self.cfg, self.clock.monotonic()
+        )
+        for event in events:
+            self._event(event)
+
+    def _still_leader(self) -> bool:
+        if self.elector.is_leader():
+            return True
+        log.warning("lost leadership mid-round; the rest of the plan is dropped")
+        self.memory = Memory()
+        return False
+
+    def _event(self, event: reconcile.Event) -> None:
+        try:
+            self.writer.record_event(event.ref, event.type, event.reason, event.message)
+        except errors.KubeAPIError as e:
+            self.metrics.errors.labels("event").inc()
+            log.debug("event failed reason=%s error=%r", event.reason, e)
+            return
+        self.metrics.events.labels(event.reason).inc()
+
+    def run(self, stop: threading.Event) -> None:
+        """Elect and reconcile until ``stop`` is set; releases the Lease on the way out."""
+        next_elect = next_round = self.clock.monotonic()
+        try:
+            while not stop.is_set():
+                now = self.clock.monotonic()
+                if now >= next_elect:
+                    self.elect()
+                    next_elect = now + self.cfg.retry_period
+                if now >= next_round or self.cache.changed.is_set():
+                    self.cache.changed.clear()
+                    try:
+                        self.step()
+                    except Exception:  # a bug must not end self-heal for the cluster: log, go on
+                        log.exception("reconcile round failed")
+                    next_round = now + self.cfg.resync
+                wait = max(0.0, min(next_elect, next_round) - self.clock.monotonic())
+                if self.cache.changed.wait(min(wait, self.cfg.resync)):
+                    stop.wait(0.05)  # let a burst of watch events settle into one round
+        finally:
+            try:
+                self.elector.release()
+            except errors.KubeAPIError as e:
+                log.warning("releasing the leader lease failed error=%r", e)
+            self.metrics.is_leader.set(0)

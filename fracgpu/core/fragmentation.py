@@ -1,0 +1,216 @@
+"""GPU fragmentation against a workload mix (the FGD paper's measure), vectorised and cached per node.
+
+A node's idle GPU capacity is *fragment* for a task shape when the node cannot host that shape
+(too few GPUs with enough free units, too little CPU, a model the shape does not allow), and for
+a shape it can host, the partly free GPUs too small for it are fragment. Weighted by how often
+each shape arrives, that is the node's expected fragmentation F_n(M) (Weng et al., "Beware of
+Fragmentation", USENIX ATC'23, and the authors' `pkg/utils/frag.go`):
+
+    F_n(m) = G_n                                   if m uses no GPU, or n cannot host m
+    F_n(m) = sum of g_i over GPUs with g_i < r_m   otherwise
+    F_n(M) = sum_m p_m F_n(m)
+
+Written as F_n(M) = G_n - sum_m p_m ok_n(m) big_n(m), where big_n(m) is the free capacity on the
+GPUs large enough for m, so that placing a task changes only a few terms (`after_share`,
+`after_whole`). Units are the state's (`units_per_gpu`). Memory is not part of the measure.
+Pure: numpy only, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fracgpu.core.cluster import BoolArray, ClusterState, IntArray
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskShape:
+    """One kind of task: CPU, units per GPU (0 = CPU only), GPU count, allowed GPU models."""
+
+    cpu_milli: int
+    units: int
+    gpus: int
+    models: tuple[str, ...] = ()  # empty = any model
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpus > 0 and self.units > 0
+
+    def admits(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadMix:
+    """Task shapes and how often each arrives (weights sum to 1)."""
+
+    shapes: tuple[TaskShape, ...]
+    weights: tuple[float, ...]
+
+    @staticmethod
+    def of(counts: Sequence[tuple[TaskShape, float]]) -> WorkloadMix:
+        total = sum(c for _, c in counts) or 1.0
+        return WorkloadMix(tuple(s for s, _ in counts), tuple(c / total for _, c in counts))
+
+
+def typical_mix(shapes: Sequence[TaskShape], coverage: float = 0.95) -> WorkloadMix:
+    """The paper's "typical pods": the most popular shapes covering `coverage` of the tasks, renormalised.
+
+    Ties in popularity keep first-seen order (the authors' Go sorts a map, so their order among
+    equally popular shapes is arbitrary; only a tie at the cut-off can differ).
+    """
+    counts: dict[TaskShape, int] = {}
+    for s in shapes:
+        counts[s] = counts.get(s, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    need = coverage * len(shapes)
+    picked: list[tuple[TaskShape, float]] = []
+    cum = 0
+    for shape, n in ordered:
+        if cum >= need:
+            break
+        picked.append((shape, float(n)))
+        cum += n
+    return WorkloadMix.of(picked)
+
+
+class FragModel:
+    """The GPU-using shapes of a mix as arrays, bound to one ClusterState's model ids and units."""
+
+    def __init__(self, mix: WorkloadMix) -> None:
+        self.mix = mix
+        gpu = [(s, p) for s, p in zip(mix.shapes, mix.weights, strict=True) if s.uses_gpu]
+        self.shapes = tuple(s for s, _ in gpu)
+        self.r: IntArray = np.array([s.units for s in self.shapes], dtype=np.int64)
+        self.k: IntArray = np.array([s.gpus for s in self.shapes], dtype=np.int64)
+        self.c: IntArray = np.array([s.cpu_milli for s in self.shapes], dtype=np.int64)
+        self.p: FloatArray = np.array([p for _, p in gpu], dtype=np.float64)
+        self._allowed: BoolArray = np.zeros((1, len(self.shapes)), dtype=np.bool_)
+        self._models_seen = -1
+
+    def allowed(self, state: ClusterState) -> BoolArray:
+        """allowed[model_id, shape] (last row: absent slot, never allowed)."""
+        models = state.models()
+        if len(models) != self._models_seen:
+            table = np.zeros((len(models) + 1, len(self.shapes)), dtype=np.bool_)
+            for name, mid in models.items():
+                table[mid] = [s.admits(name) for s in self.shapes]
+            self._allowed, self._models_seen = table, len(models)
+        return self._allowed
+
+
+def gpu_free(state: ClusterState, rows: IntArray) -> IntArray:
+    """Free units per GPU slot that can take work (absent or unhealthy slots count 0)."""
+    ok = state.present[rows] & state.healthy[rows]
+    out: IntArray = np.where(ok, state.free_cores[rows], 0)
+    return out
+
+
+@dataclass(slots=True)
+class NodeTerms:
+    """Per node and GPU shape: free units on big-enough GPUs (big), their count (cnt); idle units G."""
+
+    big: IntArray  # [n, T]
+    cnt: IntArray  # [n, T]
+    idle: IntArray  # [n]
+
+
+def node_terms(state: ClusterState, rows: IntArray, model: FragModel) -> NodeTerms:
+    g = gpu_free(state, rows)
+    fits = (g[:, :, None] >= model.r[None, None, :]) & model.allowed(state)[state.model[rows]]
+    big = (g[:, :, None] * fits).sum(axis=1)
+    return NodeTerms(big=big, cnt=fits.sum(axis=1), idle=g.sum(axis=1))
+
+
+def frag_from_terms(model: FragModel, big: IntArray, cnt: IntArray, idle: IntArray, cpu: IntArray) -> FloatArray:
+    """F_n(M) = G_n - sum_m p_m [k_m GPUs fit and CPU fits] big_n(m), for any leading shape."""
+    ok = (cnt >= model.k) & (cpu[..., None] >= model.c)
+    out: FloatArray = idle - (ok * big) @ model.p
+    return out
+
+
+def node_frag(state: ClusterState, rows: IntArray, model: FragModel) -> FloatArray:
+    """F_n(M) for the given rows, from scratch."""
+    t = node_terms(state, rows, model)
+    return frag_from_terms(model, t.big, t.cnt, t.idle, state.cpu_free[rows])
+
+
+class FragCache:
+    """F_n(M) and its terms for every row of one ClusterState, recomputed only for changed rows."""
+
+    def __init__(self, model: FragModel) -> None:
+        self.model = model
+        t = len(model.shapes)
+        self.big: IntArray = np.zeros((0, t), dtype=np.int64)
+        self.cnt: IntArray = np.zeros((0, t), dtype=np.int64)
+        self.idle: IntArray = np.zeros(0, dtype=np.int64)
+        self.frag: FloatArray = np.zeros(0, dtype=np.float64)
+        self.seen: IntArray = np.zeros(0, dtype=np.int64)
+        self._state_id = 0
+
+    def refresh(self, state: ClusterState) -> None:
+        n = state.rows
+        if id(state) != self._state_id:
+            self._state_id = id(state)
+            self.seen = np.full(0, -1, dtype=np.int64)
+        if len(self.seen) < n:
+            grow = n - len(self.seen)
+            t = len(self.model.shapes)
+            self.big = np.concatenate([self.big, np.zeros((grow, t), dtype=np.int64)])
+            self.cnt = np.concatenate([self.cnt, np.zeros((grow, t), dtype=np.int64)])
+            self.idle = np.concatenate([self.idle, np.zeros(grow, dtype=np.int64)])
+            self.frag = np.concatenate([self.frag, np.zeros(grow, dtype=np.float64)])
+            self.seen = np.concatenate([self.seen, np.full(grow, -1, dtype=np.int64)])
+        dirty = np.flatnonzero(self.seen[:n] != state.row_version[:n])
+        if len(dirty) == 0:
+            return
+        t = node_terms(state, dirty, self.model)
+        self.big[dirty], self.cnt[dirty], self.idle[dirty] = t.big, t.cnt, t.idle
+        self.frag[dirty] = frag_from_terms(self.model, t.big, t.cnt, t.idle, state.cpu_free[dirty])
+        self.seen[dirty] = state.row_version[dirty]
+
+    def cluster(self, state: ClusterState) -> tuple[float, float]:
+        """(F, idle units) over active rows: the cluster's fragmentation amount and its idle capacity."""
+        self.refresh(state)
+        active = state.active[: state.rows]
+        return float(self.frag[: state.rows][active].sum()), float(self.idle[: state.rows][active].sum())
+
+
+def after_share(
+    state: ClusterState, cache: FragCache, rows: IntArray, slots: IntArray, units: int, cpu_milli: int
+) -> FloatArray:
+    """F_n(M) after putting a `units` share on GPU `slots[e]` of node `rows[e]` (one entry per candidate)."""
+    m = cache.model
+    g = state.free_cores[rows, slots]
+    g2 = g - units
+    allowed = m.allowed(state)[state.model[rows, slots]]
+    before = (g[:, None] >= m.r) & allowed
+    after = (g2[:, None] >= m.r) & allowed
+    big = cache.big[rows] - g[:, None] * before + g2[:, None] * after
+    cnt = cache.cnt[rows] - before + after
+    return frag_from_terms(m, big, cnt, cache.idle[rows] - units, state.cpu_free[rows] - cpu_milli)
+
+
+def after_whole(
+    state: ClusterState, cache: FragCache, rows: IntArray, chosen: IntArray, cpu_milli: int
+) -> FloatArray:
+    """F_n(M) after taking the whole free GPUs `chosen[e, :]` on node `rows[e]` (and the CPU)."""
+    m = cache.model
+    big = cache.big[rows].copy()
+    cnt = cache.cnt[rows].copy()
+    idle = cache.idle[rows].copy()
+    allowed_all = m.allowed(state)
+    for j in range(chosen.shape[1]):
+        s = chosen[:, j]
+        g = state.free_cores[rows, s]
+        hit = (g[:, None] >= m.r) & allowed_all[state.model[rows, s]]
+        big -= g[:, None] * hit
+        cnt -= hit
+        idle -= g
+    return frag_from_terms(m, big, cnt, idle, state.cpu_free[rows] - cpu_milli)

@@ -1,0 +1,1 @@
+"""GPU backends behind one narrow interface (``base.GpuBackend``): NVML and a simulated one."""

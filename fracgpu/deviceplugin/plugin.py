@@ -1,0 +1,316 @@
+"""The plugin's working parts around the ledger: pods in, decisions out, writes in the background.
+
+``Plugin`` is what the gRPC servicer calls. It keeps the ledger in step with the API server (a
+cheap read of the Cluster's cache before each decision), answers GetPreferredAllocation and
+Allocate under one lock (the kubelet admits one pod at a time anyway), and hands every write to
+the API server, every Event and the PodResources cross-check to a single background worker so
+that Allocate never waits on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from fracgpu.api.v1beta1.deviceplugin import api_pb2
+from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
+from fracgpu.api.v1beta1.names import (
+    ANN_ASSIGNED,
+    ANN_INVENTORY,
+    ANN_PHASE,
+    LABEL_GPU_COUNT,
+    LABEL_GPU_MODEL,
+    PHASE_ALLOCATED,
+    PHASE_FAILED_PREFIX,
+)
+from fracgpu.core.inventory import device_ids
+from fracgpu.deviceplugin.cluster import Cluster, PodEvent
+from fracgpu.deviceplugin.health import DeviceState
+from fracgpu.deviceplugin.ledger import (
+    AMBIGUOUS,
+    BAD_RESERVATION,
+    NO_RESERVATION,
+    WRONG_SIZE,
+    Grant,
+    Ledger,
+    Refusal,
+    Repair,
+)
+from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.deviceplugin.podresources import HoldingsSource
+from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
+from fracgpu.deviceplugin.response import LimiterConfig, container_response
+
+log = logging.getLogger(__name__)
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+EVENT_REFUSED = "FracgpuAllocateRefused"
+EVENT_MOVED = "FracgpuReservationMoved"
+RETRY_AFTER_REFRESH = (NO_RESERVATION, BAD_RESERVATION, WRONG_SIZE)
+
+
+class AllocateRefused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    node: str
+    limiter: LimiterConfig | None = None
+    crosscheck_delay: float = 1.0  # seconds after an Allocate before asking PodResources
+    write_retries: int = 5
+    retry_backoff: float = 0.2
+
+
+class Plugin:
+    def __init__(
+        self,
+        cfg: PluginConfig,
+        state: DeviceState,
+        cluster: Cluster,
+        holdings: HoldingsSource,
+        quota: QuotaCheck | None = None,
+        metrics: PluginMetrics | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.cluster = cluster
+        self.holdings = holdings
+        self.quota = quota or AllowAll()
+        self.metrics = metrics or PluginMetrics()
+        self.ledger = Ledger(cfg.node, state.gpus())
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._crosscheck_pending = threading.Event()
+        self._gpu_version = state.version
+        self._published = ""
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        """Rebuild the ledger (pods + the kubelet's holdings), then start the background worker."""
+        self.recover()
+        self._worker = threading.Thread(target=self._work, name="fracgpu-writer", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def flush(self) -> None:
+        """Wait until every queued write and cross-check is done (tests, shutdown)."""
+        self._jobs.join()
+
+    def recover(self) -> None:
+        with self._lock:
+            self._sync()
+            try:
+                repairs = self.ledger.reconcile(self.holdings.holdings())
+            except Exception as e:  # grpc.RpcError, OSError: the kubelet is not answering yet
+                log.warning("podresources unavailable at start error=%s", e)
+                repairs = []
+        self._apply_repairs(repairs)
+        self._refresh_metrics()
+
+    # --- device list ---
+
+    def devices(self) -> list[api_pb2.Device]:
+        out: list[api_pb2.Device] = []
+        for g in self.state.gpus():
+            topology = api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=g.numa)]) if g.numa >= 0 else None
+            health = HEALTHY if g.healthy else UNHEALTHY
+            out.extend(api_pb2.Device(ID=i, health=health, topology=topology) for i in device_ids(g.uuid))
+        return out
+
+    # --- kubelet calls ---
+
+    def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
+        start = time.perf_counter()
+        with self._lock:
+            self._sync()
+            if not self.ledger.waiting(size):
+                self._sync(refresh=True)
+            answer = self.ledger.preferred(available, must_include, size)
+        self.metrics.preferred_seconds.observe(time.perf_counter() - start)
+        return answer
+
+    def allocate(self, ids: list[str]) -> api_pb2.ContainerAllocateResponse:
+        start = time.perf_counter()
+        try:
+            with self._lock:
+                self._sync()
+                outcome = self.ledger.allocate(ids, admit=self.quota.check)
+                if isinstance(outcome, Refusal) and outcome.code in RETRY_AFTER_REFRESH:
+                    self._sync(refresh=True)  # a pod bound a moment ago may not be in the cache yet
+                    outcome = self.ledger.allocate(ids, admit=self.quota.check)
+            if isinstance(outcome, Refusal):
+                self._refused(outcome)
+                raise AllocateRefused(outcome)
+            response = container_response(outcome, self.cfg.limiter)
+            self._granted(outcome)
+            return response
+        finally:
+            self.metrics.allocate_seconds.observe(time.perf_counter() - start)
+
+    def _sync(self, refresh: bool = False) -> None:
+        if refresh:
+            try:
+                self.cluster.refresh()
+            except Exception as e:
+                log.warning("pod refresh failed error=%s", e)
+        if self.state.version != self._gpu_version:
+            self._gpu_version = self.state.version
+            self.ledger.set_gpus(self.state.gpus())
+        self.ledger.sync_pods(self.cluster.node_pods())
+
+    # --- outcomes ---
+
+    def _granted(self, grant: Grant) -> None:
+        log.info("allocate pod=%s container=%s devices=%d gpus=%s moved=%d", grant.pod, grant.container,
+                 len(grant.device_ids), ",".join(lim.gpu.uuid for lim in grant.limits), len(grant.moved))
+        for key, a in grant.moved:
+            text = a.to_json()
+            self.metrics.repairs.labels(kind="moved-at-allocate").inc()
+            self._submit(partial(self._write_assigned, key, text))
+            ns, name = key.split("/", 1)
+            msg = f"the kubelet chose other devices; reservation now on GPU(s) {', '.join(g.uuid for g in a.gpus)}"
+            self._submit(partial(self.cluster.pod_event, PodEvent(ns, name, "", EVENT_MOVED, msg, type="Normal")))
+        if grant.pod_done:
+            ns, name = grant.pod.split("/", 1)
+            self._submit(partial(self._write, ns, name, {ANN_PHASE: PHASE_ALLOCATED}))
+        self._schedule_crosscheck()
+        self._submit(self._refresh_metrics)
+
+    def _refused(self, refusal: Refusal) -> None:
+        log.warning("allocate refused code=%s pods=%s reason=%s", refusal.code, ",".join(refusal.pods), refusal.reason)
+        self.metrics.allocate_errors.labels(code=refusal.code).inc()
+        for key in refusal.pods:
+            ns, name = key.split("/", 1)
+            entry = self.ledger.entries.get(key)
+            uid = entry.pod.uid if entry is not None else ""
+            event = PodEvent(ns, name, uid, EVENT_REFUSED, f"fracgpu device plugin refused Allocate: {refusal.reason}")
+            self._submit(partial(self.cluster.pod_event, event))
+        if len(refusal.pods) == 1 and refusal.code != AMBIGUOUS:
+            ns, name = refusal.pods[0].split("/", 1)
+            phase = (PHASE_FAILED_PREFIX + refusal.reason)[:1024]
+            self._submit(partial(self._write, ns, name, {ANN_PHASE: phase}))
+
+    def _apply_repairs(self, repairs: list[Repair]) -> None:
+        for r in repairs:
+            self.metrics.repairs.labels(kind=r.kind).inc()
+            log.warning("reservation repair pod=%s kind=%s detail=%s", r.pod, r.kind, r.detail)
+            ns, name = r.pod.split("/", 1)
+            if r.assignment is not None:
+                self._submit(partial(self._write_assigned, r.pod, r.assignment.to_json()))
+            if r.phase:
+                self._submit(partial(self._write, ns, name, {ANN_PHASE: r.phase}))
+
+    # --- background work ---
+
+    def _submit(self, job: Callable[[], object]) -> None:
+        if self._worker is None:
+            job()  # not started (tests of the pieces): do it now
+        else:
+            self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception:
+                log.exception("background job failed")
+            finally:
+                self._jobs.task_done()
+
+    def _write(self, namespace: str, name: str, annotations: dict[str, str | None]) -> bool:
+        for attempt in range(self.cfg.write_retries):
+            try:
+                self.cluster.patch_pod_annotations(namespace, name, annotations)
+                return True
+            except LookupError:
+                return False  # the pod is gone: nothing to record
+            except Exception as e:
+                self.metrics.write_errors.inc()
+                log.warning("pod write failed pod=%s/%s attempt=%d error=%s", namespace, name, attempt + 1, e)
+                self._sleep(self.cfg.retry_backoff * 2**attempt)
+        return False
+
+    def _write_assigned(self, key: str, text: str) -> None:
+        ns, name = key.split("/", 1)
+        if self._write(ns, name, {ANN_ASSIGNED: text}):
+            with self._lock:
+                self.ledger.written(key, text)
+
+    def _schedule_crosscheck(self) -> None:
+        if self._crosscheck_pending.is_set():
+            return
+        self._crosscheck_pending.set()
+
+        def job() -> None:
+            self._sleep(self.cfg.crosscheck_delay)
+            self._crosscheck_pending.clear()
+            self.crosscheck()
+
+        self._submit(job)
+
+    def crosscheck(self) -> None:
+        """Compare the ledger with the kubelet's PodResources and repair what differs."""
+        try:
+            holdings = self.holdings.holdings()
+        except Exception as e:
+            log.warning("podresources list failed error=%s", e)
+            return
+        with self._lock:
+            self._sync()
+            repairs = self.ledger.reconcile(holdings)
+        self._apply_repairs(repairs)
+
+    def _refresh_metrics(self) -> None:
+        with self._lock:
+            usage = self.ledger.allocated()
+        for g in self.state.gpus():
+            cores, memory = usage.get(g.uuid, (0, 0))
+            self.metrics.gpu_cores.labels(gpu=g.uuid, model=g.model).set(cores)
+            self.metrics.gpu_memory.labels(gpu=g.uuid, model=g.model).set(memory)
+            self.metrics.gpu_healthy.labels(gpu=g.uuid, model=g.model).set(1 if g.healthy else 0)
+
+    # --- node reporting ---
+
+    def publish_node(self) -> bool:
+        """Write the inventory annotation and labels when they changed; True when written."""
+        gpus = self.state.gpus()
+        doc = NodeInventoryDoc(gpus=gpus, node_healthy=self.state.node_ok, node_reason=self.state.node_reason)
+        text = doc.to_json()
+        if text == self._published:
+            return False
+        models = Tally(g.model for g in gpus)
+        labels = {LABEL_GPU_COUNT: str(len(gpus))}
+        if models:
+            labels[LABEL_GPU_MODEL] = models.most_common(1)[0][0]
+        try:
+            self.cluster.publish_node({ANN_INVENTORY: text}, labels)
+        except Exception as e:
+            self.metrics.write_errors.inc()
+            log.warning("node publish failed error=%s", e)
+            return False
+        self._published = text
+        self._refresh_metrics()
+        return True
+

@@ -1,0 +1,233 @@
+"""The extender's HTTP surface: `make_app(deps) -> web.Application`.
+
+Handlers only decode -> call the Scheduler -> encode; one middleware maps every error to a
+response (bad input -> 400 with a message; a bug -> a 200 with `Error` in the body for the verbs,
+so kube-scheduler reports it instead of retrying a crash; never a 500 page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fracgpu.api.v1beta1.errors import InvalidDocument
+from fracgpu.api.v1beta1.extender import (
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderBindingResult,
+    ExtenderFilterResult,
+    host_priority_list,
+)
+from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BODY_LIMIT = 16 * 1024 * 1024  # nodeCacheCapable=false with 5,000 full Nodes is ~ 10 MiB
+
+
+class Binder(Protocol):
+    """Creates the pod's Binding with annotations in one API write (fracgpu.kube.KubeWriter.bind_pod)."""
+
+    def bind_pod(
+        self, namespace: str, name: str, node: str, *, annotations: Mapping[str, str] | None = None,
+        uid: str | None = None,
+    ) -> None: ...
+
+
+class Metrics:
+    """The extender's own Prometheus registry (no process-global state)."""
+
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "fracgpu_extender_request_seconds", "Extender request latency by verb", ["verb"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
+        )
+        self.filter_outcomes = Counter(
+            "fracgpu_extender_filter_nodes_total", "Nodes per filter outcome and reason", ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.bind_failures = Counter(
+            "fracgpu_extender_bind_failures_total", "Binds that failed, by stage", ["stage"], registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "fracgpu_extender_bad_requests_total", "Requests refused as malformed", ["verb"], registry=self.registry,
+        )
+        self.cache = Gauge("fracgpu_extender_cache_objects", "Objects in the extender's cache", ["kind"],
+                           registry=self.registry)
+        self._scheduler = scheduler
+
+    def refresh(self) -> None:
+        if self._scheduler is None:
+            return
+        s = self._scheduler.stats()
+        self.cache.labels("nodes").set(s.nodes)
+        self.cache.labels("pods").set(s.pods)
+        self.cache.labels("reservations").set(s.reservations)
+        self.cache.labels("assumed").set(s.assumed)
+
+
+@dataclass(slots=True)
+class Deps:
+    scheduler: Scheduler
+    binder: Binder
+    metrics: Metrics
+    body_limit: int = DEFAULT_BODY_LIMIT
+    # snapshot mode: no watch will confirm a bind, so the bind confirms itself
+    confirm_binds: bool = False
+    ready: Callable[[], bool] = field(default=lambda: True)
+
+
+DEPS = web.AppKey("deps", Deps)
+
+
+class BadRequest(Exception):
+    """Malformed input: answered with HTTP 400 and the message."""
+
+
+async def _json_body(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    try:
+        raw = await request.content.read(limit + 1)
+    except (asyncio.IncompleteReadError, ConnectionError) as e:
+        raise BadRequest(f"could not read the request body: {e}") from None
+    if len(raw) > limit:
+        raise BadRequest(f"request body exceeds the limit of {limit} bytes")
+    if not raw:
+        raise BadRequest("empty request body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BadRequest(f"request body is not JSON: {e}") from None
+
+
+def _verb(name: str) -> Callable[[Callable[[web.Request, Deps], Awaitable[web.Response]]], Callable[
+        [web.Request], Awaitable[web.Response]]]:
+    """Times the handler and maps every error to a response: the one error mapper."""
+
+    def wrap(fn: Callable[[web.Request, Deps], Awaitable[web.Response]]) -> Callable[
+            [web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            deps = request.app[DEPS]
+            start = time.perf_counter()
+            try:
+                return await fn(request, deps)
+            except (BadRequest, InvalidDocument) as e:
+                deps.metrics.bad_requests.labels(name).inc()
+                log.info("bad request verb=%s error=%s", name, e)
+                return web.json_response({"Error": f"bad request: {e}"}, status=400)
+            except Exception as e:  # a bug must not become a 500 or a crash; say it in the body
+                log.exception("internal error verb=%s", name)
+                return web.json_response({"Error": f"internal error in fracgpu extender: {type(e).__name__}: {e}"})
+            finally:
+                deps.metrics.latency.labels(name).observe(time.perf_counter() - start)
+
+        return handler
+
+    return wrap
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label: the reason without the pod's numbers."""
+    return "".join("#" if ch.isdigit() else ch for ch in reason)[:80]
+
+
+@_verb("filter")
+async def filter_handler(request: web.Request, deps: Deps) -> web.Response:
+    args = ExtenderArgs.from_obj(await _json_body(request, deps.body_limit))
+    result: ExtenderFilterResult = deps.scheduler.filter(args)
+    m = deps.metrics.filter_outcomes
+    m.labels("kept", "").inc(len(result.node_names))
+    for outcome, reasons in (("failed", result.failed), ("unresolvable", result.unresolvable)):
+        counted: dict[str, int] = {}
+        for r in reasons.values():
+            counted[r] = counted.get(r, 0) + 1
+        for r, n in counted.items():
+            m.labels(outcome, _reason_label(r)).inc(n)
+    return web.json_response(result.to_obj(args))
+
+
+@_verb("prioritize")
+async def prioritize_handler(request: web.Request, deps: Deps) -> web.Response:
+    args = ExtenderArgs.from_obj(await _json_body(request, deps.body_limit))
+    return web.json_response(host_priority_list(deps.scheduler.prioritize(args)))
+
+
+@_verb("bind")
+async def bind_handler(request: web.Request, deps: Deps) -> web.Response:
+    args = ExtenderBindingArgs.from_obj(await _json_body(request, deps.body_limit))
+    try:
+        assignment, fresh = deps.scheduler.reserve(args)
+    except BindRefused as e:
+        deps.metrics.bind_failures.labels("reserve").inc()
+        log.info("bind refused pod=%s node=%s reason=%s", args.pod_key, args.node, e)
+        return web.json_response(ExtenderBindingResult(str(e)).to_obj())
+    if not fresh:
+        return web.json_response(ExtenderBindingResult().to_obj())
+    try:
+        await asyncio.to_thread(
+            deps.binder.bind_pod, args.pod_namespace, args.pod_name, args.node,
+            annotations=binding_annotations(assignment), uid=args.pod_uid,
+        )
+    except Exception as e:
+        deps.scheduler.release(args.pod_key, assignment)
+        deps.metrics.bind_failures.labels("binding").inc()
+        log.warning("binding failed pod=%s node=%s error=%s", args.pod_key, args.node, e)
+        return web.json_response(ExtenderBindingResult(f"binding pod {args.pod_key} to {args.node}: {e}").to_obj())
+    if deps.confirm_binds:
+        deps.scheduler.confirm(args.pod_key)
+    log.debug("bound pod=%s node=%s gpus=%s", args.pod_key, args.node, [g.uuid for g in assignment.gpus])
+    return web.json_response(ExtenderBindingResult().to_obj())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    if deps.ready() and deps.scheduler.synced:
+        return web.Response(text="ok")
+    return web.Response(text="cache not synced", status=503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    deps.metrics.refresh()
+    body = generate_latest(deps.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def _no_500(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    """Errors outside the verbs (routing, methods) keep their HTTP status but get a JSON message."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return web.json_response({"Error": e.reason}, status=e.status)
+
+
+def make_app(deps: Deps) -> web.Application:
+    # aiohttp's own limit is set above ours, so that ours answers with the clear message
+    app = web.Application(client_max_size=deps.body_limit + 1024, middlewares=[_no_500])
+    app[DEPS] = deps
+    app.router.add_post("/filter", filter_handler)
+    app.router.add_post("/prioritize", prioritize_handler)
+    app.router.add_post("/bind", bind_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

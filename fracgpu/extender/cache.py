@@ -1,0 +1,132 @@
+"""The extender's cache: list+watch (fracgpu.kube Reflector) of the objects placement needs.
+
+Nodes, the plugins' heartbeat Leases (in fracgpu's namespace), Pods, Namespaces and TenantQuotas,
+each turned into a slim record (fracgpu.core.snapshot) and fed to the Scheduler on the reflector's
+thread. Nodes are listed first, so that the first pod list already knows which nodes fracgpu
+manages. The Scheduler is marked synced (and /readyz turns ready) after every resource's first
+full list. 410 Gone and dropped watches are the Reflector's business (relist / resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from fracgpu.api.v1beta1.errors import InvalidDocument
+from fracgpu.api.v1beta1.names import LEASE_PREFIX
+from fracgpu.api.v1beta1.tenantquota import TenantQuota
+from fracgpu.core.snapshot import namespace_record, node_record, pod_record
+from fracgpu.extender.scheduler import Scheduler
+from fracgpu.kube import objects
+from fracgpu.kube.client import Transport
+from fracgpu.kube.reflector import DELETED, Backoff, Reflector, WatchEvent
+from fracgpu.kube.resources import LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+
+log = logging.getLogger(__name__)
+
+
+class ClusterCache:
+    """Owns the reflectors; `start()` returns at once, `synced` turns true after the first full sync."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        scheduler: Scheduler,
+        *,
+        namespace: str,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] | None = None,
+        watch_timeout_s: int = 300,
+    ) -> None:
+        self.scheduler = scheduler
+        self._transport = transport
+        self._namespace = namespace
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._watch_timeout_s = watch_timeout_s
+        self._lock = threading.Lock()
+        self._pending_sync: set[str] = set()
+        self._started_rest = False
+        self.reflectors: dict[str, Reflector] = {}
+        self.synced = threading.Event()
+
+    def _reflector(self, key: str, resource: Resource, handler: Callable[[WatchEvent], None],
+                   namespace: str | None = None) -> Reflector:
+        r = Reflector(
+            self._transport, resource, handler, namespace=namespace, backoff=self._backoff, sleep=self._sleep,
+            watch_timeout_s=self._watch_timeout_s, on_synced=lambda: self._on_synced(key),
+            name=f"extender-{key}",
+        )
+        self.reflectors[key] = r
+        self._pending_sync.add(key)
+        return r
+
+    def start(self) -> None:
+        self._reflector("nodes", NODES, self._on_node).start()
+
+    def stop(self) -> None:
+        for r in list(self.reflectors.values()):
+            r.stop()
+
+    def _on_synced(self, key: str) -> None:
+        start_rest = False
+        with self._lock:
+            self._pending_sync.discard(key)
+            if key == "nodes" and not self._started_rest:
+                self._started_rest = start_rest = True
+            done = not self._pending_sync and self._started_rest
+        if start_rest:
+            self._reflector("leases", LEASES, self._on_lease, namespace=self._namespace).start()
+            self._reflector("namespaces", NAMESPACES, self._on_namespace).start()
+            self._reflector("tenantquotas", TENANTQUOTAS, self._on_tenant_quota).start()
+            self._reflector("pods", PODS, self._on_pod).start()
+            return
+        if done and not self.synced.is_set():
+            self.scheduler.mark_synced()
+            self.synced.set()
+            log.info("cache synced nodes=%d pods=%d", len(self.scheduler.nodes), len(self.scheduler.pods))
+
+    # ---- handlers (reflector threads) ---------------------------------------------------------
+    def _on_node(self, event: WatchEvent) -> None:
+        name = objects.name(event.object)
+        if event.type == DELETED:
+            self.scheduler.delete_node(name)
+            return
+        rec = node_record(event.object, self.scheduler.nodes.get(name))
+        if rec.inventory_error:
+            log.warning("node inventory invalid node=%s error=%s", name, rec.inventory_error)
+        self.scheduler.apply_node(rec)
+
+    def _on_lease(self, event: WatchEvent) -> None:
+        name = objects.name(event.object)
+        if not name.startswith(LEASE_PREFIX):
+            return
+        node = name[len(LEASE_PREFIX):]
+        if event.type == DELETED:
+            self.scheduler.delete_heartbeat(node)
+        else:
+            self.scheduler.apply_heartbeat(node)
+
+    def _on_pod(self, event: WatchEvent) -> None:
+        ns, name = objects.key(event.object)
+        if event.type == DELETED:
+            self.scheduler.delete_pod(f"{ns}/{name}")
+        else:
+            self.scheduler.apply_pod(pod_record(event.object))
+
+    def _on_namespace(self, event: WatchEvent) -> None:
+        if event.type == DELETED:
+            self.scheduler.delete_namespace(objects.name(event.object))
+        else:
+            self.scheduler.apply_namespace(namespace_record(event.object))
+
+    def _on_tenant_quota(self, event: WatchEvent) -> None:
+        name = objects.name(event.object)
+        if event.type == DELETED:
+            self.scheduler.delete_tenant_quota(name)
+            return
+        try:
+            self.scheduler.apply_tenant_quota(TenantQuota.from_dict(event.object))
+        except InvalidDocument as e:
+            log.warning("tenantquota invalid name=%s error=%s", name, e)

@@ -1,0 +1,636 @@
+"""The extender's in-memory view of the cluster and its three decisions: filter, prioritize, reserve.
+
+One `Scheduler` owns a `ClusterState` and the slim records it was built from. Cache feeders
+(watch threads, a snapshot file) call the `apply_*` methods; the HTTP handlers call `filter`,
+`prioritize` and `reserve`/`release`. Every method takes the same short lock and never does I/O
+under it: the Binding write happens outside, between `reserve` and `confirm`/`release`.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fracgpu.api.v1beta1.assignment import Assignment
+from fracgpu.api.v1beta1.extender import (
+    MAX_SCORE,
+    ExtenderArgs,
+    ExtenderBindingArgs,
+    ExtenderFilterResult,
+    HostPriority,
+)
+from fracgpu.api.v1beta1.names import (
+    ANN_ASSIGNED,
+    ANN_PHASE,
+    DEFAULT_NAMESPACE,
+    PHASE_ALLOCATING,
+    TAINT_GPU_FAILED,
+)
+from fracgpu.api.v1beta1.tenantquota import TenantQuota
+from fracgpu.core import confusable, zone
+from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.fit import FitOptions
+from fracgpu.core.inventory import split_device_id
+from fracgpu.core.quota import (
+    PendingPod,
+    PodKey,
+    QuotaConfig,
+    QuotaLedger,
+    Usage,
+    charge_of,
+    merge_conditions,
+    should_write_status,
+)
+from fracgpu.core.ranking import Ranked, Ranking, Weighted, rank
+from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
+from fracgpu.core.request import GpuRequest, RequestError, parse_pod_request
+from fracgpu.core.reservation import NoFreeDeviceIds, build_assignment
+from fracgpu.core.snapshot import (
+    NODE_NO_HEARTBEAT,
+    NODE_STALE_HEARTBEAT,
+    NamespaceRecord,
+    NodeRecord,
+    PodRecord,
+)
+from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, Tenants, tq_tenant
+
+Clock = Callable[[], float]
+
+UNKNOWN_NODE = "node is not in the fracgpu extender's cache yet"
+NOT_READY = "the fracgpu extender's cache is not synced yet"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    k: int = 1  # filter keeps the best k nodes
+    policies: str = DEFAULT_POLICIES
+    heartbeat_stale_s: float = 40.0  # 0 = do not judge heartbeats (snapshot mode)
+    stuck_allocating_s: float = confusable.DEFAULT_STUCK_TIMEOUT_S
+    assume_ttl_s: float = 120.0  # an assumed bind the watch never confirms is dropped after this
+    namespace: str = DEFAULT_NAMESPACE
+    taint_key: str = TAINT_GPU_FAILED
+    max_pods_per_gpu: int = 0
+    check_host: bool = False  # kube-scheduler's own filters check CPU/RAM before the extender runs
+    refresh_s: float = 1.0  # how often staleness is re-judged at most
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    default_limits: Limits = UNLIMITED  # the cluster-wide default quota of a tenant without one
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.heartbeat_stale_s < 0 or self.stuck_allocating_s <= 0:
+            raise ValueError("heartbeat staleness must be >= 0 and the allocating timeout > 0")
+        parse_policies(self.policies)  # raises PolicyConfigError with the reason
+
+
+class BindRefused(Exception):
+    """The pod cannot be reserved on the node; the message is returned to kube-scheduler."""
+
+
+@dataclass(slots=True)
+class _Held:
+    assignment: Assignment
+    assumed_at: float | None  # set while the watch has not confirmed the bind
+    node: str
+
+
+@dataclass(slots=True)
+class Stats:
+    nodes: int = 0
+    pods: int = 0
+    reservations: int = 0
+    assumed: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_priority(name: str) -> int:
+    """The fixed tie-break rank of a node: stable across restarts and replicas, never random."""
+    return zlib.crc32(name.encode())
+
+
+class Scheduler:
+    """Thread-safe: cache feeders run in threads, handlers on the event loop; one lock, no I/O under it."""
+
+    def __init__(self, config: SchedulerConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.policies: tuple[Weighted, ...] = parse_policies(config.policies)
+        self.opts = FitOptions(check_host=config.check_host, max_pods_per_gpu=config.max_pods_per_gpu)
+        self.lock = threading.Lock()
+        self.state = ClusterState()
+        self.nodes: dict[str, NodeRecord] = {}
+        self.pods: dict[str, PodRecord] = {}
+        self.beats: dict[str, float] = {}
+        self.held_ids: dict[str, set[int]] = {}  # GPU uuid -> device indices reserved
+        self.held: dict[str, _Held] = {}  # pod key -> its reservation
+        self.allocating: dict[str, dict[str, confusable.Reservation]] = {}  # node -> pod -> reservation
+        self._allocating_on: dict[str, str] = {}  # pod -> node, the reverse of `allocating`
+        self.groups: dict[tuple[str, str], set[str]] = {}  # (namespace, group) -> pod keys
+        self.namespaces: dict[str, NamespaceRecord] = {}
+        self.quotas: dict[str, TenantQuota] = {}
+        self._tenants: Tenants | None = None
+        self.ledger = QuotaLedger(self.tenants().limits, config.quota)
+        self._fits_cache: dict[str, tuple[int, bool]] = {}
+        self._last_refresh = float("-inf")
+        self.synced = False
+
+    # ---- cache feeding ------------------------------------------------------------------------
+    def apply_node(self, rec: NodeRecord) -> None:
+        with self.lock:
+            self.nodes[rec.name] = rec
+            gpus = rec.inventory.gpus if rec.inventory is not None else ()
+            spec = NodeSpec(
+                name=rec.name,
+                gpus=gpus,
+                cpu_milli=rec.cpu_milli,
+                memory_bytes=rec.memory_bytes,
+                zone=rec.zone,
+                labels=rec.labels,
+                unusable=self._unusable(rec, self.clock()),
+                priority=node_priority(rec.name),
+            )
+            self.state.upsert_node(spec)
+
+    def delete_node(self, name: str) -> None:
+        with self.lock:
+            self.nodes.pop(name, None)
+            if name in self.state.index:
+                for key in self.state.pods_on(name):
+                    self._release_ids(key)
+                self.state.remove_node(name)
+            for key in list(self.allocating.get(name, {})):
+                self._unset_allocating(key)
+
+    def apply_heartbeat(self, node: str) -> None:
+        """A Lease renewal seen now (the extender's own receive time, no trust in the writer's clock)."""
+        with self.lock:
+            now = self.clock()
+            self.beats[node] = now
+            rec = self.nodes.get(node)
+            if rec is not None:
+                self.state.set_unusable(node, self._unusable(rec, now))
+
+    def delete_heartbeat(self, node: str) -> None:
+        with self.lock:
+            self.beats.pop(node, None)
+            rec = self.nodes.get(node)
+            if rec is not None:
+                self.state.set_unusable(node, self._unusable(rec, self.clock()))
+
+    def apply_namespace(self, rec: NamespaceRecord) -> None:
+        with self.lock:
+            self.namespaces[rec.name] = rec
+            self._tenants = None
+
+    def delete_namespace(self, name: str) -> None:
+        with self.lock:
+            self.namespaces.pop(name, None)
+            self._tenants = None
+
+    def apply_tenant_quota(self, quota: TenantQuota) -> None:
+        with self.lock:
+            self.quotas[quota.name] = quota
+            self._tenants = None
+
+    def delete_tenant_quota(self, name: str) -> None:
+        with self.lock:
+            self.quotas.pop(name, None)
+            self._tenants = None
+
+    def apply_pod(self, rec: PodRecord) -> None:
+        with self.lock:
+            self._apply_pod(rec)
+
+    def delete_pod(self, key: str) -> None:
+        with self.lock:
+            self._forget_pod(key)
+
+    def replace_all(
+        self,
+        *,
+        nodes: Iterable[NodeRecord] | None = None,
+        pods: Iterable[PodRecord] | None = None,
+    ) -> None:
+        """A relist: objects not in the new list are gone (assumed binds survive until confirmed)."""
+        with self.lock:
+            if nodes is not None:
+                fresh = {r.name: r for r in nodes}
+                for name in [n for n in self.nodes if n not in fresh]:
+                    self.nodes.pop(name, None)
+                    for key in self.state.pods_on(name):
+                        self._release_ids(key)
+                    self.state.remove_node(name)
+                for rec in fresh.values():
+                    self.nodes[rec.name] = rec
+            if pods is not None:
+                fresh_pods = {r.key: r for r in pods}
+                for key in [k for k in self.pods if k not in fresh_pods]:
+                    held = self.held.get(key)
+                    if held is not None and held.assumed_at is not None:
+                        continue
+                    self._forget_pod(key)
+                for prec in fresh_pods.values():
+                    self._apply_pod(prec)
+        if nodes is not None:
+            for rec in list(self.nodes.values()):
+                self.apply_node(rec)
+
+    def mark_synced(self) -> None:
+        with self.lock:
+            self.synced = True
+
+    # ---- pods (lock held) ---------------------------------------------------------------------
+    def _apply_pod(self, rec: PodRecord) -> None:
+        key = rec.key
+        if rec.finished:
+            self._forget_pod(key)
+            return
+        held = self.held.get(key)
+        if held is not None and held.assumed_at is not None and rec.assignment is None and not rec.node:
+            # an event from before our Binding landed: keep the assumed reservation, do not charge twice
+            self.pods[key] = rec
+            return
+        if not rec.wants_gpu and rec.node not in self.nodes:
+            # a CPU pod on a node fracgpu does not manage: not needed
+            self._forget_pod(key)
+            return
+        previous = self.pods.get(key)
+        self.pods[key] = rec
+        if previous is not None and previous.request is not None and previous.request.group:
+            self.groups.get((previous.namespace, previous.request.group), set()).discard(key)
+        if not rec.node:
+            self._drop_charge(key)
+            return
+        gpus: tuple[GpuUse, ...] = ()
+        if rec.assignment is not None and rec.assignment.node == rec.node:
+            a = rec.assignment
+            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
+            self._release_ids(key)
+            self.held[key] = _Held(a, None, rec.node)
+            self.ledger.charge(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
+            self.ledger.dequeue(PodKey(rec.namespace, rec.name))
+            for g in a.gpus:
+                ids = self.held_ids.setdefault(g.uuid, set())
+                for i in g.device_ids:
+                    parsed = split_device_id(i)
+                    if parsed is not None:
+                        ids.add(parsed[1])
+        elif held is not None and held.node == rec.node:
+            # bound by us, watch shows the node but not (yet) the annotation: keep what we reserved
+            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in held.assignment.gpus)
+        self.state.add_pod(key, PodUse(rec.node, gpus, rec.cpu_milli, rec.memory_bytes))
+        unconfirmed = rec.assignment is None and held is not None and held.node == rec.node
+        self._set_allocating(key, rec.node, rec.gpu_phase == PHASE_ALLOCATING or unconfirmed)
+        if rec.request is not None and rec.request.group:
+            self.groups.setdefault((rec.namespace, rec.request.group), set()).add(key)
+
+    def _set_allocating(self, key: str, node: str, allocating: bool) -> None:
+        self._unset_allocating(key)
+        held = self.held.get(key)
+        if allocating and held is not None:
+            self._add_allocating(key, node, confusable.Reservation.of(key, held.assignment))
+
+    def _add_allocating(self, key: str, node: str, res: confusable.Reservation) -> None:
+        self._unset_allocating(key)
+        self.allocating.setdefault(node, {})[key] = res
+        self._allocating_on[key] = node
+
+    def _unset_allocating(self, key: str) -> None:
+        node = self._allocating_on.pop(key, None)
+        if node is None:
+            return
+        on = self.allocating.get(node)
+        if on is not None:
+            on.pop(key, None)
+            if not on:
+                del self.allocating[node]
+
+    def _drop_charge(self, key: str) -> None:
+        self.state.remove_pod(key)
+        self._release_ids(key)
+        self._unset_allocating(key)
+        namespace, _, name = key.partition("/")
+        self.ledger.release(PodKey(namespace, name))
+
+    def _forget_pod(self, key: str) -> None:
+        rec = self.pods.pop(key, None)
+        self._drop_charge(key)
+        namespace, _, name = key.partition("/")
+        self.ledger.dequeue(PodKey(namespace, name))
+        if rec is not None and rec.request is not None and rec.request.group:
+            self.groups.get((rec.namespace, rec.request.group), set()).discard(key)
+
+    def _release_ids(self, key: str) -> None:
+        held = self.held.pop(key, None)
+        if held is None:
+            return
+        for g in held.assignment.gpus:
+            ids = self.held_ids.get(g.uuid)
+            if ids is None:
+                continue
+            for i in g.device_ids:
+                parsed = split_device_id(i)
+                if parsed is not None:
+                    ids.discard(parsed[1])
+
+    # ---- node usability (lock held) -----------------------------------------------------------
+    def _unusable(self, rec: NodeRecord, now: float) -> str:
+        static = rec.unusable(self.config.taint_key)
+        if static or self.config.heartbeat_stale_s <= 0:
+            return static
+        seen = self.beats.get(rec.name)
+        if seen is None:
+            return NODE_NO_HEARTBEAT
+        if now - seen > self.config.heartbeat_stale_s:
+            return NODE_STALE_HEARTBEAT
+        return ""
+
+    def _refresh(self, now: float) -> None:
+        """Re-judge heartbeats and expire assumed binds, at most every refresh_s."""
+        if now - self._last_refresh < self.config.refresh_s:
+            return
+        self._last_refresh = now
+        if self.config.heartbeat_stale_s > 0:
+            for name, rec in self.nodes.items():
+                self.state.set_unusable(name, self._unusable(rec, now))
+        for key, held in list(self.held.items()):
+            if held.assumed_at is not None and now - held.assumed_at > self.config.assume_ttl_s:
+                # the watch never showed our Binding: the write was lost; give the share back
+                self._drop_charge(key)
+                pod = self.pods.get(key)
+                if pod is not None:
+                    self.pods[key] = _unbound(pod)
+
+    def tenants(self) -> Tenants:
+        if self._tenants is None:
+            infos = [NamespaceInfo(n.name, n.labels, n.annotations) for n in self.namespaces.values()]
+            self._tenants = Tenants(infos, self.quotas.values(), self.config.default_limits)
+            if hasattr(self, "ledger"):
+                self.ledger.set_limits(self._tenants.limits)
+        return self._tenants
+
+    # ---- decisions ----------------------------------------------------------------------------
+    def _zone_rule(self, key: str, namespace: str, created: str, req: GpuRequest, tenant: str) -> zone.ZoneRule:
+        members: list[zone.GroupMember] = []
+        if req.group:
+            for other in self.groups.get((namespace, req.group), ()):
+                rec = self.pods.get(other)
+                if rec is None or not rec.node or other == key or rec.request is None:
+                    continue
+                node = self.nodes.get(rec.node)
+                members.append(zone.GroupMember(other, rec.created, rec.request.zone_policy,
+                                                node.zone if node is not None else ""))
+        return zone.zone_rule(key, created, req.zone_policy, req.group, members, tenant=tenant,
+                              allowed_zones=self.tenants().allowed_zones(tenant))
+
+    def _decide(
+        self, pod: Mapping[str, Any], names: Sequence[str], want: int, *, admit: bool = False
+    ) -> tuple[Ranking, list[Ranked], str]:
+        """Rank `names` for the pod and keep the best `want` that pass the zone and confusable rules;
+        with `admit`, the tenant's quota and queue order too (a refused pod joins its tenant's queue).
+
+        Returns the ranking (with every refusal filled in), the kept nodes, and a pod-level error
+        (empty when the pod's request is valid). Lock held.
+        """
+        meta = pod.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        key = f"{namespace}/{meta.get('name')}"
+        empty = Ranking([], {}, {}, [])
+        try:
+            req = parse_pod_request(pod)
+        except RequestError as e:
+            return empty, [], f"invalid GPU request: {e}"
+        if req is None:
+            return empty, [], "the pod asks for no fracgpu.io/vgpu-core"
+        now = self.clock()
+        self._refresh(now)
+        tenant = self.tenants().tenant_of(namespace)
+        rule = self._zone_rule(key, namespace, str(meta.get("creationTimestamp") or ""), req, tenant)
+        zone_refused: dict[str, str] = {}
+        candidates = list(names)
+        if rule.active:
+            candidates = []
+            for n in names:
+                rec = self.nodes.get(n)
+                reason = zone.check_static(rule, rec.zone) if rec is not None else ""
+                if reason:
+                    zone_refused[n] = reason
+                else:
+                    candidates.append(n)
+        limit = None if rule.counts is not None else want + len(self.allocating)
+        ranking = rank(self.state, req, self.policies, names=candidates, opts=self.opts, limit=limit)
+        ranking.unresolvable.update(zone_refused)
+        ranked = ranking.ranked
+        if rule.counts is not None:
+            zones_ok = zone.spread_zones(rule, (self._zone_of(r.node) for r in ranked))
+            if zones_ok is not None:
+                keep = []
+                for r in ranked:
+                    if self._zone_of(r.node) in zones_ok:
+                        keep.append(r)
+                    else:
+                        ranking.unresolvable[r.node] = zone.reason_spread(rule)
+                ranked = keep
+        kept: list[Ranked] = []
+        counts = frozenset(c.cores for c in req.containers if c.cores > 0)
+        for r in ranked:
+            if len(kept) >= want:
+                break
+            if self.allocating.get(r.node) and self._confused(key, req, r, counts, now):
+                ranking.unresolvable[r.node] = confusable.reason_confusable(counts)
+                continue
+            kept.append(r)
+        if admit:
+            mem = req.memory
+            if mem is None and kept:
+                spec = self.state.specs[kept[0].row]
+                assert spec is not None
+                mem = req.memory_on(spec.gpus[kept[0].gpus[0]].memory)
+            if mem is not None:
+                prio = pod.get("spec", {}).get("priority")
+                pending = PendingPod(
+                    PodKey(namespace, str(meta.get("name"))), tenant, Usage.for_pod(req.cores, mem),
+                    prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
+                    confusable.parse_time(str(meta.get("creationTimestamp") or "")),
+                )
+                out = self.ledger.admit(pending, now, self._fits_somewhere)
+                if not out.ok:
+                    return Ranking([], {}, {n: out.reason for n in names}, []), [], ""
+        return ranking, kept, ""
+
+    def _fits_somewhere(self, pk: PodKey) -> bool:
+        """Does a queued pod fit some node now? Cached per cluster-state version."""
+        key = str(pk)
+        hit = self._fits_cache.get(key)
+        if hit is not None and hit[0] == self.state.version:
+            return hit[1]
+        rec = self.pods.get(key)
+        ok = False
+        if rec is not None and rec.request is not None and not rec.node:
+            ok = bool(rank(self.state, rec.request, self.policies, opts=self.opts, limit=1).ranked)
+        if len(self._fits_cache) > 10_000:
+            self._fits_cache.clear()
+        self._fits_cache[key] = (self.state.version, ok)
+        return ok
+
+    def _zone_of(self, node: str) -> str:
+        rec = self.nodes.get(node)
+        return rec.zone if rec is not None else ""
+
+    def _confused(self, key: str, req: GpuRequest, r: Ranked, counts: frozenset[int], now: float) -> bool:
+        spec = self.state.specs[r.row]
+        assert spec is not None
+        gpus = tuple(sorted((spec.gpus[s].uuid, req.memory_on(spec.gpus[s].memory)) for s in r.gpus))
+        mine = confusable.Reservation(key, gpus, counts, now)
+        others = self.allocating.get(r.node, {}).values()
+        return confusable.blocker(mine, others, now, self.config.stuck_allocating_s) is not None
+
+    def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        names = list(args.node_names)
+        with self.lock:
+            if not self.synced:
+                return ExtenderFilterResult(failed={n: NOT_READY for n in names})
+            ranking, kept, error = self._decide(args.pod, names, self.config.k, admit=True)
+        if error:
+            return ExtenderFilterResult(unresolvable={n: error for n in names})
+        failed = dict(ranking.failed)
+        for n in ranking.unknown:
+            failed[n] = UNKNOWN_NODE
+        return ExtenderFilterResult(
+            node_names=tuple(r.node for r in kept), failed=failed, unresolvable=ranking.unresolvable
+        )
+
+    def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
+        """0..10 by rank: the best node alone gets 10, the next 9, ...; nodes that do not fit get 0."""
+        names = list(args.node_names)
+        with self.lock:
+            _, kept, _ = self._decide(args.pod, names, len(names))
+        score = {r.node: max(0, MAX_SCORE - i) for i, r in enumerate(kept)}
+        return [HostPriority(n, score.get(n, 0)) for n in names]
+
+    # ---- bind ---------------------------------------------------------------------------------
+    def reserve(self, args: ExtenderBindingArgs) -> tuple[Assignment, bool]:
+        """Take the pod's reservation on args.node. Returns (assignment, fresh); fresh is False when
+        the pod already holds a reservation there (a repeated bind). Raises BindRefused."""
+        key = args.pod_key
+        with self.lock:
+            held = self.held.get(key)
+            if held is not None:
+                if held.node != args.node:
+                    raise BindRefused(f"pod {key} is already reserved on node {held.node}")
+                return held.assignment, False
+            rec = self.pods.get(key)
+            if rec is None or rec.raw is None:
+                raise BindRefused(f"pod {key} is not a pending GPU pod in the extender's cache")
+            if rec.uid and args.pod_uid != rec.uid:
+                raise BindRefused(f"pod {key} has uid {rec.uid}, the bind names {args.pod_uid}")
+            if args.node not in self.state.index:
+                raise BindRefused(f"node {args.node}: {UNKNOWN_NODE}")
+            ranking, kept, error = self._decide(rec.raw, [args.node], 1)
+            if error:
+                raise BindRefused(error)
+            if not kept:
+                reason = ranking.unresolvable.get(args.node) or ranking.failed.get(args.node) or "does not fit"
+                raise BindRefused(f"node {args.node}: {reason}")
+            req = rec.request
+            assert req is not None
+            chosen = kept[0]
+            spec = self.state.specs[chosen.row]
+            assert spec is not None
+            gpus = [(spec.gpus[s].uuid, spec.gpus[s].memory) for s in chosen.gpus]
+            now = self.clock()
+            try:
+                a = build_assignment(
+                    req,
+                    args.node,
+                    self.tenants().tenant_of(rec.namespace),
+                    rfc3339(now),
+                    gpus,
+                    [self.held_ids.get(u, set()) for u, _ in gpus],
+                )
+            except NoFreeDeviceIds as e:
+                raise BindRefused(f"node {args.node}: {e}") from None
+            taken = self.ledger.try_reserve(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
+            if not taken.ok:
+                raise BindRefused(taken.reason)
+            self.held[key] = _Held(a, now, args.node)
+            for g in a.gpus:
+                ids = self.held_ids.setdefault(g.uuid, set())
+                for i in g.device_ids:
+                    parsed = split_device_id(i)
+                    if parsed is not None:
+                        ids.add(parsed[1])
+            uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
+            self.state.add_pod(key, PodUse(args.node, uses, rec.cpu_milli, rec.memory_bytes))
+            self._add_allocating(key, args.node, confusable.Reservation.of(key, a, now))
+            if req.group:
+                self.groups.setdefault((rec.namespace, req.group), set()).add(key)
+            # the pod record now says where it is going (zone rules count it at once)
+            self.pods[key] = _bound(rec, args.node, a)
+            return a, True
+
+    def confirm(self, key: str) -> None:
+        """The bind is known to have landed without a watch to tell (snapshot mode)."""
+        with self.lock:
+            held = self.held.get(key)
+            if held is not None:
+                held.assumed_at = None
+
+    def release(self, key: str, assignment: Assignment) -> None:
+        """Undo a reservation whose Binding failed (only if it is still that reservation)."""
+        with self.lock:
+            held = self.held.get(key)
+            if held is None or held.assignment != assignment:
+                return
+            self._drop_charge(key)
+            rec = self.pods.get(key)
+            if rec is not None:
+                self.pods[key] = _unbound(rec)
+
+    def quota_status_writes(self, last_write: Mapping[str, float]) -> list[tuple[str, dict[str, Any]]]:
+        """TenantQuota statuses due for a write: changed, and not written in the last min interval."""
+        now = self.clock()
+        out: list[tuple[str, dict[str, Any]]] = []
+        with self.lock:
+            tenants = self.tenants()
+            for name, quota in sorted(self.quotas.items()):
+                old = quota.status
+                conditions = merge_conditions(old.conditions if old is not None else (),
+                                              tenants.conditions(name, now, quota.generation))
+                new = self.ledger.status(tq_tenant(name), conditions)
+                if should_write_status(old, new, last_write.get(name), now, self.config.quota.status_min_interval):
+                    out.append((name, new.to_dict()))
+        return out
+
+    def stats(self) -> Stats:
+        with self.lock:
+            return Stats(
+                nodes=len(self.nodes),
+                pods=len(self.pods),
+                reservations=len(self.held),
+                assumed=sum(1 for h in self.held.values() if h.assumed_at is not None),
+            )
+
+
+def binding_annotations(a: Assignment) -> dict[str, str]:
+    return {ANN_ASSIGNED: a.to_json(), ANN_PHASE: PHASE_ALLOCATING}
+
+
+def _bound(rec: PodRecord, node: str, a: Assignment) -> PodRecord:
+    from dataclasses import replace
+
+    return replace(rec, node=node, assignment=a, gpu_phase=PHASE_ALLOCATING)
+
+
+def _unbound(rec: PodRecord) -> PodRecord:
+    from dataclasses import replace
+
+    return replace(rec, node="", assignment=None, gpu_phase="")

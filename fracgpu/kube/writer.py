@@ -1,0 +1,304 @@
+"""KubeWriter: the typed writes (and the few direct reads) fracgpu makes to the API server.
+
+Synchronous, thread-safe (one urllib3 pool underneath); async callers use
+``await asyncio.to_thread(writer.bind_pod, ...)``. Objects in and out are plain JSON dicts.
+Errors are ``fracgpu.kube.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fracgpu.kube import errors, objects
+from fracgpu.kube.client import MERGE_PATCH, Transport
+from fracgpu.kube.objects import Obj, ObjectRef
+from fracgpu.kube.resources import EVENTS, LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+
+__all__ = ["EVENT_NORMAL", "EVENT_WARNING", "KubeWriter", "format_micro_time", "format_time", "utc_now"]
+
+log = logging.getLogger(__name__)
+
+EVENT_NORMAL: Final = "Normal"
+EVENT_WARNING: Final = "Warning"
+_PAGE_SIZE: Final = 500
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_micro_time(moment: datetime) -> str:
+    """metav1.MicroTime: RFC 3339 in UTC with microseconds (Lease renewTime, acquireTime)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_time(moment: datetime) -> str:
+    """metav1.Time: RFC 3339 in UTC, whole seconds (Event timestamps)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KubeWriter:
+    """Writes and reads through one ``Transport``; ``clock`` stamps Leases and Events."""
+
+    def __init__(self, transport: Transport, *, component: str = "fracgpu", instance: str | None = None,
+                 clock: Callable[[], datetime] = utc_now, conflict_retries: int = 5) -> None:
+        self.transport = transport
+        self.component = component
+        self.instance = instance or socket.gethostname()
+        self.clock = clock
+        self.conflict_retries = conflict_retries
+
+    # -- generic ----------------------------------------------------------------------------
+
+    def get_object(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
+        return self.transport.request("GET", resource.path(namespace, name))
+
+    def list_objects(self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[Obj]:
+        """All items (paginated under the hood), each with ``apiVersion``/``kind`` filled in."""
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            answer = self.transport.request("GET", resource.path(namespace), query={
+                "labelSelector": label_selector, "fieldSelector": field_selector,
+                "limit": _PAGE_SIZE, "continue": token})
+            for item in answer.get("items") or []:
+                item.setdefault("apiVersion", resource.api_version)
+                item.setdefault("kind", resource.kind)
+                items.append(item)
+            token = (answer.get("metadata") or {}).get("continue") or None
+            if not token:
+                return items
+
+    def merge_patch(self, resource: Resource, name: str, patch: Mapping[str, Any], *,
+                    namespace: str | None = None, subresource: str | None = None) -> Obj:
+        return self.transport.request("PATCH", resource.path(namespace, name, subresource), body=dict(patch),
+                                      content_type=MERGE_PATCH)
+
+    # -- nodes ------------------------------------------------------------------------------
+
+    def get_node(self, name: str) -> Obj:
+        return self.get_object(NODES, name)
+
+    def list_nodes(self, *, label_selector: str | None = None) -> list[Obj]:
+        return self.list_objects(NODES, label_selector=label_selector)
+
+    def patch_node_metadata(self, name: str, *, annotations: Mapping[str, str | None] | None = None,
+                            labels: Mapping[str, str | None] | None = None) -> Obj:
+        """Set annotations and labels of a Node in one merge patch; a value of None deletes the key."""
+        metadata: dict[str, Any] = {}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if labels:
+            metadata["labels"] = dict(labels)
+        if not metadata:
+            return self.get_node(name)
+        return self.merge_patch(NODES, name, {"metadata": metadata})
+
+    def add_node_taint(self, name: str, key: str, *, effect: str = "NoSchedule", value: str | None = None) -> Obj:
+        """Add (or update the value of) the taint ``key:effect``; read-modify-write, retried on 409."""
+
+        def change(taints: list[Obj]) -> list[Obj] | None:
+            wanted: Obj = {"key": key, "effect": effect}
+            if value is not None:
+                wanted["value"] = value
+            for taint in taints:
+                if taint.get("key") == key and taint.get("effect") == effect:
+                    if taint.get("value") == value:
+                        return None
+                    return [wanted if t is taint else t for t in taints]
+            return [*taints, {**wanted, "timeAdded": format_time(self.clock())}]
+
+        return self._update_taints(name, change)
+
+    def remove_node_taint(self, name: str, key: str, *, effect: str | None = None) -> Obj:
+        """Remove the taints with ``key`` (and ``effect``, if given); retried on 409."""
+
+        def change(taints: list[Obj]) -> list[Obj] | None:
+            kept = [t for t in taints if not (t.get("key") == key and (effect is None or t.get("effect") == effect))]
+            return None if len(kept) == len(taints) else kept
+
+        return self._update_taints(name, change)
+
+    def _update_taints(self, name: str, change: Callable[[list[Obj]], list[Obj] | None]) -> Obj:
+        for attempt in range(self.conflict_retries + 1):
+            node = self.get_node(name)
+            spec = node.setdefault("spec", {})
+            taints = change(list(spec.get("taints") or []))
+            if taints is None:
+                return node
+            if taints:
+                spec["taints"] = taints
+            else:
+                spec.pop("taints", None)
+            try:
+                return self.transport.request("PUT", NODES.path(None, name), body=node)
+            except errors.Conflict:
+                if attempt == self.conflict_retries:
+                    raise
+                log.info("node taint update conflicted, retrying node=%s attempt=%d", name, attempt + 1)
+        raise AssertionError("unreachable")
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Obj:
+        return self.get_object(LEASES, name, namespace)
+
+    def renew_lease(self, namespace: str, name: str, *, holder: str, duration_s: int) -> Obj:
+        """Create the Lease or renew it (holder, leaseDurationSeconds, renewTime); retried on 409."""
+        for attempt in range(self.conflict_retries + 1):
+            now = format_micro_time(self.clock())
+            try:
+                lease = self.get_lease(namespace, name)
+            except errors.NotFound:
+                body: Obj = {
+                    "apiVersion": LEASES.api_version,
+                    "kind": LEASES.kind,
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_s,
+                             "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
+                }
+                try:
+                    return self.transport.request("POST", LEASES.path(namespace), body=body)
+                except errors.AlreadyExists:
+                    continue
+            spec = lease.setdefault("spec", {})
+            if spec.get("holderIdentity") != holder:
+                spec["holderIdentity"] = holder
+                spec["acquireTime"] = now
+                spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            spec["leaseDurationSeconds"] = duration_s
+            spec["renewTime"] = now
+            try:
+                return self.transport.request("PUT", LEASES.path(namespace, name), body=lease)
+            except errors.Conflict:
+                if attempt == self.conflict_retries:
+                    raise
+                log.info("lease renew conflicted, retrying lease=%s/%s", namespace, name)
+        raise errors.Conflict(409, "Conflict", f"lease {namespace}/{name}: too many conflicts")
+
+    # -- pods -------------------------------------------------------------------------------
+
+    def get_pod(self, namespace: str, name: str) -> Obj:
+        return self.get_object(PODS, name, namespace)
+
+    def list_pods(self, *, namespace: str | None = None, node_name: str | None = None,
+                  label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+        """Pods of one namespace (or all); ``node_name`` selects ``spec.nodeName`` server-side."""
+        fields = [f for f in (f"spec.nodeName={node_name}" if node_name is not None else None, field_selector) if f]
+        return self.list_objects(PODS, namespace=namespace, label_selector=label_selector,
+                         field_selector=",".join(fields) or None)
+
+    def patch_pod_annotations(self, namespace: str, name: str, annotations: Mapping[str, str | None], *,
+                              resource_version: str | None = None) -> Obj:
+        """Merge-patch pod annotations (None deletes); with ``resource_version``, 409 if the pod moved on."""
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
+        return self.merge_patch(PODS, name, {"metadata": metadata}, namespace=namespace)
+
+    def bind_pod(self, namespace: str, name: str, node: str, *, annotations: Mapping[str, str] | None = None,
+                 uid: str | None = None) -> None:
+        """Create the pod's Binding; the API server copies ``annotations`` onto the pod in the same write.
+
+        Idempotent: if the pod is already bound to ``node`` with these annotations, this returns;
+        bound elsewhere (or with other annotations) raises ``Conflict``.
+        """
+        metadata: Obj = {"name": name, "namespace": namespace}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        if uid:
+            metadata["uid"] = uid
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": metadata,
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        try:
+            self.transport.request("POST", PODS.path(namespace, name, "binding"), body=body)
+        except errors.Conflict as exc:
+            try:
+                pod = self.get_pod(namespace, name)
+            except errors.NotFound:
+                raise exc from None
+            bound_to = (pod.get("spec") or {}).get("nodeName")
+            current = objects.annotations(pod)
+            same = bound_to == node and all(current.get(k) == v for k, v in (annotations or {}).items())
+            if not same or (uid and objects.uid(pod) != uid):
+                raise
+            log.debug("pod already bound pod=%s/%s node=%s", namespace, name, node)
+
+    def evict_pod(self, namespace: str, name: str, *, grace_period_s: int | None = None) -> None:
+        """policy/v1 Eviction; a PodDisruptionBudget refusal raises ``TooManyRequests`` with its message."""
+        body: Obj = {"apiVersion": "policy/v1", "kind": "Eviction",
+                     "metadata": {"name": name, "namespace": namespace}}
+        if grace_period_s is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_period_s}
+        self.transport.request("POST", PODS.path(namespace, name, "eviction"), body=body)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def create_event(self, involved: ObjectRef, *, reason: str, message: str, type: str = EVENT_NORMAL,
+                     action: str | None = None) -> Obj:
+        """A core/v1 Event about ``involved`` (cluster-scoped objects: in namespace "default")."""
+        namespace = involved.namespace or "default"
+        now = self.clock()
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{involved.name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": involved.to_json(),
+            "reason": reason,
+            "message": message[:1024],
+            "type": type,
+            "count": 1,
+            "firstTimestamp": format_time(now),
+            "lastTimestamp": format_time(now),
+            "source": {"component": self.component, "host": self.instance},
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
+        }
+        if action:
+            body["action"] = action
+        return self.transport.request("POST", EVENTS.path(namespace), body=body)
+
+    # -- tenant quotas ----------------------------------------------------------------------
+
+    def get_tenant_quota(self, name: str) -> Obj:
+        return self.get_object(TENANTQUOTAS, name)
+
+    def list_tenant_quotas(self) -> list[Obj]:
+        return self.list_objects(TENANTQUOTAS)
+
+    def update_tenant_quota_status(self, name: str, status: Mapping[str, Any], *,
+                                   resource_version: str | None = None) -> Obj:
+        """Replace ``status`` through the /status subresource.
+
+        With ``resource_version`` the write is conditional (``Conflict`` if the object moved on);
+        without, it reads the current object and retries on conflict.
+        """
+        for attempt in range(self.conflict_retries + 1):
+            if resource_version is None:
+                current = self.get_tenant_quota(name)
+            else:
+                current = {"apiVersion": TENANTQUOTAS.api_version, "kind": TENANTQUOTAS.kind,
+                           "metadata": {"name": name, "resourceVersion": resource_version}}
+            body = copy.deepcopy(current)
+            body["status"] = dict(status)
+            try:
+                return self.transport.request("PUT", TENANTQUOTAS.path(None, name, "status"), body=body)
+            except errors.Conflict:
+                if resource_version is not None or attempt == self.conflict_retries:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- namespaces -------------------------------------------------------------------------
+
+    def get_namespace(self, name: str) -> Obj:
+        return self.get_object(NAMESPACES, name)
+
+    def list_namespaces(self, *, label_selector: str | None = None) -> list[Obj]:
+        return self.list_objects(NAMESPACES, label_selector=label_selector)

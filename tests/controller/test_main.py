@@ -1,0 +1,93 @@
+"""`fracgpu controller` as a process would run it: flags, reflectors over real watches, the real clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import pytest
+
+from fracgpu.controller import main as cmain
+from fracgpu.controller.config import ConfigError
+from fracgpu.core.health import NodePolicy
+from tests.controller.conftest import NS, inventory
+from tests.controller.test_self_heal import set_inventory, taints, terminating
+from tests.fakes.apiserver import FakeApiServer
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll until ``check()`` holds; a generous bound, never a timing assertion."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def test_flags_and_env() -> None:
+    opts = cmain.parse_options(
+        ["--taint-hold", "30", "--node-policy", "any-gpu", "--identity", "me", "--eviction-grace-period", "5"],
+        {"FRACGPU_TAINT_KEY": "example.com/gpu-broken", "FRACGPU_MAX_EVICTIONS_PER_NODE": "3"},
+    )
+    cfg = opts.cfg
+    assert (cfg.taint_hold, cfg.node_policy, cfg.taint_key) == (30.0, NodePolicy.ANY_GPU, "example.com/gpu-broken")
+    assert (cfg.max_evictions_per_node, cfg.eviction_grace_period, opts.identity) == (3, 5, "me")
+    # a flag beats the environment
+    assert cmain.parse_options(["--taint-key", "a/b"], {"FRACGPU_TAINT_KEY": "c/d"}).cfg.taint_key == "a/b"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--node-policy", "sometimes"], "node policy: one of"), (["--renew-deadline", "20"], "renew deadline")],
+)
+def test_bad_flags_are_named(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cmain.parse_options(argv, {})
+
+
+def test_main_reports_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cmain.main(["--max-evictions-per-node", "0"]) == 2
+    assert "max evictions per node" in capsys.readouterr().err
+
+
+def test_main_help() -> None:
+    assert cmain.main(["--help"]) == 0
+
+
+@pytest.fixture
+def running_controller(one_node_two_gpus: FakeApiServer) -> Iterator[FakeApiServer]:
+    """`serve()` in a thread against the server (watches, real clock), stopped and joined after the test."""
+    opts = cmain.parse_options(["--identity", "ctl-1", "--metrics-port", "0", "--kube-api", one_node_two_gpus.url], {})
+    opts = replace(opts, cfg=replace(opts.cfg, resync=0.2, retry_period=0.5, taint_hold=0.0), sync_timeout=10.0)
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(cmain.serve(opts, stop)), daemon=True)
+    thread.start()
+    try:
+        yield one_node_two_gpus
+    finally:
+        stop.set()
+        thread.join(10.0)
+    assert result == [0]
+    lease = one_node_two_gpus.get_object("leases", "fracgpu-controller", NS)
+    assert lease is not None and not lease["spec"].get("holderIdentity")  # released on the way out
+
+
+def test_serve_evicts_taints_and_releases_its_lease(running_controller: FakeApiServer) -> None:
+    server = running_controller
+
+    def holder() -> str | None:
+        lease = server.get_object("leases", "fracgpu-controller", NS)
+        return None if lease is None else lease["spec"].get("holderIdentity")
+
+    assert eventually(lambda: holder() == "ctl-1")
+    set_inventory(server, "n1", inventory(True, "xid 79"))
+    assert eventually(lambda: terminating(server) == {"b", "c", "d"})
+    set_inventory(server, "n1", inventory("xid 79", "xid 79"))
+    assert eventually(lambda: len(taints(server, "n1")) == 1)
+    assert terminating(server) == {"a", "b", "c", "d"}
+    set_inventory(server, "n1", inventory(True, True))
+    assert eventually(lambda: taints(server, "n1") == [])  # hold 0 s in this test

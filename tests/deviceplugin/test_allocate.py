@@ -1,0 +1,148 @@
+"""GetPreferredAllocation and Allocate as the kubelet calls them (DESIGN, flow step 5)."""
+
+from __future__ import annotations
+
+import grpc
+
+from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
+from fracgpu.core.inventory import split_device_id
+from tests.deviceplugin.kubelet import Container
+from tests.deviceplugin.world import GiB, World, gpu_uuid
+
+
+def gpus_of(ids: list[str]) -> set[str]:
+    return {s[0] for s in map(split_device_id, ids) if s is not None}
+
+
+def test_a_share_gets_its_reserved_ids_and_limits(node: World) -> None:
+    node.add_pod("other", [Container("main", 30)], [1])
+    reserved = node.add_pod("p", [Container("main", 50)], [1])
+    want = sorted(node.assignment("p").device_ids)
+    adm = node.admit("p")
+    assert adm.error is None
+    assert adm.preferred_calls[0][2] == want  # preferred = the reservation
+    assert sorted(adm.devices["main"]) == want  # and the kubelet used it
+    env = adm.responses["main"].envs
+    assert env["NVIDIA_VISIBLE_DEVICES"] == gpu_uuid(1)
+    assert env["FRACGPU_CORE_PERCENT"] == env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "50"
+    assert env["FRACGPU_VRAM_LIMIT"] == str(40 * GiB)  # default: the core share of 80Gi
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=40960M"
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == PHASE_ALLOCATED
+    assert reserved["metadata"]["name"] == "p"
+
+
+def test_an_explicit_vram_request_is_the_limit(node: World) -> None:
+    node.add_pod("p", [Container("main", 10)], [0], memory=8 * GiB)
+    adm = node.admit("p")
+    assert adm.responses["main"].envs["FRACGPU_VRAM_LIMIT"] == str(8 * GiB)
+
+
+def test_whole_gpus(node: World) -> None:
+    node.add_pod("p", [Container("train", 200)], [2, 3])
+    adm = node.admit("p")
+    assert adm.error is None
+    env = adm.responses["train"].envs
+    assert env["NVIDIA_VISIBLE_DEVICES"] == f"{gpu_uuid(2)},{gpu_uuid(3)}"
+    assert env["FRACGPU_CORE_PERCENT"] == "100"
+    assert env["FRACGPU_VRAM_LIMIT"] == str(80 * GiB)
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=81920M,1=81920M"
+
+
+def test_the_kubelet_choosing_other_ids_on_the_same_gpu_is_served_and_recorded(node: World) -> None:
+    node.add_pod("p", [Container("main", 20)], [0])
+    node.add_pod("q", [Container("main", 20)], [0])  # reserved ::20..::39 of GPU 0, not admitted yet
+    q_ids = sorted(node.assignment("q").device_ids)
+
+    def take_qs(offer: list[str], must: list[str], size: int, preferred: list[str]) -> list[str]:
+        return q_ids  # topology alignment or whatever: the kubelet hands p the ids reserved for q
+
+    adm = node.admit("p", chooser=take_qs)
+    assert adm.error is None, adm.error
+    node.settle()
+    assert node.assignment("p").device_ids == frozenset(q_ids)  # p's reservation follows the kubelet
+    q_now = node.assignment("q").device_ids
+    assert not q_now & frozenset(q_ids) and len(q_now) == 20  # q got other free ids of the same GPU
+    adm_q = node.admit("q")
+    assert adm_q.error is None and sorted(adm_q.devices["main"]) == sorted(q_now)
+
+
+def test_the_kubelet_choosing_another_gpu_with_room_moves_the_reservation(node: World) -> None:
+    node.add_pod("p", [Container("main", 50)], [0])
+
+    def gpu3(offer: list[str], must: list[str], size: int, preferred: list[str]) -> list[str]:
+        return [i for i in offer if i.startswith(gpu_uuid(3))][:size]
+
+    adm = node.admit("p", chooser=gpu3)
+    assert adm.error is None, adm.error
+    assert adm.responses["main"].envs["NVIDIA_VISIBLE_DEVICES"] == gpu_uuid(3)
+    node.settle()
+    a = node.assignment("p")
+    assert [g.uuid for g in a.gpus] == [gpu_uuid(3)] and a.gpus[0].memory == 40 * GiB
+    assert any(e.reason == "FracgpuReservationMoved" for e in node.cluster.events)
+    assert node.metrics.repairs.labels(kind="moved-at-allocate")._value.get() == 1
+
+
+def test_the_kubelet_choosing_a_gpu_without_room_is_refused_with_an_event(node: World) -> None:
+    node.add_pod("big", [Container("main", 30)], [3], memory=70 * GiB)  # reserved, not admitted: 10Gi left
+    node.add_pod("p", [Container("main", 50)], [0])
+
+    def gpu3(offer: list[str], must: list[str], size: int, preferred: list[str]) -> list[str]:
+        return [i for i in offer if i.startswith(gpu_uuid(3)) and i not in node.assignment("big").device_ids][:size]
+
+    adm = node.admit("p", chooser=gpu3)
+    assert adm.error is not None and adm.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "unreserved" in (adm.error.details() or "")
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE].startswith("failed: ")
+    assert [e.name for e in node.cluster.events if e.reason == "FracgpuAllocateRefused"] == ["p"]
+
+
+def test_init_container_and_two_app_containers(node: World) -> None:
+    # effective request: max(init 30, 20 + 20) = 40 on GPU 1
+    containers = [Container("setup", 30, "init"), Container("a", 20), Container("b", 20)]
+    node.add_pod("p", containers, [1])
+    reserved = node.assignment("p").device_ids
+    adm = node.admit("p")
+    assert adm.error is None, adm.error
+    assert set(adm.devices["setup"]) | set(adm.devices["a"]) | set(adm.devices["b"]) == reserved
+    assert not set(adm.devices["a"]) & set(adm.devices["b"])
+    # "a" came wholly from the init pool (no preferred call); "b" asked for its shortfall with must_include
+    sizes = [(size, len(must)) for size, must, _ in adm.preferred_calls]
+    assert sizes == [(30, 0), (20, 10)]
+    assert adm.responses["b"].envs["FRACGPU_CORE_PERCENT"] == "20"
+    assert adm.responses["b"].envs["FRACGPU_VRAM_LIMIT"] == str(16 * GiB)  # 20/40 of the pod's 32Gi
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == PHASE_ALLOCATED
+
+
+def test_a_sidecar_keeps_its_ids(node: World) -> None:
+    containers = [Container("proxy", 10, "sidecar"), Container("app", 30)]
+    node.add_pod("p", containers, [2])
+    adm = node.admit("p")
+    assert adm.error is None, adm.error
+    assert set(adm.devices["proxy"]) | set(adm.devices["app"]) == node.assignment("p").device_ids
+    assert not set(adm.devices["proxy"]) & set(adm.devices["app"])
+
+
+def test_interchangeable_pods_may_be_admitted_in_either_order(node: World) -> None:
+    node.add_pod("first", [Container("main", 25)], [0])
+    node.add_pod("second", [Container("main", 25)], [0])
+    assert node.admit("second").error is None
+    assert node.admit("first").error is None
+    node.settle()
+    a, b = node.assignment("first").device_ids, node.assignment("second").device_ids
+    assert not a & b
+
+
+def test_a_tenant_over_quota_is_refused(world: World) -> None:
+    class Over:
+        def check(self, pod: str, assignment: object) -> str | None:
+            return "team-a uses 64Gi of 64Gi vgpu-memory"
+
+    world.quota = Over()
+    world.start_plugin()
+    world.kubelet.wait_connected()
+    world.add_pod("p", [Container("main", 10)], [0])
+    adm = world.admit("p")
+    assert adm.error is not None and "tenant quota: team-a uses 64Gi" in (adm.error.details() or "")

@@ -1,0 +1,65 @@
+"""Registration, re-registration, the device list and its health, over real unix-socket gRPC."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from fracgpu.api.v1beta1.names import RESOURCE_CORE
+from tests.deviceplugin.world import World, gpu_uuid
+
+
+def test_registers_with_the_kubelet_and_streams_100_ids_per_gpu(node: World) -> None:
+    reg = node.kubelet.registrations[0]
+    assert (reg.version, reg.endpoint, reg.resource_name) == ("v1beta1", "fracgpu-vgpu-core.sock", RESOURCE_CORE)
+    assert reg.options.get_preferred_allocation_available
+    assert node.kubelet.options is not None and node.kubelet.options.get_preferred_allocation_available
+    assert not node.kubelet.options.pre_start_required
+    devices = node.kubelet.devices
+    assert len(devices) == 400
+    d = devices[f"{gpu_uuid(3)}::99"]
+    assert d.health == "Healthy"
+    assert [n.ID for n in d.topology.nodes] == [1]  # GPUs 2 and 3 sit on NUMA node 1
+    mode = stat.S_IMODE(os.stat(os.path.join(node.dir, reg.endpoint)).st_mode)
+    assert mode & 0o002 == 0 and mode & 0o020 == 0, oct(mode)
+
+
+def test_registers_again_when_the_kubelet_restarts(node: World) -> None:
+    node.kubelet.restart()
+    node.kubelet.wait_connected(registrations=2)
+    assert len(node.kubelet.devices) == 400
+    assert node.app is not None and node.app.server.generation == 2  # the old server was stopped
+
+
+def test_registers_again_when_its_own_socket_is_removed(node: World) -> None:
+    os.unlink(os.path.join(node.dir, "fracgpu-vgpu-core.sock"))
+    node.kubelet.wait_connected(registrations=2)
+
+
+def test_survives_the_kubelet_vanishing_mid_stream(node: World) -> None:
+    node.kubelet.stop_registration()  # drops the ListAndWatch stream, kubelet.sock stays as a dead file
+    assert node.kubelet.stream_ended.wait(5)
+    node.kubelet.restart()
+    node.kubelet.wait_connected(registrations=2)
+    assert len(node.kubelet.healthy()) == 400
+
+
+def test_a_health_change_reaches_listandwatch_within_a_second(node: World) -> None:
+    sick = gpu_uuid(1)
+    node.backend.set_unhealthy(sick, "test: ECC storm")
+    assert node.kubelet.wait_for(lambda: f"{sick}::0" not in node.kubelet.healthy(), timeout=1.0)
+    assert len(node.kubelet.healthy()) == 300
+    node.backend.set_healthy(sick)
+    assert node.kubelet.wait_for(lambda: len(node.kubelet.healthy()) == 400, timeout=1.0)
+
+
+def test_a_fatal_xid_makes_the_gpu_unhealthy_an_application_xid_does_not(node: World) -> None:
+    node.backend.inject_xid(gpu_uuid(2), 13)  # graphics engine exception: the application's fault
+    node.backend.inject_xid(gpu_uuid(0), 79)  # fallen off the bus
+    assert node.kubelet.wait_for(lambda: len(node.kubelet.healthy()) == 300, timeout=1.0)
+    assert f"{gpu_uuid(0)}::5" not in node.kubelet.healthy()
+
+
+def test_a_gpu_that_is_gone_leaves_the_list(node: World) -> None:
+    node.backend.remove(gpu_uuid(3))
+    assert node.kubelet.wait_for(lambda: len(node.kubelet.devices) == 300, timeout=1.0)

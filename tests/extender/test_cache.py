@@ -1,0 +1,158 @@
+"""The cache against the in-process fake API server: list+watch, 410 Gone, dropped watches, bind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fracgpu.api.v1beta1.assignment import Assignment
+from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, DEFAULT_NAMESPACE, lease_name
+from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
+from fracgpu.extender.app import Deps, Metrics, make_app
+from fracgpu.extender.cache import ClusterCache
+from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
+from fracgpu.kube.client import Transport
+from fracgpu.kube.reflector import Backoff
+from fracgpu.kube.writer import KubeWriter
+from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
+from tests.extender.conftest import FakeClock
+from tests.fakes.apiserver import FakeApiServer
+
+
+def lease(node: str) -> dict[str, Any]:
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": lease_name(node), "namespace": DEFAULT_NAMESPACE},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40}}
+
+
+def eventually(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for another thread's work; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.005)
+
+
+class CacheWorld:
+    def __init__(self, apiserver: FakeApiServer) -> None:
+        self.apiserver = apiserver
+        self.clock = FakeClock()
+        self.scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=40, refresh_s=0), self.clock)
+        self.transport = Transport(apiserver.api_client(), timeout_s=5)
+        self.cache = ClusterCache(self.transport, self.scheduler, namespace=DEFAULT_NAMESPACE,
+                                  backoff=Backoff(initial_s=0.01, cap_s=0.05), watch_timeout_s=30)
+
+    def free(self, node: str, slot: int = 0) -> int:
+        with self.scheduler.lock:
+            return int(self.scheduler.state.free_cores[self.scheduler.state.index[node], slot])
+
+
+@pytest.fixture
+def cache_world(apiserver: FakeApiServer) -> Iterator[CacheWorld]:
+    apiserver.seed(node_obj("n1", 2), node_obj("n2", 2), lease("n1"), lease("n2"),
+                   pod_obj("pending", 50, "8Gi"),
+                   {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
+    w = CacheWorld(apiserver)
+    w.cache.start()
+    assert w.cache.synced.wait(10)
+    yield w
+    w.cache.stop()
+
+
+def test_first_sync_builds_the_state(cache_world: CacheWorld) -> None:
+    s = cache_world.scheduler
+    assert s.synced
+    assert set(s.nodes) == {"n1", "n2"}
+    assert "default/pending" in s.pods and s.pods["default/pending"].raw is not None
+    assert s.state.specs[s.state.index["n1"]].unusable == ""  # type: ignore[union-attr]
+
+
+def test_heartbeat_staleness_is_judged_by_receive_time(cache_world: CacheWorld) -> None:
+    w = cache_world
+    w.clock.advance(41)
+    w.apiserver.patch_object("leases", lease_name("n2"), {"spec": {"renewTime": "2026-11-23T00:00:00.000000Z"}},
+                             namespace=DEFAULT_NAMESPACE)
+    eventually(lambda: w.scheduler.beats.get("n2") == w.clock.t)
+    out = w.scheduler.filter(_args(["n1", "n2"]))
+    assert out.unresolvable == {"n1": NODE_STALE_HEARTBEAT}
+    w.apiserver.delete_object("leases", lease_name("n2"), namespace=DEFAULT_NAMESPACE)
+    eventually(lambda: "n2" not in w.scheduler.beats)
+    out = w.scheduler.filter(_args(["n1", "n2"]))
+    assert out.unresolvable == {"n1": NODE_STALE_HEARTBEAT, "n2": NODE_NO_HEARTBEAT}
+
+
+def _args(names: list[str], pod: dict[str, Any] | None = None) -> Any:
+    from fracgpu.api.v1beta1.extender import ExtenderArgs
+
+    return ExtenderArgs.from_obj(filter_args(pod or pod_obj("pending", 50, "8Gi"), names))
+
+
+async def test_bind_through_the_api_is_assumed_then_confirmed_once(cache_world: CacheWorld, aiohttp_client: Any
+                                                                   ) -> None:
+    w = cache_world
+    writer = KubeWriter(w.transport)
+    deps = Deps(scheduler=w.scheduler, binder=writer, metrics=Metrics(w.scheduler))
+    client = await aiohttp_client(make_app(deps))
+    before = w.free("n1")
+    out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
+    assert out == {"Error": ""}
+    pod = w.apiserver.get_object("pods", "pending", namespace="default")
+    assert pod is not None and pod["spec"]["nodeName"] == "n1"
+    assert pod["metadata"]["annotations"][ANN_PHASE] == "allocating"
+    a = Assignment.from_json(pod["metadata"]["annotations"][ANN_ASSIGNED])
+    # the watch brings the bound pod back: charged once, no longer assumed
+    eventually(lambda: w.scheduler.pods["default/pending"].assignment is not None
+               and w.scheduler.held["default/pending"].assumed_at is None)
+    assert w.free("n1", 0) + w.free("n1", 1) == 2 * before - 50
+    assert w.scheduler.held["default/pending"].assignment == a
+    # the plugin marks it allocated, later the pod ends: the share comes back
+    w.apiserver.patch_object("pods", "pending", {"metadata": {"annotations": {ANN_PHASE: "allocated"}}},
+                             namespace="default")
+    eventually(lambda: not w.scheduler.allocating)
+    w.apiserver.patch_object("pods", "pending", {"status": {"phase": "Succeeded"}}, namespace="default")
+    eventually(lambda: w.free("n1", 0) + w.free("n1", 1) == 2 * before)
+
+
+def test_relist_after_410_gone(cache_world: CacheWorld) -> None:
+    w = cache_world
+    pods, nodes = w.cache.reflectors["pods"], w.cache.reflectors["nodes"]
+    lists = (pods.lists, nodes.lists)
+    assert w.apiserver.wait_for_watches(5)
+    # every watch reopened from now on answers 410 Gone once: the reflectors must relist
+    w.apiserver.fail_next("watch", "pods", 410)
+    w.apiserver.fail_next("watch", "nodes", 410)
+    w.apiserver.compact()
+    w.apiserver.drop_watches()
+    w.apiserver.seed(pod_obj("late", 30, None))
+    w.apiserver.delete_object("nodes", "n2")
+    eventually(lambda: pods.lists > lists[0] and nodes.lists > lists[1])
+    eventually(lambda: "default/late" in w.scheduler.pods and "n2" not in w.scheduler.nodes)
+
+
+def test_dropped_watch_resumes(cache_world: CacheWorld) -> None:
+    w = cache_world
+    assert w.apiserver.wait_for_watches(5)
+    w.apiserver.drop_watches()
+    w.apiserver.seed(pod_obj("after-drop", 30, None))
+    eventually(lambda: "default/after-drop" in w.scheduler.pods)
+    w.apiserver.delete_object("pods", "after-drop", namespace="default")
+    eventually(lambda: "default/after-drop" not in w.scheduler.pods)
+
+
+def test_not_ready_until_synced(apiserver: FakeApiServer) -> None:
+    gate = threading.Event()
+    w = CacheWorld(apiserver)
+    apiserver.on_next("list", "nodes", lambda: gate.wait(5))
+    w.cache.start()
+    try:
+        out = w.scheduler.filter(_args(["n1"]))
+        assert out.failed == {"n1": "the fracgpu extender's cache is not synced yet"}
+        gate.set()
+        assert w.cache.synced.wait(10)
+    finally:
+        w.cache.stop()

@@ -1,0 +1,81 @@
+"""The kustomize base rendered as a list of objects: by `kubectl kustomize` where kubectl is
+installed, else by reading the kustomization's resources in order (the base uses no generators,
+patches or name transformers, so the two agree; test_render checks that where both can run)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+
+Obj = dict[str, Any]
+
+
+def kustomization() -> Obj:
+    doc: Obj = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    return doc
+
+
+def resource_files() -> list[Path]:
+    return [MANIFESTS / r for r in kustomization()["resources"]]
+
+
+def _apply_images(objs: list[Obj]) -> list[Obj]:
+    """kustomize's `images:` transformer, the one transformer the base uses."""
+    images = {i["name"]: i for i in kustomization().get("images", [])}
+
+    def fix(container: Obj) -> None:
+        name, _, _ = container["image"].partition(":")
+        if name in images:
+            container["image"] = f"{images[name].get('newName', name)}:{images[name]['newTag']}"
+
+    for obj in objs:
+        pod_spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        for c in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
+            fix(c)
+    return objs
+
+
+def concatenated() -> list[Obj]:
+    objs: list[Obj] = []
+    for path in resource_files():
+        objs += [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    return _apply_images(objs)
+
+
+def kubectl_kustomize() -> list[Obj] | None:
+    """`kubectl kustomize manifests/`, or None where kubectl is not installed."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return None
+    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], check=True, capture_output=True, text=True,
+                         timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d is not None]
+
+
+@functools.cache
+def _rendered() -> tuple[Obj, ...]:
+    objs = kubectl_kustomize()
+    return tuple(objs if objs is not None else concatenated())
+
+
+def rendered() -> list[Obj]:
+    """The objects `kubectl apply -k manifests/` would send (fresh copies each call)."""
+    return yaml.safe_load(yaml.safe_dump(list(_rendered())))  # type: ignore[no-any-return]
+
+
+def find(kind: str, name: str) -> Obj:
+    matches = [o for o in rendered() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} objects"
+    return matches[0]
+
+
+def of_kind(kind: str) -> list[Obj]:
+    return [o for o in rendered() if o["kind"] == kind]
