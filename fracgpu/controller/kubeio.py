@@ -9,8 +9,10 @@ from fracgpu.controller import reconcile
 from fracgpu.controller.leader import LeaseConflict
 from fracgpu.kube import errors
 from fracgpu.kube.objects import ObjectRef
-from fracgpu.kube.resources import LEASES, PODS
+from fracgpu.kube.resources import LEASES, PODS, Resource
 from fracgpu.kube.writer import KubeWriter
+
+JOBS = Resource("batch", "v1", "jobs", "Job", namespaced=True)
 
 
 class ControllerWriter:
@@ -44,6 +46,9 @@ class ControllerWriter:
     def record_event(self, ref: reconcile.ObjectRef, type_: str, reason: str, message: str) -> None:
         involved = ObjectRef(kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid)
         self.writer.create_event(involved, reason=reason, message=message, type=type_)
+
+    def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self.writer.transport.request("POST", JOBS.path(namespace), body=dict(body))
 
 
 class KubeLeaseStore:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from fracgpu.controller import reconcile
+from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.leader import Clock, LeaderElector
 from fracgpu.controller.metrics import ControllerMetrics
@@ -36,6 +36,8 @@ class Writer(Protocol):
 
     def record_event(self, ref: reconcile.ObjectRef, type_: str, reason: str, message: str) -> None: ...
 
+    def create_job(self, namespace: str, body: Mapping[str, Any]) -> None: ...
+
 
 class ClusterCache:
     """Nodes, fracgpu pods and heartbeat Leases as views; thread-safe; ``changed`` is set on updates."""
@@ -48,6 +50,7 @@ class ClusterCache:
         self._nodes: dict[str, NodeView] = {}
         self._pods: dict[tuple[str, str], PodView] = {}
         self._beats: dict[str, str] = {}
+        self._jobs: dict[tuple[str, str], tuple[str, bool]] = {}  # recovery Job -> (node, running)
 
     def node(self, event: str, obj: Mapping[str, Any]) -> None:
         view = node_view(obj, self.taint_key)
@@ -83,8 +86,19 @@ class ClusterCache:
                 self._beats[beat[0]] = beat[1]
         self.changed.set()
 
+    def job(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        state = None if event == "DELETED" else recovery.job_state(obj)
+        with self._lock:
+            if state is None:
+                self._jobs.pop(key, None)
+            else:
+                self._jobs[key] = state
+        self.changed.set()
+
     def replace(self, kind: str, objs: list[Mapping[str, Any]]) -> None:
-        """A relist: the whole set of one kind ("nodes" | "pods" | "leases") at once."""
+        """A relist: the whole set of one kind ("nodes" | "pods" | "leases" | "jobs") at once."""
         with self._lock:
             if kind == "nodes":
                 self._nodes = {v.name: v for v in (node_view(o, self.taint_key) for o in objs)}
@@ -98,13 +112,26 @@ class ClusterCache:
                     if (o.get("metadata") or {}).get("namespace", self.lease_namespace) == self.lease_namespace
                 )
                 self._beats = dict(b for b in beats if b is not None)
+            elif kind == "jobs":
+                states = ((o.get("metadata") or {}, recovery.job_state(o)) for o in objs)
+                self._jobs = {
+                    (str(m.get("namespace", "")), str(m.get("name", ""))): st for m, st in states if st is not None
+                }
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         self.changed.set()
 
     def world(self) -> World:
         with self._lock:
-            return World(nodes=dict(self._nodes), pods=tuple(self._pods.values()), heartbeats=dict(self._beats))
+            jobs: dict[str, bool] = {}
+            for node, running in self._jobs.values():
+                jobs[node] = jobs.get(node, False) or running
+            return World(
+                nodes=dict(self._nodes),
+                pods=tuple(self._pods.values()),
+                heartbeats=dict(self._beats),
+                recovery_jobs=jobs,
+            )
 
 
 class Controller:
@@ -181,7 +208,29 @@ class Controller:
             if not self._still_leader():
                 return p
             self._evict(action)
+        for start in p.recoveries:
+            if not self._still_leader():
+                return p
+            self._start_recovery(start)
         return p
+
+    def _start_recovery(self, action: reconcile.StartRecovery) -> None:
+        template = self.cfg.recovery_job
+        assert template is not None  # plan only asks for recovery Jobs when a template is set
+        body = recovery.build_job(template, action.node, self.cfg.namespace, self.cfg.taint_key)
+        created, detail = True, ""
+        try:
+            self.writer.create_job(self.cfg.namespace, body)
+        except errors.KubeAPIError as e:
+            created, detail = False, str(e)
+        self.metrics.recovery_jobs.labels("created" if created else "error").inc()
+        log_fn = log.warning if created else log.error
+        log_fn("recovery job node=%s created=%s reason=%r detail=%r", action.node, created, action.reason, detail)
+        self.memory, events = reconcile.after_recovery(
+            self.memory, action, created, detail, self.cfg, self.clock.monotonic()
+        )
+        for event in events:
+            self._event(event)
 
     def _evict(self, action: reconcile.Evict) -> None:
         pod = action.pod

@@ -13,10 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, SCHEDULER_NAME, TAINT_GPU_FAILED
+import yaml
+
+from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, LABEL_RECOVERY_NODE, SCHEDULER_NAME, TAINT_GPU_FAILED
+from fracgpu.controller import recovery
 from fracgpu.controller.config import ConfigError, ControllerConfig
-from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
+from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
 from fracgpu.controller.leader import LeaderElector, LeaseTiming
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
@@ -95,6 +99,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=env("FRACGPU_METRICS_PORT", "9402"), help="0 = off")
     p.add_argument("--pod-field-selector", default=f"spec.schedulerName={SCHEDULER_NAME}",
                    help="which pods to watch ('' = all)")  # fmt: skip
+    p.add_argument("--recovery-job", default=env("FRACGPU_RECOVERY_JOB", None),
+                   help="YAML file with a batch/v1 Job to run on a node broken for --recovery-after seconds")
+    p.add_argument("--recovery-after", type=float, default=d.recovery_after)
+    p.add_argument("--recovery-cooldown", type=float, default=d.recovery_cooldown)
     p.add_argument("--kube-api", default=None, help="API server URL (default: kubeconfig or in-cluster)")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
@@ -111,6 +119,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         raise ConfigError(
             f"node policy: one of {' | '.join(m.value for m in NodePolicy)}, got {args.node_policy!r}"
         ) from None
+    template = load_recovery_job(args.recovery_job) if args.recovery_job else None
     try:
         cfg = ControllerConfig(
             namespace=args.namespace,
@@ -128,6 +137,9 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
             lease_duration=args.lease_duration,
             renew_deadline=args.renew_deadline,
             retry_period=args.retry_period,
+            recovery_job=template,
+            recovery_after=args.recovery_after,
+            recovery_cooldown=args.recovery_cooldown,
         )
     except (ValueError, HealthConfigError) as e:
         raise ConfigError(str(e)) from None
@@ -142,6 +154,18 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         environ=environ,
         log_level=str(args.log_level).upper(),
     )
+
+
+def load_recovery_job(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"recovery job: cannot read {path}: {e}") from None
+    try:
+        return recovery.validate_template(obj)
+    except recovery.TemplateError as e:
+        raise ConfigError(f"{e} ({path})") from None
 
 
 def serve(opts: Options, stop: threading.Event) -> int:
@@ -163,7 +187,7 @@ def serve(opts: Options, stop: threading.Event) -> int:
     controller = Controller(cfg, cache, ControllerWriter(writer), elector, clock, metrics)
 
     def feed(kind: str) -> Callable[[WatchEvent], None]:
-        handler = {"nodes": cache.node, "pods": cache.pod, "leases": cache.lease}[kind]
+        handler = {"nodes": cache.node, "pods": cache.pod, "leases": cache.lease, "jobs": cache.job}[kind]
         return lambda event: handler(event.type, event.object)
 
     reflectors = [
@@ -171,6 +195,10 @@ def serve(opts: Options, stop: threading.Event) -> int:
         Reflector(transport, PODS, feed("pods"), field_selector=opts.pod_field_selector),
         Reflector(transport, LEASES, feed("leases"), namespace=cfg.namespace),
     ]
+    if cfg.recovery_job is not None:
+        reflectors.append(
+            Reflector(transport, JOBS, feed("jobs"), namespace=cfg.namespace, label_selector=LABEL_RECOVERY_NODE)
+        )
     if opts.metrics_port:
         from prometheus_client import start_http_server
 

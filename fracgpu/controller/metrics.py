@@ -23,6 +23,10 @@ class ControllerMetrics:
         self.recoveries = Counter(
             PREFIX + "node_recoveries", "Taints removed after the node stayed healthy for the hold time.", registry=r
         )
+        self.recovery_jobs = Counter(
+            PREFIX + "recovery_jobs", "Recovery Jobs started for broken nodes, by result (created, error).",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.events = Counter(PREFIX + "events", "Events recorded, by reason.", ["reason"], registry=r)
         self.errors = Counter(PREFIX + "api_errors", "Failed API writes, by action.", ["action"], registry=r)
         self.is_leader = Gauge(PREFIX + "is_leader", "1 while this replica holds the leader Lease.", registry=r)

@@ -21,7 +21,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
@@ -39,6 +39,8 @@ EV_UNTAINTED: Final = "GPUNodeRecovered"
 EV_HEARTBEAT_LOST: Final = "GPUPluginHeartbeatLost"
 EV_HEARTBEAT_BACK: Final = "GPUPluginHeartbeatRestored"
 EV_BAD_INVENTORY: Final = "GPUInventoryInvalid"
+EV_RECOVERY_STARTED: Final = "GPURecoveryJobStarted"
+EV_RECOVERY_FAILED: Final = "GPURecoveryJobFailed"
 
 NORMAL: Final = "Normal"
 WARNING: Final = "Warning"
@@ -82,6 +84,13 @@ class Untaint:
 
 
 @dataclass(frozen=True, slots=True)
+class StartRecovery:
+    node: str
+    reason: str  # why the node is broken
+    event: Event  # to record once the Job is created
+
+
+@dataclass(frozen=True, slots=True)
 class EvictionRecord:
     node: str
     attempts: int = 0  # refused or failed attempts so far
@@ -106,6 +115,8 @@ class Memory:
     evictions: Mapping[str, EvictionRecord] = field(default_factory=dict)  # pod uid -> record
     heartbeats: Mapping[str, Heartbeat] = field(default_factory=dict)  # node -> heartbeat
     bad_inventory: frozenset[str] = frozenset()  # nodes whose inventory error was reported
+    broken_since: Mapping[str, float] = field(default_factory=dict)  # broken node -> since
+    recovery_at: Mapping[str, float] = field(default_factory=dict)  # node -> last recovery Job attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +133,14 @@ class Plan:
     evictions: tuple[Evict, ...] = ()
     taints: tuple[Taint, ...] = ()
     untaints: tuple[Untaint, ...] = ()
+    recoveries: tuple[StartRecovery, ...] = ()
     events: tuple[Event, ...] = ()  # not tied to a write (heartbeats, bad inventories)
     memory: Memory = field(default_factory=Memory)
     gauges: Gauges = field(default_factory=Gauges)
 
     @property
     def empty(self) -> bool:
-        return not (self.evictions or self.taints or self.untaints or self.events)
+        return not (self.evictions or self.taints or self.untaints or self.recoveries or self.events)
 
 
 def node_ref(name: str) -> ObjectRef:
@@ -146,7 +158,7 @@ def bad_gpus(node: NodeView) -> dict[str, str]:
     return {g.uuid: g.reason or "unhealthy" for g in node.inventory.gpus if not g.healthy}
 
 
-def victims(node: NodeView, pods: tuple[PodView, ...]) -> list[tuple[PodView, tuple[str, ...], str]]:
+def victims(node: NodeView, pods: Iterable[PodView]) -> list[tuple[PodView, tuple[str, ...], str]]:
     """Pods on ``node`` that hold an unhealthy or missing GPU, with those GPUs and a reason, by name."""
     if node.inventory is None:
         return []
@@ -173,8 +185,11 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
     evictions: list[Evict] = []
     taints: list[Taint] = []
     untaints: list[Untaint] = []
+    recoveries: list[StartRecovery] = []
     events: list[Event] = []
     healthy_since = dict(memory.healthy_since)
+    broken_since: dict[str, float] = {}
+    recovery_at = {n: t for n, t in memory.recovery_at.items() if n in world.nodes}
     heartbeats: dict[str, Heartbeat] = {}
     bad_inventory: set[str] = set()
 
@@ -198,6 +213,9 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         heartbeats[name] = replace(hb, stale=is_stale)
 
     # -- per node: taint and evictions
+    pods_on: dict[str, list[PodView]] = {}
+    for pod in world.pods:
+        pods_on.setdefault(pod.node, []).append(pod)
     records: dict[str, EvictionRecord] = {}  # kept only for pods that are still victims
     unhealthy = broken = tainted = 0
     for name in sorted(world.nodes):
@@ -228,6 +246,18 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
                     )
                 )
             tainted += 1
+            since_broken = broken_since[name] = memory.broken_since.get(name, now)
+            last = recovery_at.get(name)
+            if (
+                cfg.recovery_job is not None
+                and not world.recovery_jobs.get(name, False)
+                and now - since_broken >= cfg.recovery_after
+                and (last is None or now - last >= cfg.recovery_cooldown)
+            ):
+                msg = f"started recovery Job: broken for {now - since_broken:.0f}s: {verdict.reason}"
+                recoveries.append(
+                    StartRecovery(name, verdict.reason, Event(node_ref(name), WARNING, EV_RECOVERY_STARTED, msg))
+                )
         elif node.tainted:
             since = healthy_since.setdefault(name, now)
             if now - since >= cfg.taint_hold and not stale:
@@ -243,7 +273,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
 
         in_flight = 0
         ready: list[Evict] = []
-        for pod, gpus, why in victims(node, world.pods):
+        for pod, gpus, why in victims(node, pods_on.get(name, ())):
             rec = memory.evictions.get(pod.uid)
             if rec is not None:
                 records[pod.uid] = rec
@@ -258,8 +288,11 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         evictions=tuple(evictions),
         taints=tuple(taints),
         untaints=tuple(untaints),
+        recoveries=tuple(recoveries),
         events=tuple(events),
         memory=Memory(
+            broken_since=broken_since,
+            recovery_at=recovery_at,
             healthy_since=healthy_since,
             evictions=records,
             heartbeats=heartbeats,
@@ -314,3 +347,16 @@ def after_eviction(
             events = (Event(pod_ref(pod), WARNING, reason, msg),)
         records[pod.uid] = rec
     return replace(memory, evictions=records), events
+
+
+def after_recovery(
+    memory: Memory, action: StartRecovery, created: bool, detail: str, cfg: ControllerConfig, now: float
+) -> tuple[Memory, tuple[Event, ...]]:
+    """Record a recovery Job attempt: the next one waits the cooldown, or the eviction backoff cap after a
+    failed create (so a transient API error does not cost an hour)."""
+    at = now if created else now - cfg.recovery_cooldown + cfg.eviction_backoff_max
+    memory = replace(memory, recovery_at={**memory.recovery_at, action.node: at})
+    if created:
+        return memory, (action.event,)
+    failed = Event(action.event.ref, WARNING, EV_RECOVERY_FAILED, f"could not create the recovery Job: {detail}")
+    return memory, (failed,)

@@ -170,9 +170,9 @@ class FragCache:
         dirty = np.flatnonzero(self.seen[:n] != state.row_version[:n])
         if len(dirty) == 0:
             return
-        t = node_terms(state, dirty, self.model)
-        self.big[dirty], self.cnt[dirty], self.idle[dirty] = t.big, t.cnt, t.idle
-        self.frag[dirty] = frag_from_terms(self.model, t.big, t.cnt, t.idle, state.cpu_free[dirty])
+        terms = node_terms(state, dirty, self.model)
+        self.big[dirty], self.cnt[dirty], self.idle[dirty] = terms.big, terms.cnt, terms.idle
+        self.frag[dirty] = frag_from_terms(self.model, terms.big, terms.cnt, terms.idle, state.cpu_free[dirty])
         self.seen[dirty] = state.row_version[dirty]
 
     def cluster(self, state: ClusterState) -> tuple[float, float]:

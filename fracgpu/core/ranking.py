@@ -153,9 +153,16 @@ def rank(
     names: list[str] | None = None,
     opts: FitOptions = DEFAULT_FIT,
     limit: int | None = None,
+    *,
+    rows: IntArray | None = None,
 ) -> Ranking:
-    """Fit the pod on the named nodes (every node when None) and rank the ones that fit, best first."""
-    rows, unknown = state.rows_of(names)
+    """Fit the pod on the named nodes (every node when None) and rank the ones that fit, best first.
+
+    `rows` (with `names` None): the candidates' rows, already resolved by a caller that caches the
+    name lookup (the extender gets the same 5,000 names on every filter)."""
+    unknown: list[str] = []
+    if rows is None:
+        rows, unknown = state.rows_of(names)
     f = fit(state, req, rows, opts)
     n = len(f.rows)
     total = np.zeros(n, dtype=np.float64)

@@ -10,7 +10,7 @@ answer is the split the kubelet ends up with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.names import CORES_PER_GPU, device_id
@@ -21,10 +21,9 @@ class NoFreeDeviceIds(ValueError):
     """A GPU has fewer free device IDs than the share needs (the ledger and the ID set disagree)."""
 
 
-def free_indices(held: Iterable[int], n: int) -> list[int]:
-    """The n lowest device indices (0..99) not in `held`."""
-    taken = set(held)
-    out = [k for k in range(CORES_PER_GPU) if k not in taken][:n]
+def free_indices(held: int, n: int) -> list[int]:
+    """The n lowest device indices (0..99) whose bit is not set in the mask `held`."""
+    out = [k for k in range(CORES_PER_GPU) if not held >> k & 1][:n]
     if len(out) < n:
         raise NoFreeDeviceIds(f"only {len(out)} free device ids, {n} needed")
     return out
@@ -60,10 +59,10 @@ def build_assignment(
     tenant: str,
     assigned_at: str,
     gpus: Sequence[tuple[str, int]],
-    held: Sequence[Iterable[int]],
+    held: Sequence[int],
 ) -> Assignment:
     """The reservation of `req` on `gpus` ((uuid, GPU memory bytes) each), given the IDs already
-    held on each of those GPUs."""
+    held on each of those GPUs (bit masks: bit k = id <uuid>::<k> taken)."""
     shares: list[GpuShare] = []
     all_ids: list[str] = []
     for (uuid, gpu_memory), taken in zip(gpus, held, strict=True):

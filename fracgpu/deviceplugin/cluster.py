@@ -64,18 +64,22 @@ class MemoryCluster:
         self.lease_renewals = 0
         self.fail_writes = False  # simulate an unreachable API server
         self._snapshot: list[NodePod] | None = None  # decoded pods, until the next change
+        self._decoded: dict[str, NodePod] = {}  # per pod, until that pod changes
         for p in pods or []:
             self.put_pod(p)
 
     def put_pod(self, pod: Mapping[str, Any]) -> None:
         with self._lock:
             meta = pod["metadata"]
-            self.pods[f"{meta['namespace']}/{meta['name']}"] = copy.deepcopy(dict(pod))
+            key = f"{meta['namespace']}/{meta['name']}"
+            self.pods[key] = copy.deepcopy(dict(pod))
+            self._decoded.pop(key, None)
             self._snapshot = None
 
     def delete_pod(self, namespace: str, name: str) -> None:
         with self._lock:
             self.pods.pop(f"{namespace}/{name}", None)
+            self._decoded.pop(f"{namespace}/{name}", None)
             self._snapshot = None
 
     def annotations(self, namespace: str, name: str) -> dict[str, str]:
@@ -85,8 +89,14 @@ class MemoryCluster:
     def node_pods(self) -> list[NodePod]:
         with self._lock:
             if self._snapshot is None:
-                objs = [p for p in self.pods.values() if (p.get("spec") or {}).get("nodeName") == self.node]
-                self._snapshot = [node_pod_from_dict(p) for p in objs]
+                out = []
+                for key, p in self.pods.items():
+                    if (p.get("spec") or {}).get("nodeName") != self.node:
+                        continue
+                    if key not in self._decoded:
+                        self._decoded[key] = node_pod_from_dict(p)
+                    out.append(self._decoded[key])
+                self._snapshot = out
             return self._snapshot
 
     def refresh(self) -> None:
@@ -100,6 +110,7 @@ class MemoryCluster:
             if pod is None:
                 raise LookupError(f"pod {namespace}/{name} not found")
             self._snapshot = None
+            self._decoded.pop(f"{namespace}/{name}", None)
             current = pod["metadata"].setdefault("annotations", {})
             for k, v in annotations.items():
                 if v is None:

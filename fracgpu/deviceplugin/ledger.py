@@ -92,6 +92,7 @@ class PodEntry:
     pod: NodePod
     assignment: Assignment | None
     invalid: str = ""  # why the reservation cannot be used; "" when it can
+    checked: str = ""  # the part of `invalid` that depends on this pod alone (not on overlaps)
     served: dict[str, tuple[str, ...]] = field(default_factory=dict)  # container -> IDs the kubelet gave
     pending: str | None = None  # JSON of a reservation we moved and have not seen written back yet
     phase: str | None = None  # a phase we decided and have not seen written back yet
@@ -125,6 +126,7 @@ class Ledger:
         self.entries: dict[str, PodEntry] = {}
         self.foreign: dict[str, str] = {}  # device id -> holder key, held per PodResources by a pod we cannot use
         self._last_pods: list[NodePod] = []
+        self._checked = False
         self.set_gpus(gpus)
 
     # --- inputs ---
@@ -132,6 +134,7 @@ class Ledger:
     def set_gpus(self, gpus: Iterable[GpuInfo]) -> None:
         self.gpus = {g.uuid: g for g in gpus}
         self._last_pods = []  # re-check every reservation against the new GPU set
+        self._checked = False
 
     def sync_pods(self, pods: Iterable[NodePod]) -> None:
         """Replace the pod set with the API server's view. Served containers are kept per pod UID."""
@@ -145,6 +148,10 @@ class Ledger:
             if pod.node and pod.node != self.node:
                 continue
             prev = old.get(pod.key)
+            if prev is not None and prev.pod is pod and self._checked:
+                prev.invalid = prev.checked  # unchanged pod: keep the entry, overlaps are checked again below
+                entries[pod.key] = prev
+                continue
             if prev is not None and prev.pod.uid != pod.uid:
                 prev = None  # same name, a new pod
             assigned_text = pod.assigned
@@ -158,14 +165,15 @@ class Ledger:
                     try:
                         assignment = Assignment.from_json(assigned_text)
                     except InvalidDocument as e:
-                        entries[pod.key] = PodEntry(pod, None, f"annotation {ANN_ASSIGNED} is not valid: {e}",
-                                                    served=prev.served if prev else {})
+                        why = f"annotation {ANN_ASSIGNED} is not valid: {e}"
+                        entries[pod.key] = PodEntry(pod, None, why, served=prev.served if prev else {}, checked=why)
                         continue
             phase = prev.phase if prev is not None and prev.phase != pod.phase else None
             entry = PodEntry(pod, assignment, served=dict(prev.served) if prev else {}, pending=pending, phase=phase)
-            entry.invalid = self._check(entry)
+            entry.invalid = entry.checked = self._check(entry)
             entries[pod.key] = entry
         self.entries = entries
+        self._checked = True
         self._check_overlaps()
 
     def _check(self, e: PodEntry) -> str:

@@ -167,12 +167,12 @@ async def prioritize_handler(request: web.Request, deps: Deps) -> web.Response:
 async def bind_handler(request: web.Request, deps: Deps) -> web.Response:
     args = ExtenderBindingArgs.from_obj(await _json_body(request, deps.body_limit))
     try:
-        assignment, fresh = deps.scheduler.reserve(args)
+        assignment = deps.scheduler.reserve(args)
     except BindRefused as e:
         deps.metrics.bind_failures.labels("reserve").inc()
         log.info("bind refused pod=%s node=%s reason=%s", args.pod_key, args.node, e)
         return web.json_response(ExtenderBindingResult(str(e)).to_obj())
-    if not fresh:
+    if assignment is None:  # a repeated bind of a pod we already reserved: idempotent
         return web.json_response(ExtenderBindingResult().to_obj())
     try:
         await asyncio.to_thread(

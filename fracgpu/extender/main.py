@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -124,6 +125,18 @@ async def _quota_status_loop(scheduler: Scheduler, writer: KubeWriter, interval_
                 log.warning("tenantquota status write failed name=%s error=%s", name, e)
 
 
+def freeze_startup_objects() -> None:
+    """Move everything alive after the first sync out of the cyclic GC's way: tens of thousands of
+    cache records would otherwise be rescanned by every full collection (a p99 latency spike)."""
+    gc.collect()
+    gc.freeze()
+
+
+async def _freeze_after_sync(cache: ClusterCache) -> None:
+    await asyncio.to_thread(cache.synced.wait)
+    freeze_startup_objects()
+
+
 def main(argv: list[str]) -> int:
     ns = parse_args(argv, os.environ)
     logging.basicConfig(level=str(ns.log_level).upper(), stream=sys.stderr,
@@ -147,6 +160,7 @@ def main(argv: list[str]) -> int:
             print(f"fracgpu extender: {e}", file=sys.stderr)
             return 2
         log.info("snapshot loaded file=%s %s", ns.snapshot, " ".join(f"{k}={v}" for k, v in counts.items()))
+        freeze_startup_objects()
         binder = SnapshotBinder()
         deps = Deps(scheduler, binder, metrics, body_limit=body_limit, confirm_binds=True)
     else:
@@ -162,12 +176,15 @@ def main(argv: list[str]) -> int:
 
         async def background(app: web.Application) -> AsyncIterator[None]:
             live_cache.start()
-            task = asyncio.create_task(
-                _quota_status_loop(scheduler, live_writer, config.quota.status_min_interval))
+            tasks = [
+                asyncio.create_task(_quota_status_loop(scheduler, live_writer, config.quota.status_min_interval)),
+                asyncio.create_task(_freeze_after_sync(live_cache)),
+            ]
             yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await asyncio.to_thread(live_cache.stop)
 
         app.cleanup_ctx.append(background)

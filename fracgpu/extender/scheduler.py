@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
 
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.extender import (
@@ -32,7 +34,7 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core import confusable, zone
-from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.cluster import ClusterState, GpuUse, IntArray, NodeSpec, PodUse
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.inventory import split_device_id
 from fracgpu.core.quota import (
@@ -62,6 +64,7 @@ Clock = Callable[[], float]
 
 UNKNOWN_NODE = "node is not in the fracgpu extender's cache yet"
 NOT_READY = "the fracgpu extender's cache is not synced yet"
+NO_GPU_REQUEST = "the pod asks for no fracgpu.io/vgpu-core"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +94,46 @@ class BindRefused(Exception):
     """The pod cannot be reserved on the node; the message is returned to kube-scheduler."""
 
 
+@dataclass(frozen=True, slots=True)
+class GpuHold:
+    uuid: str
+    cores: int
+    memory: int
+    ids: int  # bit k set = device id <uuid>::<k> reserved
+
+
 @dataclass(slots=True)
 class _Held:
-    assignment: Assignment
-    assumed_at: float | None  # set while the watch has not confirmed the bind
+    """A pod's reservation, compact: 40,000 pods must not cost 40,000 x 50 device-id strings."""
+
     node: str
+    gpus: tuple[GpuHold, ...]
+    assumed_at: float | None = None  # set while the watch has not confirmed our bind
+    assignment: Assignment | None = None  # kept only while assumed (identifies the bind in flight)
+
+
+def _holds(a: Assignment) -> tuple[GpuHold, ...]:
+    out: list[GpuHold] = []
+    for g in a.gpus:
+        mask = 0
+        for i in g.device_ids:
+            parsed = split_device_id(i)
+            if parsed is not None:
+                mask |= 1 << parsed[1]
+        out.append(GpuHold(g.uuid, g.cores, g.memory, mask))
+    return tuple(out)
+
+
+_NO_LABELS: Mapping[str, str] = {}
+
+
+def _slim(rec: PodRecord) -> PodRecord:
+    """What the cache keeps of a pod: bound pods drop their parsed reservation (the hold has it) and,
+    unless they are in a zone group, their parsed request."""
+    if not rec.node:
+        return replace(rec, assignment=None, labels=_NO_LABELS)
+    keep = rec.request if rec.request is not None and rec.request.group else None
+    return replace(rec, assignment=None, request=keep, raw=None, labels=_NO_LABELS)
 
 
 @dataclass(slots=True)
@@ -129,8 +167,9 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self.pods: dict[str, PodRecord] = {}
         self.beats: dict[str, float] = {}
-        self.held_ids: dict[str, set[int]] = {}  # GPU uuid -> device indices reserved
+        self.held_ids: dict[str, int] = {}  # GPU uuid -> bit mask of device indices reserved
         self.held: dict[str, _Held] = {}  # pod key -> its reservation
+        self.assumed: set[str] = set()  # pods whose bind the watch has not confirmed yet
         self.allocating: dict[str, dict[str, confusable.Reservation]] = {}  # node -> pod -> reservation
         self._allocating_on: dict[str, str] = {}  # pod -> node, the reverse of `allocating`
         self.groups: dict[tuple[str, str], set[str]] = {}  # (namespace, group) -> pod keys
@@ -139,12 +178,16 @@ class Scheduler:
         self._tenants: Tenants | None = None
         self.ledger = QuotaLedger(self.tenants().limits, config.quota)
         self._fits_cache: dict[str, tuple[int, bool]] = {}
+        self._node_gen = 0  # bumped when a node appears or goes (rows move); keys the lookup cache
+        self._rows_cache: tuple[tuple[str, ...], int, IntArray, list[str]] | None = None
         self._last_refresh = float("-inf")
         self.synced = False
 
     # ---- cache feeding ------------------------------------------------------------------------
     def apply_node(self, rec: NodeRecord) -> None:
         with self.lock:
+            if rec.name not in self.state.index:
+                self._node_gen += 1
             self.nodes[rec.name] = rec
             gpus = rec.inventory.gpus if rec.inventory is not None else ()
             spec = NodeSpec(
@@ -162,6 +205,7 @@ class Scheduler:
     def delete_node(self, name: str) -> None:
         with self.lock:
             self.nodes.pop(name, None)
+            self._node_gen += 1
             if name in self.state.index:
                 for key in self.state.pods_on(name):
                     self._release_ids(key)
@@ -224,6 +268,7 @@ class Scheduler:
             if nodes is not None:
                 fresh = {r.name: r for r in nodes}
                 for name in [n for n in self.nodes if n not in fresh]:
+                    self._node_gen += 1
                     self.nodes.pop(name, None)
                     for key in self.state.pods_on(name):
                         self._release_ids(key)
@@ -256,47 +301,56 @@ class Scheduler:
         held = self.held.get(key)
         if held is not None and held.assumed_at is not None and rec.assignment is None and not rec.node:
             # an event from before our Binding landed: keep the assumed reservation, do not charge twice
-            self.pods[key] = rec
+            self.pods[key] = _slim(rec)
             return
         if not rec.wants_gpu and rec.node not in self.nodes:
             # a CPU pod on a node fracgpu does not manage: not needed
             self._forget_pod(key)
             return
         previous = self.pods.get(key)
-        self.pods[key] = rec
+        self.pods[key] = _slim(rec)
         if previous is not None and previous.request is not None and previous.request.group:
             self.groups.get((previous.namespace, previous.request.group), set()).discard(key)
         if not rec.node:
             self._drop_charge(key)
             return
         gpus: tuple[GpuUse, ...] = ()
+        reservation: confusable.Reservation | None = None
         if rec.assignment is not None and rec.assignment.node == rec.node:
             a = rec.assignment
-            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
             self._release_ids(key)
-            self.held[key] = _Held(a, None, rec.node)
-            self.ledger.charge(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
-            self.ledger.dequeue(PodKey(rec.namespace, rec.name))
-            for g in a.gpus:
-                ids = self.held_ids.setdefault(g.uuid, set())
-                for i in g.device_ids:
-                    parsed = split_device_id(i)
-                    if parsed is not None:
-                        ids.add(parsed[1])
+            hold = _Held(rec.node, _holds(a))
+            self._take_ids(key, hold)
+            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in hold.gpus)
+            pk = PodKey(rec.namespace, rec.name)
+            self.ledger.charge(pk, a.tenant, *charge_of(a))
+            self.ledger.dequeue(pk)
+            if rec.gpu_phase == PHASE_ALLOCATING:
+                reservation = confusable.Reservation.of(key, a)
         elif held is not None and held.node == rec.node:
-            # bound by us, watch shows the node but not (yet) the annotation: keep what we reserved
-            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in held.assignment.gpus)
+            # bound by us, the watch shows the node but not (yet) the annotation: keep what we reserved
+            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in held.gpus)
+            reservation = self._allocating_reservation(key)
         self.state.add_pod(key, PodUse(rec.node, gpus, rec.cpu_milli, rec.memory_bytes))
-        unconfirmed = rec.assignment is None and held is not None and held.node == rec.node
-        self._set_allocating(key, rec.node, rec.gpu_phase == PHASE_ALLOCATING or unconfirmed)
+        if reservation is not None:
+            self._add_allocating(key, rec.node, reservation)
+        else:
+            self._unset_allocating(key)
         if rec.request is not None and rec.request.group:
             self.groups.setdefault((rec.namespace, rec.request.group), set()).add(key)
 
-    def _set_allocating(self, key: str, node: str, allocating: bool) -> None:
-        self._unset_allocating(key)
-        held = self.held.get(key)
-        if allocating and held is not None:
-            self._add_allocating(key, node, confusable.Reservation.of(key, held.assignment))
+    def _take_ids(self, key: str, hold: _Held) -> None:
+        self.held[key] = hold
+        if hold.assumed_at is not None:
+            self.assumed.add(key)
+        else:
+            self.assumed.discard(key)
+        for g in hold.gpus:
+            self.held_ids[g.uuid] = self.held_ids.get(g.uuid, 0) | g.ids
+
+    def _allocating_reservation(self, key: str) -> confusable.Reservation | None:
+        node = self._allocating_on.get(key)
+        return self.allocating.get(node, {}).get(key) if node is not None else None
 
     def _add_allocating(self, key: str, node: str, res: confusable.Reservation) -> None:
         self._unset_allocating(key)
@@ -330,16 +384,15 @@ class Scheduler:
 
     def _release_ids(self, key: str) -> None:
         held = self.held.pop(key, None)
+        self.assumed.discard(key)
         if held is None:
             return
-        for g in held.assignment.gpus:
-            ids = self.held_ids.get(g.uuid)
-            if ids is None:
-                continue
-            for i in g.device_ids:
-                parsed = split_device_id(i)
-                if parsed is not None:
-                    ids.discard(parsed[1])
+        for g in held.gpus:
+            left = self.held_ids.get(g.uuid, 0) & ~g.ids
+            if left:
+                self.held_ids[g.uuid] = left
+            else:
+                self.held_ids.pop(g.uuid, None)
 
     # ---- node usability (lock held) -----------------------------------------------------------
     def _unusable(self, rec: NodeRecord, now: float) -> str:
@@ -361,7 +414,8 @@ class Scheduler:
         if self.config.heartbeat_stale_s > 0:
             for name, rec in self.nodes.items():
                 self.state.set_unusable(name, self._unusable(rec, now))
-        for key, held in list(self.held.items()):
+        for key in list(self.assumed):
+            held = self.held[key]
             if held.assumed_at is not None and now - held.assumed_at > self.config.assume_ttl_s:
                 # the watch never showed our Binding: the write was lost; give the share back
                 self._drop_charge(key)
@@ -409,7 +463,7 @@ class Scheduler:
         except RequestError as e:
             return empty, [], f"invalid GPU request: {e}"
         if req is None:
-            return empty, [], "the pod asks for no fracgpu.io/vgpu-core"
+            return empty, [], NO_GPU_REQUEST
         now = self.clock()
         self._refresh(now)
         tenant = self.tenants().tenant_of(namespace)
@@ -426,7 +480,9 @@ class Scheduler:
                 else:
                     candidates.append(n)
         limit = None if rule.counts is not None else want + len(self.allocating)
-        ranking = rank(self.state, req, self.policies, names=candidates, opts=self.opts, limit=limit)
+        rows, unknown = self._rows_of(candidates)
+        ranking = rank(self.state, req, self.policies, opts=self.opts, limit=limit, rows=rows)
+        ranking.unknown = unknown
         ranking.unresolvable.update(zone_refused)
         ranked = ranking.ranked
         if rule.counts is not None:
@@ -481,6 +537,21 @@ class Scheduler:
         self._fits_cache[key] = (self.state.version, ok)
         return ok
 
+    def _rows_of(self, names: Sequence[str]) -> tuple[IntArray, list[str]]:
+        """Rows of the named nodes and the names not known; the last lookup is cached, since
+        kube-scheduler sends the same list (every node) on every filter."""
+        key = tuple(names)
+        cached = self._rows_cache
+        if cached is not None and cached[1] == self._node_gen and cached[0] == key:
+            return cached[2], cached[3]
+        index = self.state.index
+        found = np.fromiter((index.get(n, -1) for n in key), dtype=np.int64, count=len(key))
+        missing = found < 0
+        unknown = [n for n, m in zip(key, missing, strict=True) if m] if missing.any() else []
+        rows: IntArray = found[~missing]
+        self._rows_cache = (key, self._node_gen, rows, unknown)
+        return rows, list(unknown)
+
     def _zone_of(self, node: str) -> str:
         rec = self.nodes.get(node)
         return rec.zone if rec is not None else ""
@@ -499,6 +570,8 @@ class Scheduler:
             if not self.synced:
                 return ExtenderFilterResult(failed={n: NOT_READY for n in names})
             ranking, kept, error = self._decide(args.pod, names, self.config.k, admit=True)
+        if error == NO_GPU_REQUEST:  # not ours (an extender without managedResources sees every pod)
+            return ExtenderFilterResult(node_names=tuple(names))
         if error:
             return ExtenderFilterResult(unresolvable={n: error for n in names})
         failed = dict(ranking.failed)
@@ -517,16 +590,16 @@ class Scheduler:
         return [HostPriority(n, score.get(n, 0)) for n in names]
 
     # ---- bind ---------------------------------------------------------------------------------
-    def reserve(self, args: ExtenderBindingArgs) -> tuple[Assignment, bool]:
-        """Take the pod's reservation on args.node. Returns (assignment, fresh); fresh is False when
-        the pod already holds a reservation there (a repeated bind). Raises BindRefused."""
+    def reserve(self, args: ExtenderBindingArgs) -> Assignment | None:
+        """Take the pod's reservation on args.node and return it; None when the pod already holds a
+        reservation there (a repeated bind: nothing to write). Raises BindRefused."""
         key = args.pod_key
         with self.lock:
             held = self.held.get(key)
             if held is not None:
                 if held.node != args.node:
                     raise BindRefused(f"pod {key} is already reserved on node {held.node}")
-                return held.assignment, False
+                return None
             rec = self.pods.get(key)
             if rec is None or rec.raw is None:
                 raise BindRefused(f"pod {key} is not a pending GPU pod in the extender's cache")
@@ -554,28 +627,22 @@ class Scheduler:
                     self.tenants().tenant_of(rec.namespace),
                     rfc3339(now),
                     gpus,
-                    [self.held_ids.get(u, set()) for u, _ in gpus],
+                    [self.held_ids.get(u, 0) for u, _ in gpus],
                 )
             except NoFreeDeviceIds as e:
                 raise BindRefused(f"node {args.node}: {e}") from None
             taken = self.ledger.try_reserve(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
             if not taken.ok:
                 raise BindRefused(taken.reason)
-            self.held[key] = _Held(a, now, args.node)
-            for g in a.gpus:
-                ids = self.held_ids.setdefault(g.uuid, set())
-                for i in g.device_ids:
-                    parsed = split_device_id(i)
-                    if parsed is not None:
-                        ids.add(parsed[1])
+            self._take_ids(key, _Held(args.node, _holds(a), now, a))
             uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
             self.state.add_pod(key, PodUse(args.node, uses, rec.cpu_milli, rec.memory_bytes))
             self._add_allocating(key, args.node, confusable.Reservation.of(key, a, now))
             if req.group:
                 self.groups.setdefault((rec.namespace, req.group), set()).add(key)
             # the pod record now says where it is going (zone rules count it at once)
-            self.pods[key] = _bound(rec, args.node, a)
-            return a, True
+            self.pods[key] = _bound(rec, args.node)
+            return a
 
     def confirm(self, key: str) -> None:
         """The bind is known to have landed without a watch to tell (snapshot mode)."""
@@ -583,12 +650,14 @@ class Scheduler:
             held = self.held.get(key)
             if held is not None:
                 held.assumed_at = None
+                held.assignment = None
+                self.assumed.discard(key)
 
     def release(self, key: str, assignment: Assignment) -> None:
         """Undo a reservation whose Binding failed (only if it is still that reservation)."""
         with self.lock:
             held = self.held.get(key)
-            if held is None or held.assignment != assignment:
+            if held is None or held.assignment is not assignment:
                 return
             self._drop_charge(key)
             rec = self.pods.get(key)
@@ -616,7 +685,7 @@ class Scheduler:
                 nodes=len(self.nodes),
                 pods=len(self.pods),
                 reservations=len(self.held),
-                assumed=sum(1 for h in self.held.values() if h.assumed_at is not None),
+                assumed=len(self.assumed),
             )
 
 
@@ -624,13 +693,9 @@ def binding_annotations(a: Assignment) -> dict[str, str]:
     return {ANN_ASSIGNED: a.to_json(), ANN_PHASE: PHASE_ALLOCATING}
 
 
-def _bound(rec: PodRecord, node: str, a: Assignment) -> PodRecord:
-    from dataclasses import replace
-
-    return replace(rec, node=node, assignment=a, gpu_phase=PHASE_ALLOCATING)
+def _bound(rec: PodRecord, node: str) -> PodRecord:
+    return replace(rec, node=node, gpu_phase=PHASE_ALLOCATING)
 
 
 def _unbound(rec: PodRecord) -> PodRecord:
-    from dataclasses import replace
-
-    return replace(rec, node="", assignment=None, gpu_phase="")
+    return replace(rec, node="", gpu_phase="")

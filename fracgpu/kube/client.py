@@ -19,6 +19,7 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 
 from fracgpu.kube import errors
 from fracgpu.kube.objects import Obj
@@ -61,15 +62,22 @@ def api_client_for_host(host: str, *, token: str | None = None, verify_ssl: bool
 def api_client_from_kubeconfig(path: str | None = None, context: str | None = None) -> kubernetes.client.ApiClient:
     """An ApiClient from a kubeconfig file (default: $KUBECONFIG or ~/.kube/config)."""
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
-                                       persist_config=False)  # type: ignore[no-untyped-call]
+    try:
+        kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
+                                           persist_config=False)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError) as exc:
+        raise errors.KubeConfigError(f"kubeconfig {path or '(default)'} context {context or '(current)'}: "
+                                     f"{exc}") from exc
     return kubernetes.client.ApiClient(configuration)
 
 
 def api_client_in_cluster() -> kubernetes.client.ApiClient:
     """An ApiClient from the pod's service account (token re-read as it rotates)."""
     configuration = kubernetes.client.Configuration()
-    kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, ValueError) as exc:
+        raise errors.KubeConfigError(f"in-cluster config: {exc}") from exc
     return kubernetes.client.ApiClient(configuration)
 
 

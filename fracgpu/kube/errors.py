@@ -17,6 +17,7 @@ __all__ = [
     "Expired",
     "Forbidden",
     "KubeAPIError",
+    "KubeConfigError",
     "NotFound",
     "ServerError",
     "TooManyRequests",
@@ -24,6 +25,10 @@ __all__ = [
     "error_from_response",
     "error_from_status",
 ]
+
+
+class KubeConfigError(Exception):
+    """No usable client configuration (kubeconfig missing or invalid, not in a cluster)."""
 
 
 class KubeAPIError(Exception):
@@ -93,6 +98,8 @@ def error_from_status(code: int, status: Mapping[str, Any] | None, *, http_reaso
     reason = str(status.get("reason") or http_reason or "Unknown")
     message = str(status.get("message") or http_reason or f"HTTP {code}")
     details = status.get("details") if isinstance(status.get("details"), Mapping) else None
+    if retry_after_s is None and details and details.get("retryAfterSeconds"):
+        retry_after_s = float(details["retryAfterSeconds"])
     cls: type[KubeAPIError]
     if code in (400, 422):
         cls = BadRequest

@@ -168,9 +168,10 @@ class Reflector:
                 log.info("watch expired, relisting reflector=%s resource_version=%s", self.name,
                          self.resource_version)
                 need_list = True
-            except errors.Expired:
-                need_list = True
             except errors.KubeAPIError as exc:
+                if isinstance(exc, errors.Expired) and not need_list:
+                    need_list = True  # an HTTP 410 on the watch request: relist at once
+                    continue
                 if self._stop.is_set():
                     break
                 delay = self.backoff.delay(attempt)

@@ -11,6 +11,7 @@ from fracgpu.api.v1beta1 import names
 __all__ = [
     "CONFIGMAPS",
     "EVENTS",
+    "JOBS",
     "LEASES",
     "NAMESPACES",
     "NODES",
@@ -63,5 +64,6 @@ CONFIGMAPS: Final = Resource("", "v1", "configmaps", "ConfigMap", namespaced=Tru
 LEASES: Final = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 PODDISRUPTIONBUDGETS: Final = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget",
                                        namespaced=True)
+JOBS: Final = Resource("batch", "v1", "jobs", "Job", namespaced=True)
 TENANTQUOTAS: Final = Resource(names.GROUP, names.VERSION, names.TENANTQUOTA_PLURAL, names.TENANTQUOTA_KIND,
                                namespaced=False)

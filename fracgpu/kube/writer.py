@@ -76,6 +76,26 @@ class KubeWriter:
             if not token:
                 return items
 
+    def create_object(self, resource: Resource, body: Mapping[str, Any], *, namespace: str | None = None) -> Obj:
+        """POST; ``AlreadyExists`` if the name is taken."""
+        return self.transport.request("POST", resource.path(namespace), body=dict(body))
+
+    def replace_object(self, resource: Resource, body: Mapping[str, Any], *, namespace: str | None = None,
+                       subresource: str | None = None) -> Obj:
+        """PUT the whole object; a ``metadata.resourceVersion`` in it makes the write conditional (409)."""
+        name = objects.name(body)
+        return self.transport.request("PUT", resource.path(namespace, name, subresource), body=dict(body))
+
+    def delete_object(self, resource: Resource, name: str, *, namespace: str | None = None,
+                      uid: str | None = None, grace_period_s: int | None = None) -> Obj:
+        """DELETE with DeleteOptions; ``uid`` is a precondition (never delete a successor of that name)."""
+        options: Obj = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_s is not None:
+            options["gracePeriodSeconds"] = grace_period_s
+        return self.transport.request("DELETE", resource.path(namespace, name), body=options)
+
     def merge_patch(self, resource: Resource, name: str, patch: Mapping[str, Any], *,
                     namespace: str | None = None, subresource: str | None = None) -> Obj:
         return self.transport.request("PATCH", resource.path(namespace, name, subresource), body=dict(patch),
@@ -231,12 +251,21 @@ class KubeWriter:
                 raise
             log.debug("pod already bound pod=%s/%s node=%s", namespace, name, node)
 
-    def evict_pod(self, namespace: str, name: str, *, grace_period_s: int | None = None) -> None:
-        """policy/v1 Eviction; a PodDisruptionBudget refusal raises ``TooManyRequests`` with its message."""
+    def evict_pod(self, namespace: str, name: str, *, grace_period_s: int | None = None,
+                  uid: str | None = None) -> None:
+        """policy/v1 Eviction; a PodDisruptionBudget refusal raises ``TooManyRequests`` with its message.
+
+        ``uid`` is a precondition: only this instance of the pod is evicted (``Conflict`` otherwise).
+        """
         body: Obj = {"apiVersion": "policy/v1", "kind": "Eviction",
                      "metadata": {"name": name, "namespace": namespace}}
+        options: Obj = {}
         if grace_period_s is not None:
-            body["deleteOptions"] = {"gracePeriodSeconds": grace_period_s}
+            options["gracePeriodSeconds"] = grace_period_s
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        if options:
+            body["deleteOptions"] = options
         self.transport.request("POST", PODS.path(namespace, name, "eviction"), body=body)
 
     # -- events -----------------------------------------------------------------------------

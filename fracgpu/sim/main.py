@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 def parse_seeds(text: str) -> list[int]:
     """"42", "42-51" or "42,45,50-51"."""
     out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         if not part:
             continue
         lo, sep, hi = part.partition("-")
@@ -216,10 +216,10 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
 def plot(results: Sequence[RunResult], path: str) -> str | None:
     """Fig. 9a: unallocated GPU % vs arrived %, median over seeds per policy, and the ideal line."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return "--plot needs matplotlib (pip install 'fracgpu[plot]'); skipped"
     fig, ax = plt.subplots(figsize=(7, 4.5))

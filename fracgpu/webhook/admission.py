@@ -60,7 +60,7 @@ def decode(body: bytes) -> Mapping[str, Any]:
     """The `request` of an AdmissionReview body; BadReview when it is not one."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BadReview(f"body is not JSON: {e}") from None
     if not isinstance(doc, Mapping):
         raise BadReview("body is not a JSON object")

@@ -12,7 +12,7 @@ from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, DEFAULT_NAMESPACE, device_id, lease_name
 from fracgpu.controller.config import ControllerConfig
-from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
+from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
 from fracgpu.controller.leader import LeaderElector, LeaseTiming
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
@@ -43,7 +43,9 @@ def node_obj(name: str, inv: str) -> dict[str, Any]:
 def pod_obj(name: str, node: str, *gpus: int, app: str = "", namespace: str = "ml") -> dict[str, Any]:
     shares = tuple(GpuShare(f"GPU-{g}", 50, 40 << 30, tuple(device_id(f"GPU-{g}", k) for k in range(50))) for g in gpus)
     ids = tuple(i for s in shares for i in s.device_ids)
-    assigned = Assignment(node, f"ns/{namespace}", "2026-01-01T00:00:00Z", shares, (ContainerShare("main", "app", ids),))
+    assigned = Assignment(
+        node, f"ns/{namespace}", "2026-01-01T00:00:00Z", shares, (ContainerShare("main", "app", ids),)
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -96,6 +98,8 @@ class Replica:
         self.cache.replace("nodes", list(self.kube.list_nodes()))
         self.cache.replace("pods", list(self.kube.list_pods()))
         self.cache.replace("leases", list(self.kube.list_objects(LEASES, namespace=NS)))
+        if self.controller.cfg.recovery_job is not None:
+            self.cache.replace("jobs", list(self.kube.list_objects(JOBS, namespace=NS)))
 
     def round(self) -> Plan | None:
         self.sync()

@@ -88,6 +88,6 @@ def test_serve_evicts_taints_and_releases_its_lease(running_controller: FakeApiS
     assert eventually(lambda: terminating(server) == {"b", "c", "d"})
     set_inventory(server, "n1", inventory("xid 79", "xid 79"))
     assert eventually(lambda: len(taints(server, "n1")) == 1)
-    assert terminating(server) == {"a", "b", "c", "d"}
+    assert eventually(lambda: terminating(server) == {"a", "b", "c", "d"})
     set_inventory(server, "n1", inventory(True, True))
     assert eventually(lambda: taints(server, "n1") == [])  # hold 0 s in this test

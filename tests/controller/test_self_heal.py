@@ -12,7 +12,7 @@ from fracgpu.api.v1beta1.names import ANN_INVENTORY, TAINT_GPU_FAILED
 from fracgpu.controller import reconcile as r
 from fracgpu.core.health import GpuHealth, GpuSample, HealthConfig, HealthTracker
 from tests.controller.clock import FakeClock
-from tests.controller.conftest import NS, MakeReplica, inventory, lease_obj, pdb_obj, with_cfg
+from tests.controller.conftest import NS, MakeReplica, inventory, lease_obj, pdb_obj, pod_obj, with_cfg
 from tests.fakes.apiserver import FakeApiServer
 
 
@@ -232,3 +232,50 @@ def test_plugin_that_stops_heartbeating_is_reported(
     assert ctl.metric("fracgpu_controller_stale_nodes") == 0
     event = next(e for e in server.list_objects("events", "default") if e["reason"] == r.EV_HEARTBEAT_LOST)
     assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Node"
+
+
+def test_failed_taint_write_is_counted_and_retried(
+    one_node_two_gpus: FakeApiServer, make_replica: MakeReplica
+) -> None:
+    server = one_node_two_gpus
+    ctl = make_replica()
+    set_inventory(server, "n1", inventory("xid 79", "xid 79"))
+    server.fail_next("update", "nodes", 500)
+    ctl.round()
+    assert taints(server, "n1") == [] and r.EV_TAINTED not in event_reasons(server, "n1")
+    assert ctl.metric("fracgpu_controller_api_errors_total", action="taint") == 1
+    ctl.clock.advance(2.0)
+    ctl.round()
+    assert len(taints(server, "n1")) == 1 and event_reasons(server, "n1") == [r.EV_TAINTED]
+
+
+def test_eviction_never_hits_a_successor_pod_of_the_same_name(
+    one_node_two_gpus: FakeApiServer, make_replica: MakeReplica
+) -> None:
+    """The cache still holds the old pod b; the pod now called b is a new one (new uid): not evicted."""
+    server = one_node_two_gpus
+    ctl = make_replica(cfg=with_cfg(max_evictions_per_node=10))
+    ctl.round()
+    set_inventory(server, "n1", inventory(True, "xid 79"))
+    ctl.sync()
+    server.delete_object("pods", "b", "ml")
+    server.seed(pod_obj("b", "n1", 0))  # a new b, on the healthy GPU
+    ctl.controller.elect()
+    ctl.controller.step()  # acts on the stale view: evicts old b by uid
+    assert terminating(server) == {"c", "d"}
+    assert ctl.metric("fracgpu_controller_evictions_total", result="gone") == 1
+
+
+def test_lease_errors_keep_the_leader_until_its_deadline(
+    one_node_two_gpus: FakeApiServer, make_replica: MakeReplica, clock: FakeClock
+) -> None:
+    server = one_node_two_gpus
+    ctl = make_replica()  # renew deadline 10 s
+    assert ctl.round() is not None
+    server.fail_next("get", "leases", 503, times=100)
+    led = []
+    for _ in range(6):
+        clock.advance(2.0)
+        led.append(ctl.round() is not None)
+    assert led == [True, True, True, True, False, False]  # 2, 4, 6, 8 s lead; at 10 s it steps down
+    assert ctl.metric("fracgpu_controller_api_errors_total", action="lease") == 6

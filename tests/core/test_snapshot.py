@@ -85,7 +85,7 @@ def test_parse_list_by_kind_and_errors() -> None:
                            {"kind": "Node", "metadata": {"name": "n"}}]).pods) == 1
     with pytest.raises(InvalidDocument, match=r"items\[0\]\.kind"):
         parse_list({"kind": "List", "items": [{"kind": "Service", "metadata": {"name": "s"}}]})
-    with pytest.raises(InvalidDocument, match="metadata.name"):
+    with pytest.raises(InvalidDocument, match=r"metadata\.name"):
         parse_list({"kind": "List", "items": [{"kind": "Pod", "metadata": {}}]})
 
 

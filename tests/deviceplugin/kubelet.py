@@ -195,10 +195,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
             out.responses[c.name] = resp2.container_responses[0]
             out.devices[c.name] = ids
             self.allocated[(pod, c.name)] = ids
-            if c.kind == "init":
-                pool = sorted(set(pool) | set(ids))
-            else:
-                pool = [i for i in pool if i not in ids]
+            pool = sorted(set(pool) | set(ids)) if c.kind == "init" else [i for i in pool if i not in ids]
         return out
 
     def allocate_raw(self, ids: list[str]) -> api_pb2.AllocateResponse:
@@ -219,7 +216,15 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
 
     # --- PodResources ---
 
-    def List(self, request: pr_pb2.ListPodResourcesRequest, context: grpc.ServicerContext) -> pr_pb2.ListPodResourcesResponse:
+    def Get(self, request: pr_pb2.GetPodResourcesRequest, context: grpc.ServicerContext) -> pr_pb2.GetPodResourcesResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the plugin")
+
+    def GetAllocatableResources(self, request: pr_pb2.AllocatableResourcesRequest,
+                                context: grpc.ServicerContext) -> pr_pb2.AllocatableResourcesResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not used by the plugin")
+
+    def List(self, request: pr_pb2.ListPodResourcesRequest,
+             context: grpc.ServicerContext) -> pr_pb2.ListPodResourcesResponse:
         if not self.podresources_enabled:
             context.abort(grpc.StatusCode.UNAVAILABLE, "podresources disabled")
         pods: dict[str, list[pr_pb2.ContainerResources]] = {}

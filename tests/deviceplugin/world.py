@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from fracgpu.core.request import parse_pod_request
 from fracgpu.core.reservation import build_assignment
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, parse_gpus
-from fracgpu.deviceplugin.cluster import MemoryCluster
+from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import PodResourcesClient
@@ -77,7 +78,7 @@ class World:
     def clock(self) -> float:
         return self.clock_at
 
-    def start_plugin(self, crosscheck_delay: float = 0.0) -> DevicePluginApp:
+    def start_plugin(self, crosscheck_delay: float = 0.0, cluster: Cluster | None = None) -> DevicePluginApp:
         self.metrics = PluginMetrics()
         cfg = AppConfig(
             plugin=PluginConfig(node=NODE, crosscheck_delay=crosscheck_delay, retry_backoff=0.0, write_retries=2),
@@ -86,7 +87,7 @@ class World:
             watch_interval=0.05,
         )
         holdings = PodResourcesClient(self.kubelet.podresources_socket, RESOURCE_CORE)
-        self.app = DevicePluginApp(cfg, self.backend, self.cluster, holdings, quota=self.quota,
+        self.app = DevicePluginApp(cfg, self.backend, cluster or self.cluster, holdings, quota=self.quota,
                                    metrics=self.metrics, clock=self.clock)
         self.app.start()
         return self.app
@@ -108,10 +109,8 @@ class World:
         for key, p in self.cluster.pods.items():
             text = (p["metadata"].get("annotations") or {}).get(ANN_ASSIGNED)
             if text:
-                try:
+                with contextlib.suppress(ValueError):
                     out[key] = Assignment.from_json(text)
-                except ValueError:
-                    pass
         return out
 
     def add_pod(self, name: str, containers: list[Container], gpu_indexes: list[int] | None = None, *,
@@ -132,7 +131,8 @@ class World:
             inv = {g.uuid: g for g in self.backend.inventory()}
             chosen = [gpu_uuid(i) for i in gpu_indexes]
             a = build_assignment(req, node, "ns/default", assigned_at,
-                                 [(u, inv[u].memory) for u in chosen], [held.get(u, set()) for u in chosen])
+                                 [(u, inv[u].memory) for u in chosen],
+                                 [sum(1 << k for k in held.get(u, set())) for u in chosen])
             obj["metadata"]["annotations"][ANN_ASSIGNED] = a.to_json()
             obj["metadata"]["annotations"][ANN_PHASE] = PHASE_ALLOCATING
         self.cluster.put_pod(obj)

@@ -77,3 +77,31 @@ async def test_concurrent_binds_of_one_tenant_never_exceed_it(serve: ClientFacto
     assert errors.count("") == 2
     assert all("ns/team-a" in e for e in errors if e)
     assert world.scheduler.ledger.used("ns/team-a").memory == 16 * 1024**3
+
+
+def team_quota() -> dict[str, Any]:
+    return {"apiVersion": "fracgpu.io/v1beta1", "kind": "TenantQuota",
+            "metadata": {"name": "team", "creationTimestamp": "2026-01-01T00:00:00Z", "generation": 1},
+            "spec": {"namespaceSelector": {"matchLabels": {"fracgpu.io/tenant": "team"}},
+                     "hard": {"fracgpu.io/vgpu-memory": "8Gi"}, "allowedZones": ["z1"]}}
+
+
+async def test_tenantquota_zones_and_status_writes(serve: ClientFactory) -> None:
+    pods = [pod_obj(f"t{i}", 10, "8Gi", namespace="team-ns") for i in range(2)]
+    world = build_world([namespace("team-ns", labels={"fracgpu.io/tenant": "team"}), team_quota(),
+                         node_obj("in-z1", zone="z1"), node_obj("in-z2", zone="z2"), *pods])
+    client = await serve(world)
+    out = await (await client.post("/filter", json=filter_args(pods[0], ["in-z1", "in-z2"]))).json()
+    assert out["NodeNames"] == ["in-z1"]
+    assert out["FailedAndUnresolvableNodes"] == {"in-z2": "tenant tq/team may use only zones z1"}
+    assert await _bind(client, pods[0], "in-z1") == ""
+    # the second pod waits: quota used up; it is queued for the status
+    out = await (await client.post("/filter", json=filter_args(pods[1], ["in-z1"]))).json()
+    assert "tq/team" in out["FailedAndUnresolvableNodes"]["in-z1"]
+    writes = world.scheduler.quota_status_writes({})
+    assert [name for name, _ in writes] == ["team"]
+    status = writes[0][1]
+    assert status["used"]["fracgpu.io/vgpu-memory"] == "8Gi" and status["pending"] == 1
+    assert status["queue"] == ["team-ns/t1"]
+    # written just now: rate-limited
+    assert world.scheduler.quota_status_writes({"team": world.clock.t}) == []

@@ -73,6 +73,7 @@ DEFAULT_RESOURCES: Final[tuple[ResourceType, ...]] = (
     ResourceType("", "v1", "configmaps", "ConfigMap", namespaced=True),
     ResourceType("", "v1", "bindings", "Binding", namespaced=True),  # create-only, binds a pod
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
+    ResourceType("batch", "v1", "jobs", "Job", namespaced=True, status_subresource=True),
     ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", namespaced=True,
                  status_subresource=True),
     ResourceType("fracgpu.io", "v1beta1", "tenantquotas", "TenantQuota", namespaced=False,
@@ -103,12 +104,15 @@ class ApiError(Exception):
     """An error answer: becomes a ``Status`` object on the wire."""
 
     def __init__(self, code: int, message: str, *, reason: str | None = None,
-                 details: Obj | None = None) -> None:
+                 details: Obj | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason or _REASONS.get(code, "Unknown")
         self.details = details
+        self.retry_after_s = retry_after_s
+        if retry_after_s:
+            self.details = {**(details or {}), "retryAfterSeconds": retry_after_s}
 
     def status(self) -> Obj:
         body: Obj = {
@@ -148,6 +152,7 @@ class _Failure:
     code: int
     times: int
     message: str | None
+    retry_after_s: int | None
 
 
 @dataclasses.dataclass(slots=True)
@@ -458,9 +463,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def send_json(self, code: int, body: Obj) -> None:
+    def send_json(self, code: int, body: Obj, *, retry_after_s: int | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
+        if retry_after_s:
+            self.send_header("Retry-After", str(retry_after_s))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -480,11 +487,12 @@ class FakeApiServer:
     """A fake kube-apiserver over HTTP; start(), use ``url`` / ``api_client()``, stop()."""
 
     def __init__(self, resources: Iterable[ResourceType] = DEFAULT_RESOURCES, *,
-                 latency_s: float = 0.0) -> None:
+                 latency_s: float = 0.0, require_namespaces: bool = False) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         for rtype in resources:
             self.add_resource(rtype)
         self.latency_s = latency_s
+        self.require_namespaces = require_namespaces  # create in a missing namespace -> 404, as for real
         self._cond = threading.Condition()
         self._store: dict[tuple[str, str, str, str, str], Obj] = {}
         self._rv = 0
@@ -670,15 +678,16 @@ class FakeApiServer:
             return True
 
     def fail_next(self, verb: str, resource: str, code: int, times: int = 1,
-                  message: str | None = None) -> None:
+                  message: str | None = None, retry_after_s: int | None = None) -> None:
         """The next ``times`` requests for (verb, resource) answer a Status with ``code``.
 
         ``resource`` is a plural ("nodes"), a "plural/subresource" ("pods/binding",
         "pods/eviction", "tenantquotas/status") or "*". A plain plural matches only requests
-        without a subresource.
+        without a subresource. ``retry_after_s`` adds a Retry-After header and
+        details.retryAfterSeconds, as API priority and fairness does on its 429s.
         """
         with self._cond:
-            self._failures.append(_Failure(verb, resource, code, times, message))
+            self._failures.append(_Failure(verb, resource, code, times, message, retry_after_s))
 
     def on_next(self, verb: str, resource: str, action: Callable[[], object], times: int = 1) -> None:
         """Run ``action`` just before serving the next ``times`` (verb, resource) requests.
@@ -811,6 +820,8 @@ class FakeApiServer:
             target = self._parse_path(split.path)
             verb = self._verb(method, target, query)
             self._record(method, split.path, split.query, verb, target)
+            if query.get("dryRun"):
+                raise ApiError(400, "dryRun is not supported by the fake API server")
             self._run_actions(verb, target)
             self._maybe_fail(verb, target)
             if verb == "watch":
@@ -820,7 +831,7 @@ class FakeApiServer:
             code, answer = self._dispatch(verb, target, query, body, handler.headers.get("Content-Type", ""))
             handler.send_json(code, answer)
         except ApiError as err:
-            handler.send_json(err.code, err.status())
+            handler.send_json(err.code, err.status(), retry_after_s=err.retry_after_s)
         except json.JSONDecodeError as exc:
             handler.send_json(400, ApiError(400, f"invalid JSON body: {exc}").status())
         except (BrokenPipeError, ConnectionResetError):
@@ -895,7 +906,7 @@ class FakeApiServer:
                     if failure.times <= 0:
                         self._failures.remove(failure)
                     message = failure.message or f"injected failure for {verb} {resource}"
-                    raise ApiError(failure.code, message)
+                    raise ApiError(failure.code, message, retry_after_s=failure.retry_after_s)
 
     def _dispatch(self, verb: str, target: _Target, query: Mapping[str, str], body: Any,
                   content_type: str) -> tuple[int, Obj]:
@@ -1011,6 +1022,10 @@ class FakeApiServer:
         elif rtype.status_subresource and not rtype.builtin:
             obj.pop("status", None)
         with self._cond:
+            if self.require_namespaces and rtype.namespaced and self._key(
+                    self._type_by_plural("namespaces"), "", target.namespace) not in self._store:
+                raise ApiError(404, f'namespaces "{target.namespace}" not found',
+                               details={"name": target.namespace, "kind": "namespaces"})
             key = self._key(rtype, target.namespace, meta["name"])
             if key in self._store:
                 res = rtype.plural if not rtype.group else f"{rtype.plural}.{rtype.group}"
@@ -1183,12 +1198,12 @@ class FakeApiServer:
                                    "eviction subresource does not support.")
                 if pdbs:
                     pdb_key, pdb = pdbs[0]
-                    allowed = self._disruptions_allowed(pdb, target.namespace)
+                    allowed, needed, healthy = self._disruptions_allowed(pdb, target.namespace)
                     if allowed <= 0:
                         raise ApiError(429, "Cannot evict pod as it would violate the pod's disruption budget.",
                                        details={"causes": [{"reason": "DisruptionBudget", "message": (
-                                           f"The disruption budget {_meta(pdb)['name']} needs more healthy "
-                                           "pods")}]})
+                                           f"The disruption budget {_meta(pdb)['name']} needs {needed} healthy "
+                                           f"pods and has {healthy} currently")}]})
                     if "disruptionsAllowed" in (pdb.get("status") or {}):
                         new_pdb = copy.deepcopy(pdb)
                         new_pdb["status"]["disruptionsAllowed"] = allowed - 1
@@ -1197,20 +1212,23 @@ class FakeApiServer:
                                 options.get("preconditions") or {})
         return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
-    def _disruptions_allowed(self, pdb: Obj, namespace: str) -> int:
-        status = pdb.get("status") or {}
-        if "disruptionsAllowed" in status:
-            return int(status["disruptionsAllowed"])
-        spec = pdb.get("spec") or {}
+    def _disruptions_allowed(self, pdb: Obj, namespace: str) -> tuple[int, int, int]:
+        """(disruptionsAllowed, desiredHealthy, currentHealthy) of a PDB now."""
+        spec, status = pdb.get("spec") or {}, pdb.get("status") or {}
         pods = [p for p in self._items(self._type_by_plural("pods"), namespace)
                 if _selector_matches(spec.get("selector"), _meta(p).get("labels") or {})]
         healthy = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
                       and not _meta(p).get("deletionTimestamp"))
         if "minAvailable" in spec:
-            return healthy - _scaled(spec["minAvailable"], len(pods), round_up=True)
-        if "maxUnavailable" in spec:
-            return _scaled(spec["maxUnavailable"], len(pods), round_up=True) - (len(pods) - healthy)
-        return 0
+            needed = _scaled(spec["minAvailable"], len(pods), round_up=True)
+        elif "maxUnavailable" in spec:
+            needed = len(pods) - _scaled(spec["maxUnavailable"], len(pods), round_up=True)
+        else:
+            needed = len(pods)
+        if "disruptionsAllowed" in status:
+            return (int(status["disruptionsAllowed"]), int(status.get("desiredHealthy", needed)),
+                    int(status.get("currentHealthy", healthy)))
+        return healthy - needed, needed, healthy
 
     # -- watch ------------------------------------------------------------------------------
 

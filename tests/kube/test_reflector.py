@@ -209,6 +209,18 @@ def test_failed_lists_back_off_exponentially_with_a_cap(apiserver: FakeApiServer
     assert recorder.wait_for(1) == [("ADDED", "a")]
 
 
+def test_expired_lists_back_off_too(apiserver: FakeApiServer, recorder: Recorder,
+                                    make_reflector: Callable[..., Reflector]) -> None:
+    apiserver.seed(pod("a"))
+    apiserver.fail_next("list", "pods", 410, times=2)
+    sleep = GatedSleep()
+
+    reflector = make_reflector(sleep=sleep)
+
+    assert reflector.wait_synced(WAIT_S)
+    assert sleep.delays == [0.5, 1.0]
+
+
 @pytest.mark.parametrize(("backoff", "delays"), [
     (Backoff(initial_s=0.5, factor=2.0, cap_s=30.0), [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]),
     (Backoff(initial_s=1.0, factor=3.0, cap_s=10.0), [1.0, 3.0, 9.0, 10.0, 10.0, 10.0, 10.0, 10.0]),

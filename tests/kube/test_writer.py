@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fracgpu.kube import errors, objects
+from fracgpu.kube import client, errors, objects
 from fracgpu.kube.objects import Obj, ObjectRef
-from fracgpu.kube.resources import CONFIGMAPS
+from fracgpu.kube.resources import CONFIGMAPS, JOBS, PODS
 from fracgpu.kube.writer import KubeWriter
 from tests.fakes.apiserver import FakeApiServer
 
@@ -141,16 +141,19 @@ def test_eviction_refused_by_a_pdb_is_too_many_requests(apiserver: FakeApiServer
     with pytest.raises(errors.TooManyRequests) as caught:
         kube_writer.evict_pod("default", "p1")
 
-    assert "disruption budget" in caught.value.message
+    assert caught.value.message == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert caught.value.details["causes"] == [{"reason": "DisruptionBudget", "message":
+                                               "The disruption budget pdb needs 1 healthy pods and has 1 currently"}]
     assert caught.value.retryable
     assert apiserver.get_object("pods", "p1", "default") is not None
 
 
 def test_eviction_injected_429_carries_the_message(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
     apiserver.seed(pod("p1", node_name="n1", phase="Running"))
-    apiserver.fail_next("create", "pods/eviction", 429, message="slow down")
-    with pytest.raises(errors.TooManyRequests, match="slow down"):
+    apiserver.fail_next("create", "pods/eviction", 429, message="slow down", retry_after_s=3)
+    with pytest.raises(errors.TooManyRequests, match="slow down") as caught:
         kube_writer.evict_pod("default", "p1")
+    assert caught.value.retry_after_s == 3.0
 
 
 def test_eviction_allowed_starts_graceful_deletion(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
@@ -310,3 +313,74 @@ def test_unreachable_server_is_unavailable(kube_writer: KubeWriter, apiserver: F
     apiserver.stop()
     with pytest.raises(errors.Unavailable):
         kube_writer.get_node("n1")
+
+
+def test_eviction_with_a_stale_uid_is_a_conflict(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    """A pod recreated under the same name is not the one we meant to evict."""
+    apiserver.seed(pod("p1", node_name="n1", phase="Running"))
+    with pytest.raises(errors.Conflict):
+        kube_writer.evict_pod("default", "p1", uid="uid-of-a-predecessor")
+    [current] = apiserver.list_objects("pods", "default")
+    kube_writer.evict_pod("default", "p1", uid=objects.uid(current), grace_period_s=0)
+    assert apiserver.get_object("pods", "p1", "default") is None
+
+
+def test_generic_create_replace_delete(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    created = kube_writer.create_object(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
+                                               "metadata": {"name": "j"}, "spec": {"x": 1}}, namespace="ns")
+    with pytest.raises(errors.AlreadyExists):
+        kube_writer.create_object(JOBS, created, namespace="ns")
+
+    replaced = kube_writer.replace_object(JOBS, {**created, "spec": {"x": 2}}, namespace="ns")
+    assert replaced["spec"] == {"x": 2}
+    with pytest.raises(errors.Conflict):  # created's resourceVersion is stale now
+        kube_writer.replace_object(JOBS, {**created, "spec": {"x": 3}}, namespace="ns")
+
+    with pytest.raises(errors.Conflict):
+        kube_writer.delete_object(JOBS, "j", namespace="ns", uid="someone-else")
+    kube_writer.delete_object(JOBS, "j", namespace="ns", uid=objects.uid(created))
+    assert apiserver.list_objects("jobs") == []
+
+
+def test_delete_pod_with_grace_only_marks_it(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    apiserver.seed(pod("p1", node_name="n1", phase="Running"))
+    out = kube_writer.delete_object(PODS, "p1", namespace="default")
+    assert objects.deletion_timestamp(out)
+    kube_writer.delete_object(PODS, "p1", namespace="default", grace_period_s=0)
+    assert apiserver.get_object("pods", "p1", "default") is None
+
+
+def test_pdb_status_budget_is_spent_by_evictions(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    apiserver.seed(pod("p1", node_name="n1", phase="Running", app="a"),
+                   pod("p2", node_name="n1", phase="Running", app="a"),
+                   {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                    "metadata": {"name": "pdb", "namespace": "default"},
+                    "spec": {"selector": {"matchLabels": {"app": "a"}}},
+                    "status": {"disruptionsAllowed": 1, "desiredHealthy": 1, "currentHealthy": 2}})
+    kube_writer.evict_pod("default", "p1")
+    with pytest.raises(errors.TooManyRequests):
+        kube_writer.evict_pod("default", "p2")
+    budget = apiserver.get_object("poddisruptionbudgets", "pdb", "default")
+    assert budget is not None and budget["status"]["disruptionsAllowed"] == 0
+
+
+def test_pending_pods_ignore_pdbs(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    apiserver.seed(pod("p1", app="a"), {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                        "metadata": {"name": "pdb", "namespace": "default"},
+                                        "spec": {"selector": {"matchLabels": {"app": "a"}}, "minAvailable": 5}})
+    kube_writer.evict_pod("default", "p1")
+    assert apiserver.get_object("pods", "p1", "default") is None
+
+
+def test_missing_namespace_when_required() -> None:
+    with FakeApiServer(require_namespaces=True) as strict:
+        transport = client.Transport(client.api_client_for_host(strict.url))
+        try:
+            w = KubeWriter(transport)
+            with pytest.raises(errors.NotFound, match='namespaces "ghost" not found'):
+                w.create_object(CONFIGMAPS, {"metadata": {"name": "c"}}, namespace="ghost")
+            strict.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ghost"}})
+            assert objects.namespace(w.create_object(CONFIGMAPS, {"metadata": {"name": "c"}},
+                                                     namespace="ghost")) == "ghost"
+        finally:
+            transport.close()

@@ -1,6 +1,7 @@
 """The kustomize base rendered as a list of objects: by `kubectl kustomize` where kubectl is
-installed, else by reading the kustomization's resources in order (the base uses no generators,
-patches or name transformers, so the two agree; test_render checks that where both can run)."""
+installed, else by reading the kustomizations' resources in order (manifests/, crds/ and base/ use
+no generators, patches or name transformers, only `images:`, so the two agree; test_render checks
+that where both can run). The simulated overlay needs kubectl (it has a generator and a patch)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,18 @@ MANIFESTS = ROOT / "manifests"
 Obj = dict[str, Any]
 
 
-def kustomization() -> Obj:
-    doc: Obj = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+def kustomization(directory: Path = MANIFESTS) -> Obj:
+    doc: Obj = yaml.safe_load((directory / "kustomization.yaml").read_text())
     return doc
 
 
-def resource_files() -> list[Path]:
-    return [MANIFESTS / r for r in kustomization()["resources"]]
+def resource_files(directory: Path = MANIFESTS) -> list[Path]:
+    """The files a kustomization lists, in order, following directories into their kustomizations."""
+    files: list[Path] = []
+    for entry in kustomization(directory)["resources"]:
+        path = (directory / entry).resolve()
+        files += resource_files(path) if path.is_dir() else [path]
+    return files
 
 
 def _apply_images(objs: list[Obj]) -> list[Obj]:
@@ -50,12 +56,12 @@ def concatenated() -> list[Obj]:
     return _apply_images(objs)
 
 
-def kubectl_kustomize() -> list[Obj] | None:
-    """`kubectl kustomize manifests/`, or None where kubectl is not installed."""
+def kubectl_kustomize(directory: Path = MANIFESTS) -> list[Obj] | None:
+    """`kubectl kustomize DIRECTORY`, or None where kubectl is not installed."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         return None
-    out = subprocess.run([kubectl, "kustomize", str(MANIFESTS)], check=True, capture_output=True, text=True,
+    out = subprocess.run([kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True,
                          timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d is not None]
 

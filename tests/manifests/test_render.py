@@ -9,16 +9,18 @@ import pytest
 from fracgpu.api.v1beta1 import names
 from tests.manifests.render import MANIFESTS, concatenated, find, kubectl_kustomize, of_kind, rendered, resource_files
 
+SIMULATED = MANIFESTS / "simulated"
+
 NAMESPACED = {
     "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "DaemonSet",
     "PodDisruptionBudget", "NetworkPolicy", "Issuer", "Certificate",
 }  # fmt: skip
 
 
-def test_the_kustomization_lists_every_manifest_file_once() -> None:
+def test_the_kustomizations_list_every_manifest_file_once() -> None:
     listed = [p.relative_to(MANIFESTS).as_posix() for p in resource_files()]
     on_disk = sorted(p.relative_to(MANIFESTS).as_posix() for p in MANIFESTS.rglob("*.yaml")
-                     if p.name != "kustomization.yaml")
+                     if p.name != "kustomization.yaml" and SIMULATED not in p.parents)
     assert sorted(listed) == on_disk
     assert len(set(listed)) == len(listed)
 
@@ -133,7 +135,34 @@ def test_the_extender_is_highly_available_and_only_the_leader_is_ready() -> None
     assert d["spec"]["replicas"] == 2
     (c,) = d["spec"]["template"]["spec"]["containers"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert {e["name"] for e in c["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
+    assert "POD_NAME" in {e["name"] for e in c["env"]}  # leader-election identity
     # No PodDisruptionBudget for the extender: only the leader is Ready, so any budget would
     # forbid evicting the leader for ever and hang every drain of its node (docs/install.md).
     assert not [p for p in of_kind("PodDisruptionBudget") if p["metadata"]["name"] == "fracgpu-extender"]
+
+
+def test_the_simulated_overlay_serves_the_gpus_of_its_file() -> None:
+    objs = kubectl_kustomize(SIMULATED)
+    if objs is None:
+        pytest.skip("kubectl is not installed")
+    import kubernetes_validate  # type: ignore[import-untyped]
+    import yaml
+
+    from fracgpu.deviceplugin.backends.simulated import parse_gpus
+
+    base = {(o["kind"], o["metadata"]["name"]) for o in rendered()}
+    extra = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in base]
+    (cm,) = extra  # only the ConfigMap of GPUs is new; its name has kustomize's hash suffix
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["namespace"] == names.DEFAULT_NAMESPACE
+    gpus = parse_gpus(yaml.safe_load(cm["data"]["gpus.yaml"]))
+    assert len(gpus) == 2
+    (ds,) = [o for o in objs if o["kind"] == "DaemonSet"]
+    kubernetes_validate.validate(ds, "1.30", strict=True)
+    spec = ds["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FRACGPU_BACKEND"] == "simulated"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "simulated-gpus")
+    assert env["FRACGPU_GPUS_FILE"] == f"{mount['mountPath']}/gpus.yaml"
+    assert {"name": "simulated-gpus", "configMap": {"name": cm["metadata"]["name"]}} in spec["volumes"]
+    assert "NODE_NAME" in env  # the base's env is kept, not replaced

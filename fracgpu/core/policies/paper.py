@@ -18,6 +18,7 @@ from fracgpu.core.fit import FitResult
 from fracgpu.core.fragmentation import FragCache, FragModel, WorkloadMix, after_share, after_whole, frag_from_terms
 from fracgpu.core.ranking import FloatArray, best_fit_choice
 from fracgpu.core.request import GpuRequest
+from fracgpu.core.workload import WorkloadHistogram
 
 MAX_SPEC_CPU = 128_000  # milli-CPU of the largest node the paper normalises by
 MAX_SPEC_GPUS = 8  # GPUs of the largest node
@@ -198,9 +199,12 @@ def sigmoid_score(delta: FloatArray, unit: int) -> IntArray:
 class FGD:
     """Fragmentation gradient descent: the placement (node and GPU) that grows F_n(M) the least."""
 
-    def __init__(self, mix: WorkloadMix, name: str = "fgd") -> None:
+    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fgd") -> None:
         self.name = name
-        self.model = FragModel(mix)
+        # A WorkloadHistogram (the extender's rolling one) is followed: the mix is re-read when it changes.
+        self.histogram = mix if isinstance(mix, WorkloadHistogram) else None
+        self._version = self.histogram.version if self.histogram is not None else 0
+        self.model = FragModel(mix.mix() if isinstance(mix, WorkloadHistogram) else mix)
         self.cache = FragCache(self.model)
         self._last: tuple[FitResult, IntArray, IntArray] | None = None
         # [fitting nodes, slots]: the last share's score per GPU (-1 where it does not fit)
@@ -210,6 +214,7 @@ class FGD:
         """(score per fitting node, GPU slots per fitting node), computed once per FitResult."""
         if self._last is not None and self._last[0] is f:
             return self._last[1], self._last[2]
+        self.follow()
         self.cache.refresh(state)
         n = len(f.rows)
         unit = state.units_per_gpu
@@ -236,6 +241,15 @@ class FGD:
             choice = np.zeros((n, 1), dtype=np.int64)
         self._last = (f, score, choice)
         return score, choice
+
+    def follow(self) -> bool:
+        """Re-read the followed histogram's mix if it changed; True when it did."""
+        if self.histogram is None or self.histogram.version == self._version:
+            return False
+        self._version = self.histogram.version
+        self.model = FragModel(self.histogram.mix())
+        self.cache = FragCache(self.model)
+        return True
 
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray:
         return _float(self.evaluate(state, req, f)[0])

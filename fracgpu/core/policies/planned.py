@@ -31,6 +31,7 @@ from fracgpu.core.fit import FitResult
 from fracgpu.core.fragmentation import WorkloadMix
 from fracgpu.core.policies.paper import FGD
 from fracgpu.core.request import GpuRequest
+from fracgpu.core.workload import WorkloadHistogram
 
 FloatArray = npt.NDArray[np.float64]
 Pattern = tuple[int, ...]  # counts per plan size
@@ -58,12 +59,14 @@ def knapsack(sizes: Sequence[int], values: Sequence[float], cap: int) -> tuple[f
     return float(best[cap]), counts
 
 
-def plan_patterns(sizes: Sequence[int], demand: Sequence[float], cap: int, rounds: int = 200) -> list[tuple[Pattern, float]]:
+def plan_patterns(
+    sizes: Sequence[int], demand: Sequence[float], cap: int, rounds: int = 200
+) -> list[tuple[Pattern, float]]:
     """Cutting-stock LP by column generation: patterns (counts per size) and how many GPUs of each.
 
     min sum_P x_P  s.t.  sum_P a_jP x_P >= d_j,  x >= 0;  new columns from the knapsack on the duals.
     """
-    from scipy.optimize import linprog
+    from scipy.optimize import linprog  # type: ignore[import-untyped]
 
     n = len(sizes)
     if n == 0:
@@ -92,10 +95,15 @@ def plan_patterns(sizes: Sequence[int], demand: Sequence[float], cap: int, round
 class PatternPlanner:
     """Plan-then-fill for shares (see the module doc), FGD for everything else."""
 
-    def __init__(self, mix: WorkloadMix, name: str = "fracgpu") -> None:
+    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fracgpu", close_first: bool = False,
+                 idle_node_rank: int = -1) -> None:
         self.name = name
+        # variant: the class of a free GPU on a node with nothing on it (-1: same as other free GPUs)
+        self.idle_node_rank = idle_node_rank
+        # variant: a share that leaves its GPU with less than the smallest planned size ("closes" it) first
+        self.close_first = close_first
         self.fgd = FGD(mix, name=name)
-        self.mix = mix
+        self.mix = self.fgd.model.mix
         self._planned_for = -1
         self.sizes: list[int] = []
         self.patterns: list[Pattern] = []
@@ -187,6 +195,11 @@ class PatternPlanner:
     def evaluate(self, state: ClusterState, req: GpuRequest, f: FitResult) -> tuple[IntArray, IntArray]:
         if self._last is not None and self._last[0] is f:
             return self._last[1], self._last[2]
+        if self.fgd.follow():  # the workload changed: plan again, re-tag every GPU
+            self.mix = self.fgd.model.mix
+            self._planned_for = -1
+            self.seen = np.full(len(self.seen), -1, dtype=np.int64)
+            self.assigned = np.zeros((0, 0), dtype=np.int64)
         score, choice = self.fgd.evaluate(state, req, f)
         unit = state.units_per_gpu
         self._plan(unit)
@@ -197,6 +210,16 @@ class PatternPlanner:
             planned = self.room[f.rows, :, j] & f.gpu_ok
             fresh = f.gpu_ok & (state.free_cores[f.rows] == unit) & any(p[j] > 0 for p in self.patterns)
             klass = np.where(planned, 2, np.where(fresh, 1, 0))
+            if self.idle_node_rank >= 0:
+                present = state.present[f.rows]
+                idle_node = ((state.free_cores[f.rows] == unit) | ~present).all(axis=1)
+                klass = np.where(planned, 3, np.where(fresh & ~idle_node[:, None], 2,
+                                                       np.where(fresh, self.idle_node_rank, 0)))
+                klass = np.where(~planned & ~fresh & f.gpu_ok, 1 if self.idle_node_rank == 0 else 0, klass)
+            if self.close_first:
+                free = state.free_cores[f.rows]
+                closes = f.gpu_ok & (free < unit) & (free - req.cores < min(self.sizes))
+                klass = np.where(closes, 3, klass)
             combined = np.where(grid >= 0, klass * 1000 + grid, -1)
             score = combined.max(axis=1)
             choice = np.argmax(combined, axis=1).reshape(-1, 1).astype(np.int64)

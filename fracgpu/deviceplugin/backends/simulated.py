@@ -85,6 +85,9 @@ def parse_gpus(doc: Any, where: str = "gpus file") -> tuple[GpuInfo, ...]:
             raise SimulatedConfigError(str(e)) from None
         if memory <= 0:
             raise SimulatedConfigError(f"{w}.memory must be more than 0")
+        bus = item.get("pciBusId", "")
+        if not isinstance(bus, str):
+            raise SimulatedConfigError(f"{w}.pciBusId must be a string (quote it: \"0000:07:00.0\")")
         healthy = item.get("healthy", True)
         if not isinstance(healthy, bool):
             raise SimulatedConfigError(f"{w}.healthy must be true or false")
@@ -108,7 +111,7 @@ def parse_gpus(doc: Any, where: str = "gpus file") -> tuple[GpuInfo, ...]:
                 model=normalise_model(str(model)),
                 memory=memory,
                 numa=numa,
-                pci_bus_id=str(item.get("pciBusId", "")),
+                pci_bus_id=bus,
                 healthy=healthy,
                 reason="" if healthy else str(item.get("reason", "marked unhealthy in the GPU file")),
                 links=tuple(links),

@@ -1,0 +1,167 @@
+"""`fracgpu device-plugin`: flags (with environment fallbacks), wiring, signals.
+
+Precedence: command line > environment > default. Health thresholds come from the
+``FRACGPU_HEALTH_*`` environment (see fracgpu.core.health.HealthConfig.from_env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
+from fracgpu.core.health import HealthConfig, HealthConfigError
+from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
+from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
+from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
+from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
+from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.deviceplugin.plugin import PluginConfig
+from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
+from fracgpu.deviceplugin.response import LimiterConfig
+from fracgpu.deviceplugin.server import ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A flag or environment value is not valid; the message names it."""
+
+
+def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env(key: str, default: str = "") -> str:
+        return environ.get(key, default)
+
+    p = argparse.ArgumentParser(prog="fracgpu device-plugin",
+                                description="Serve fracgpu.io/vgpu-core to the kubelet (run as a DaemonSet).")
+    p.add_argument("--backend", choices=("nvml", "simulated"), default=env("FRACGPU_BACKEND", "nvml"),
+                   help="where GPUs come from [FRACGPU_BACKEND, default nvml]")
+    p.add_argument("--gpus", default=env("FRACGPU_GPUS_FILE"),
+                   help="YAML file of simulated GPUs, with --backend simulated [FRACGPU_GPUS_FILE]")
+    p.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name [NODE_NAME, downward API]")
+    p.add_argument("--socket-dir", default=env("FRACGPU_DEVICE_PLUGIN_DIR", DEVICE_PLUGIN_DIR),
+                   help=f"the kubelet's device-plugins directory [FRACGPU_DEVICE_PLUGIN_DIR, {DEVICE_PLUGIN_DIR}]")
+    p.add_argument("--pod-resources-socket", default=env("FRACGPU_POD_RESOURCES_SOCKET", POD_RESOURCES_SOCKET),
+                   help="the kubelet's PodResources socket, 'none' to run without "
+                        f"[FRACGPU_POD_RESOURCES_SOCKET, {POD_RESOURCES_SOCKET}]")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
+                   help="kubeconfig file; in-cluster when unset [KUBECONFIG]")
+    p.add_argument("--kube-host", default=env("FRACGPU_KUBE_HOST"), help="API server URL [FRACGPU_KUBE_HOST]")
+    p.add_argument("--no-kube", action="store_true", default=env("FRACGPU_NO_KUBE") in ("1", "true"),
+                   help="run without an API server (demo: no reservations, every Allocate is refused) "
+                        "[FRACGPU_NO_KUBE]")
+    p.add_argument("--namespace", default=env("FRACGPU_NAMESPACE", DEFAULT_NAMESPACE),
+                   help=f"namespace of the heartbeat Lease [FRACGPU_NAMESPACE, {DEFAULT_NAMESPACE}]")
+    p.add_argument("--metrics-port", type=int, default=int(env("FRACGPU_METRICS_PORT", "9402") or 0),
+                   help="port of /metrics, 0 to disable [FRACGPU_METRICS_PORT, 9402]")
+    p.add_argument("--limiter-dir", default=env("FRACGPU_LIMITER_DIR"),
+                   help="host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and "
+                        "configure; unset: no limiter [FRACGPU_LIMITER_DIR]")
+    p.add_argument("--limiter-container-dir", default=env("FRACGPU_LIMITER_CONTAINER_DIR", "/usr/local/vgpu"),
+                   help="where the limiter directory appears in containers [FRACGPU_LIMITER_CONTAINER_DIR]")
+    p.add_argument("--limiter-preload", default=env("FRACGPU_LIMITER_PRELOAD"),
+                   help="host file mounted as /etc/ld.so.preload [FRACGPU_LIMITER_PRELOAD]")
+    p.add_argument("--crosscheck-delay", type=float, default=float(env("FRACGPU_CROSSCHECK_DELAY", "1.0")),
+                   help="seconds after an Allocate before checking PodResources [FRACGPU_CROSSCHECK_DELAY, 1]")
+    p.add_argument("--log-level", default=env("FRACGPU_LOG_LEVEL", "INFO"), help="[FRACGPU_LOG_LEVEL, INFO]")
+    return p
+
+
+def make_backend(args: argparse.Namespace) -> GpuBackend:
+    if args.backend == "simulated":
+        if not args.gpus:
+            raise ConfigError("--backend simulated needs --gpus FILE (or FRACGPU_GPUS_FILE)")
+        return SimulatedBackend.from_file(args.gpus)
+    import pynvml
+
+    from fracgpu.deviceplugin.backends.nvml import NvmlBackend
+
+    return NvmlBackend(pynvml)
+
+
+def make_cluster(args: argparse.Namespace) -> Cluster:
+    if args.no_kube:
+        return MemoryCluster(args.node_name)
+    from fracgpu.deviceplugin.kubecluster import KubeCluster
+    from fracgpu.kube import client, writer
+
+    api = client.build_api_client(host=args.kube_host or None, kubeconfig=args.kubeconfig or None)
+    cluster = KubeCluster(writer.KubeWriter(client.Transport(api), component="fracgpu-device-plugin"),
+                          args.node_name, namespace=args.namespace)
+    cluster.start()
+    return cluster
+
+
+def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DevicePluginApp, Cluster]:
+    if not args.node_name:
+        raise ConfigError("--node-name (or NODE_NAME from the downward API) is required")
+    try:
+        health = HealthConfig.from_env(environ)
+    except HealthConfigError as e:
+        raise ConfigError(f"health settings: {e}") from None
+    limiter = None
+    if args.limiter_dir:
+        limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
+                                preload_file=args.limiter_preload)
+    if args.crosscheck_delay < 0:
+        raise ConfigError("--crosscheck-delay must be >= 0")
+    holdings: HoldingsSource = NoHoldings()
+    if args.pod_resources_socket and args.pod_resources_socket != "none":
+        holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
+    cfg = AppConfig(
+        plugin=PluginConfig(node=args.node_name, limiter=limiter, crosscheck_delay=args.crosscheck_delay),
+        server=ServerConfig(socket_dir=args.socket_dir),
+        health=health,
+    )
+    backend = make_backend(args)
+    cluster = make_cluster(args)
+    return DevicePluginApp(cfg, backend, cluster, holdings, metrics=PluginMetrics()), cluster
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = parser(environ).parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=str(args.log_level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        app, cluster = build(args, environ)
+    except (ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
+        print(f"fracgpu device-plugin: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal received signum=%d; shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics_server = None
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
+    try:
+        app.start()
+        log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        app.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        stop_cluster = getattr(cluster, "stop", None)
+        if stop_cluster is not None:
+            stop_cluster()
+    log.info("device plugin stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

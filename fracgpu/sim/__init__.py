@@ -1,0 +1,1 @@
+"""`fracgpu simulate` and `fracgpu inspect`: the placement core without a cluster (trace replay, snapshots)."""

@@ -1,0 +1,240 @@
+"""A cluster from a snapshot file, for `fracgpu inspect` and `fracgpu simulate --snapshot FILE --pending`.
+
+The snapshot is a `kubectl get -o yaml` style List of Nodes (with fracgpu's inventory annotation),
+Pods, Namespaces and TenantQuotas; objects are parsed by the core (`fracgpu.core.snapshot`, the same
+functions the extender uses), placed into a ClusterState, and pending pods are ranked by the same
+`ranking.rank` the extender uses. The tie-break priority is the extender's rule (crc32 of the node
+name), so the what-if answer is the extender's answer for the same cache.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from fracgpu.api.v1beta1.errors import InvalidDocument
+from fracgpu.api.v1beta1.tenantquota import TenantQuota
+from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.fit import FitOptions
+from fracgpu.core.policies import POLICIES, live_default, make_policy
+from fracgpu.core.quantity import format_bytes_human
+from fracgpu.core.quota import charge_of, holds_quota
+from fracgpu.core.ranking import Weighted, rank
+from fracgpu.core.snapshot import (
+    NodeRecord,
+    PodRecord,
+    SnapshotDoc,
+    namespace_record,
+    node_record,
+    parse_list,
+    pod_record,
+)
+from fracgpu.core.tenant import NamespaceInfo, QuotaError, Tenants
+from fracgpu.core.workload import WorkloadHistogram, shape_of
+
+
+class SnapshotError(Exception):
+    """The snapshot cannot be read; the message names the file and the problem."""
+
+
+def read_snapshot(path: str | Path) -> SnapshotDoc:
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d is not None]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise SnapshotError(f"snapshot {path}: {e}") from None
+    try:
+        return parse_list(docs if len(docs) != 1 else docs[0], where=str(path))
+    except InvalidDocument as e:
+        raise SnapshotError(str(e)) from None
+
+
+def node_priority(name: str) -> int:
+    """The extender's fixed tie-break rank (crc32 of the name)."""
+    return zlib.crc32(name.encode())
+
+
+@dataclass(slots=True)
+class World:
+    state: ClusterState
+    nodes: dict[str, NodeRecord]
+    pods: list[PodRecord]
+    tenants: Tenants
+    pending: list[PodRecord] = field(default_factory=list)
+
+
+def build_world(doc: SnapshotDoc) -> World:
+    state = ClusterState()
+    nodes: dict[str, NodeRecord] = {}
+    for obj in doc.nodes:
+        nrec = node_record(obj)
+        nodes[nrec.name] = nrec
+        inventory = nrec.inventory.gpus if nrec.inventory is not None else ()
+        state.upsert_node(NodeSpec(name=nrec.name, gpus=inventory, cpu_milli=nrec.cpu_milli,
+                                   memory_bytes=nrec.memory_bytes, zone=nrec.zone, labels=nrec.labels,
+                                   unusable=nrec.unusable(), priority=node_priority(nrec.name)))
+    infos = [NamespaceInfo(n.name, n.labels, n.annotations) for n in map(namespace_record, doc.namespaces)]
+    quotas = []
+    for q in doc.tenant_quotas:
+        try:
+            quotas.append(TenantQuota.from_dict(q))
+        except InvalidDocument:
+            continue  # a broken TenantQuota selects nothing here; the extender reports it in its status
+    world = World(state, nodes, [], Tenants(infos, quotas))
+    for obj in doc.pods:
+        rec = pod_record(obj)
+        world.pods.append(rec)
+        if rec.finished:
+            continue
+        if not rec.node:
+            if rec.wants_gpu:
+                world.pending.append(rec)
+            continue
+        gpus: tuple[GpuUse, ...] = ()
+        if rec.assignment is not None and rec.assignment.node == rec.node:
+            gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in rec.assignment.gpus)
+        state.add_pod(rec.key, PodUse(rec.node, gpus, rec.cpu_milli, rec.memory_bytes))
+    world.pending.sort(key=lambda p: (-p.priority, p.created, p.key))
+    return world
+
+
+# ---- inspect ------------------------------------------------------------------------------------
+def inspect_doc(world: World) -> dict[str, Any]:
+    s = world.state
+    nodes = []
+    for name in sorted(world.nodes):
+        row = s.index[name]
+        spec = s.specs[row]
+        assert spec is not None
+        pods_on = s.pods_on(name)
+        gpus = []
+        for i, g in enumerate(spec.gpus):
+            holders = [k for k in pods_on if any(u.uuid == g.uuid for u in s.pods[k].gpus)]
+            gpus.append({
+                "index": g.index, "uuid": g.uuid, "model": g.model,
+                "cores_allocated": int(100 - s.free_cores[row, i]), "cores_total": 100,
+                "memory_allocated": int(s.total_memory[row, i] - s.free_memory[row, i]),
+                "memory_total": int(s.total_memory[row, i]),
+                "pods": holders, "healthy": g.healthy, "reason": g.reason,
+            })
+        nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus})
+    used: dict[str, list[int]] = {}
+    pending: dict[str, list[str]] = {}
+    for rec in world.pods:
+        tenant = world.tenants.tenant_of(rec.namespace)
+        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+            cores, memory = charge_of(rec.assignment)
+            acc = used.setdefault(tenant, [0, 0])
+            acc[0] += cores
+            acc[1] += memory
+    for rec in world.pending:
+        pending.setdefault(world.tenants.tenant_of(rec.namespace), []).append(rec.key)
+    tenants = []
+    for t in sorted(set(used) | set(pending)):
+        limits = world.tenants.limits(t)
+        hard: dict[str, Any] = {"error": limits.message} if isinstance(limits, QuotaError) else {
+            "vgpu-core": limits.cores, "vgpu-memory": limits.memory}
+        u = used.get(t, [0, 0])
+        tenants.append({"tenant": t, "used": {"vgpu-core": u[0], "vgpu-memory": u[1]}, "hard": hard,
+                        "pending": len(pending.get(t, [])), "queue": pending.get(t, [])[:5]})
+    return {"nodes": nodes, "tenants": tenants}
+
+
+def _mem(x: int | None) -> str:
+    return "-" if x is None else format_bytes_human(x)
+
+
+def render_inspect(doc: Mapping[str, Any]) -> str:
+    lines = [f"{'NODE':<20} {'GPU':>3} {'MODEL':<16} {'CORES':>9} {'VRAM':>17} {'HEALTH':<10} PODS"]
+    for n in doc["nodes"]:
+        if not n["gpus"]:
+            why = n["reason"] or "no GPUs"
+            lines.append(f"{n['name']:<20} {'-':>3} {'-':<16} {'-':>9} {'-':>17} {'-':<10} ({why})")
+        for g in n["gpus"]:
+            health = "ok" if g["healthy"] else "unhealthy"
+            if not n["usable"]:
+                health += "*"
+            lines.append(f"{n['name']:<20} {g['index']:>3} {g['model']:<16} "
+                         f"{g['cores_allocated']:>4}/{g['cores_total']:<4} "
+                         f"{_mem(g['memory_allocated']):>8}/{_mem(g['memory_total']):<8} {health:<10} "
+                         f"{', '.join(g['pods']) or '-'}")
+    unusable = [n for n in doc["nodes"] if not n["usable"]]
+    for n in unusable:
+        lines.append(f"* {n['name']}: {n['reason']}")
+    lines += ["", f"{'TENANT':<24} {'USED CORES':>10} {'HARD':>6} {'USED VRAM':>10} {'HARD':>8} {'PENDING':>7} QUEUE"]
+    for t in doc["tenants"]:
+        hard = t["hard"]
+        hc = "err" if "error" in hard else ("-" if hard["vgpu-core"] is None else str(hard["vgpu-core"]))
+        hm = "err" if "error" in hard else _mem(hard["vgpu-memory"])
+        lines.append(f"{t['tenant']:<24} {t['used']['vgpu-core']:>10} {hc:>6} {_mem(t['used']['vgpu-memory']):>10} "
+                     f"{hm:>8} {t['pending']:>7} {', '.join(t['queue']) or '-'}")
+    return "\n".join(lines) + "\n"
+
+
+# ---- what-if for pending pods --------------------------------------------------------------------
+def pending_whatif(world: World, policy: str) -> list[dict[str, Any]]:
+    """Place the pending GPU pods one by one (priority, then age), each seeing the ones before it."""
+    if policy == "fracgpu":
+        live, histogram = live_default(world.state.units_per_gpu)
+    else:
+        histogram = WorkloadHistogram(world.state.units_per_gpu)
+        live = make_policy(policy, histogram)
+    out: list[dict[str, Any]] = []
+    for rec in world.pending:
+        if rec.request is None:
+            out.append({"pod": rec.key, "fits": False, "reason": rec.request_error})
+            continue
+        req = rec.request
+        histogram.observe(shape_of(req.cpu_milli, req.cores, world.state.units_per_gpu))
+        r = rank(world.state, req, [Weighted(live)], opts=FitOptions())
+        if not r.ranked:
+            reasons: dict[str, int] = {}
+            for why in (*r.failed.values(), *r.unresolvable.values()):
+                reasons[why] = reasons.get(why, 0) + 1
+            total = len(r.failed) + len(r.unresolvable)
+            text = f"0/{total} nodes are available: " + ", ".join(
+                f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+            out.append({"pod": rec.key, "fits": False, "reason": text})
+            continue
+        top = r.ranked[0]
+        uses = tuple(GpuUse(world.state.gpu_uuid(top.row, s), req.cores_per_gpu,
+                            req.memory_on(int(world.state.total_memory[top.row, s]))) for s in top.gpus)
+        world.state.add_pod(rec.key, PodUse(top.node, uses, req.cpu_milli, req.memory_bytes))
+        out.append({"pod": rec.key, "fits": True, "node": top.node, "gpus": [u.uuid for u in uses],
+                    "cores": req.cores})
+    return out
+
+
+def main_snapshot(path: str | None, pending: bool, policy: str, output: str, out: TextIO, err: TextIO) -> int:
+    if not path:
+        err.write("fracgpu simulate: --pending needs --snapshot FILE\n")
+        return 2
+    if policy not in POLICIES or policy == "random":
+        err.write(f"fracgpu simulate: --snapshot takes one policy of {', '.join(POLICIES)} (not random)\n")
+        return 2
+    try:
+        world = build_world(read_snapshot(path))
+    except SnapshotError as e:
+        err.write(f"fracgpu simulate: {e}\n")
+        return 2
+    if not pending:
+        doc = inspect_doc(world)
+        out.write(json.dumps(doc, indent=1) + "\n" if output == "json" else render_inspect(doc))
+        return 0
+    result = pending_whatif(world, policy)
+    if output == "json":
+        out.write(json.dumps({"policy": policy, "pending": result}, indent=1) + "\n")
+        return 0
+    if not result:
+        out.write("no pending GPU pods in the snapshot\n")
+    for r in result:
+        if r["fits"]:
+            out.write(f"{r['pod']}: fits on {r['node']} (GPUs {', '.join(r['gpus'])})\n")
+        else:
+            out.write(f"{r['pod']}: does not fit: {r['reason']}\n")
+    return 0

@@ -1,0 +1,89 @@
+"""`fracgpu simulate` end to end on a tiny trace: outputs, options, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fracgpu.cli import main as cli_main
+from fracgpu.sim.main import parse_seeds
+
+NODES = """sn,cpu_milli,memory_mib,gpu,model
+n0,32000,131072,2,T4
+n1,32000,131072,2,T4
+n2,64000,262144,4,V100M32
+"""
+TASKS = """name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time
+t0,4000,8192,1,500,,LS,Running,0,1,0
+t1,4000,8192,1,250,,LS,Running,0,1,0
+t2,8000,8192,2,1000,,LS,Running,0,1,0
+t3,2000,4096,0,0,,BE,Running,0,1,0
+t4,4000,8192,1,1000,V100M32,LS,Running,0,1,0
+t5,4000,8192,1,750,T4,LS,Running,0,1,0
+"""
+
+
+@pytest.fixture
+def tiny_trace(tmp_path: Path) -> tuple[str, str]:
+    """Three nodes (8 GPUs) and six tasks of every kind: share, whole, 2-GPU, CPU-only, model-bound."""
+    nodes, tasks = tmp_path / "nodes.csv", tmp_path / "tasks.csv"
+    nodes.write_text(NODES)
+    tasks.write_text(TASKS)
+    return str(nodes), str(tasks)
+
+
+def test_table_report(tiny_trace: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, tasks = tiny_trace
+    assert cli_main(["simulate", "--nodes", nodes, "--trace", tasks, "--policy", "fgd,fracgpu", "-j", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "unalloc %" in out and "fgd" in out and "fracgpu" in out
+    assert "run 2/2" in err  # the progress bar
+
+
+def test_json_and_csv(tiny_trace: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, tasks = tiny_trace
+    args = ["simulate", "--nodes", nodes, "--trace", tasks, "--policy", "all", "--seeds", "1-2",
+            "--no-progress", "-j", "1"]
+    assert cli_main([*args, "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["runs"]) == 7 * 2
+    assert {r["policy"] for r in doc["summary"]} == {"random", "dot-product", "clustering", "packing", "best-fit",
+                                                      "fgd", "fracgpu"}
+    for r in doc["summary"]:
+        assert 0 <= r["unallocated_pct"] <= 100
+        assert r["published_unallocated_pct"] is None  # a user trace has no published figures
+    assert cli_main([*args, "--policy", "best-fit", "-o", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trace,policy,seeds,unallocated_pct") and len(lines) == 2
+
+
+def test_cluster_protocol_and_plot(tiny_trace: tuple[str, str], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, tasks = tiny_trace
+    png = tmp_path / "fig.png"
+    assert cli_main(["simulate", "--nodes", nodes, "--trace", tasks, "--protocol", "cluster", "--no-progress",
+                     "--plot", str(png)]) == 0
+    out, err = capsys.readouterr()
+    assert "cluster protocol" in out
+    assert png.exists() or "needs matplotlib" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "nope"], "unknown policy 'nope'"),
+        (["--trace", "/no/such.csv"], "no such file"),
+        (["--trace", "nonsense"], "neither a CSV file nor a bundled pod list"),
+        (["--inflation", "0"], "--inflation must be positive"),
+    ],
+)
+def test_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["simulate", "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "seeds"), [("42", [42]), ("42-44", [42, 43, 44]), ("1,5-6", [1, 5, 6])])
+def test_parse_seeds(text: str, seeds: list[int]) -> None:
+    assert parse_seeds(text) == seeds
