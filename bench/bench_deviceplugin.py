@@ -19,6 +19,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,15 @@ NODE = "bench-node"
 
 
 class EmptyServicer(api_pb2_grpc.DevicePluginServicer):
+    def GetDevicePluginOptions(self, request: Any, context: Any) -> api_pb2.DevicePluginOptions:
+        return api_pb2.DevicePluginOptions()
+
+    def ListAndWatch(self, request: Any, context: Any) -> Iterator[api_pb2.ListAndWatchResponse]:
+        yield api_pb2.ListAndWatchResponse()
+
+    def PreStartContainer(self, request: Any, context: Any) -> api_pb2.PreStartContainerResponse:
+        return api_pb2.PreStartContainerResponse()
+
     def GetPreferredAllocation(self, request: Any, context: Any) -> api_pb2.PreferredAllocationResponse:
         return api_pb2.PreferredAllocationResponse(container_responses=[
             api_pb2.ContainerPreferredAllocationResponse(deviceIDs=[]) for _ in request.container_requests])
@@ -107,7 +117,7 @@ def admit(stub: api_pb2_grpc.DevicePluginStub, available: list[str], size: int) 
 
 def percentile(xs: list[float], p: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def run(admissions: int, running: int, seed: int) -> dict[str, float]:

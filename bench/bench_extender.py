@@ -176,10 +176,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         out["bind_p50_ms"] = pct(blat, 50) * 1e3
         out["bind_p99_ms"] = pct(blat, 99) * 1e3
         # bind throughput: the other half, 32 binds in flight (kube-scheduler binds in parallel); each pod's
-        # node was chosen beforehand by a filter over its own slice of 10 nodes, so binds do not collide
+        # node was chosen beforehand by a filter over its own slice of nodes, so binds do not collide
         targets: list[tuple[dict[str, Any], str]] = []
+        width = max(1, len(names) // max(1, len(binds) - half))
         for i, p in enumerate(binds[half:]):
-            fbody = json.dumps({"Pod": p, "NodeNames": names[(i * 10) % len(names):][:10]}).encode()
+            fbody = json.dumps({"Pod": p, "NodeNames": names[(i * width) % len(names):][:width]}).encode()
             _, result = await timed(client, "/filter", fbody)
             targets.append((p, result["NodeNames"][0]))
         sem = asyncio.Semaphore(32)

@@ -96,21 +96,28 @@ class PodEntry:
     served: dict[str, tuple[str, ...]] = field(default_factory=dict)  # container -> IDs the kubelet gave
     pending: str | None = None  # JSON of a reservation we moved and have not seen written back yet
     phase: str | None = None  # a phase we decided and have not seen written back yet
+    key: str = field(default="", init=False)
+    _ids_of: Assignment | None = field(default=None, init=False, repr=False, compare=False)
+    _ids: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.pod.key
 
     @property
     def current_phase(self) -> str:
         return self.phase if self.phase is not None else self.pod.phase
 
     @property
-    def key(self) -> str:
-        return self.pod.key
-
-    @property
     def usable(self) -> bool:
         return self.assignment is not None and not self.invalid and not self.pod.terminated
 
     def reserved(self) -> frozenset[str]:
-        return self.assignment.device_ids if self.assignment is not None and not self.invalid else frozenset()
+        a = self.assignment
+        if a is None or self.invalid:
+            return frozenset()
+        if self._ids_of is not a:  # cached per assignment object (a move replaces the object)
+            self._ids_of, self._ids = a, a.device_ids
+        return self._ids
 
     def held(self) -> set[str]:
         return {i for ids in self.served.values() for i in ids}

@@ -77,10 +77,15 @@ class ClusterCache:
                 self._started_rest = start_rest = True
             done = not self._pending_sync and self._started_rest
         if start_rest:
-            self._reflector("leases", LEASES, self._on_lease, namespace=self._namespace).start()
-            self._reflector("namespaces", NAMESPACES, self._on_namespace).start()
-            self._reflector("tenantquotas", TENANTQUOTAS, self._on_tenant_quota).start()
-            self._reflector("pods", PODS, self._on_pod).start()
+            # register every key before any starts: a fast first list must not find the set empty
+            rest = [
+                self._reflector("leases", LEASES, self._on_lease, namespace=self._namespace),
+                self._reflector("namespaces", NAMESPACES, self._on_namespace),
+                self._reflector("tenantquotas", TENANTQUOTAS, self._on_tenant_quota),
+                self._reflector("pods", PODS, self._on_pod),
+            ]
+            for r in rest:
+                r.start()
             return
         if done and not self.synced.is_set():
             self.scheduler.mark_synced()

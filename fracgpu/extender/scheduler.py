@@ -541,15 +541,17 @@ class Scheduler:
         """Rows of the named nodes and the names not known; the last lookup is cached, since
         kube-scheduler sends the same list (every node) on every filter."""
         key = tuple(names)
+        small = len(key) <= 64  # binds and short lists: not worth evicting the big list's entry
         cached = self._rows_cache
-        if cached is not None and cached[1] == self._node_gen and cached[0] == key:
+        if not small and cached is not None and cached[1] == self._node_gen and cached[0] == key:
             return cached[2], cached[3]
         index = self.state.index
         found = np.fromiter((index.get(n, -1) for n in key), dtype=np.int64, count=len(key))
         missing = found < 0
         unknown = [n for n, m in zip(key, missing, strict=True) if m] if missing.any() else []
         rows: IntArray = found[~missing]
-        self._rows_cache = (key, self._node_gen, rows, unknown)
+        if not small:
+            self._rows_cache = (key, self._node_gen, rows, unknown)
         return rows, list(unknown)
 
     def _zone_of(self, node: str) -> str:

@@ -76,6 +76,8 @@ class Reflector:
                  field_selector: str | None = None, watch_timeout_s: int = 300, page_size: int = 500,
                  backoff: Backoff = Backoff(), sleep: Callable[[float], None] | None = None,
                  on_synced: Callable[[], None] | None = None, name: str | None = None) -> None:
+        if namespace and not resource.namespaced:
+            raise ValueError(f"{resource.plural} is cluster-scoped; got namespace {namespace!r}")
         self.transport = transport
         self.resource = resource
         self.handler = handler
@@ -178,6 +180,14 @@ class Reflector:
                 attempt += 1
                 log.info("reflector retrying reflector=%s relist=%s error=%r delay_s=%.3f", self.name,
                          need_list, exc, delay)
+                self._sleep(delay)
+            except Exception:  # a bug must not silently end the reflector: log it and go on, slowly
+                if self._stop.is_set():
+                    break
+                delay = self.backoff.delay(attempt)
+                attempt += 1
+                need_list = True
+                log.exception("reflector failed unexpectedly reflector=%s delay_s=%.3f", self.name, delay)
                 self._sleep(delay)
         log.debug("reflector stopped reflector=%s", self.name)
 

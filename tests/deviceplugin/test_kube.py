@@ -48,12 +48,14 @@ def test_publishes_inventory_labels_and_lease(kube: tuple[World, FakeApiServer, 
     assert [g.uuid for g in doc.gpus] == [gpu_uuid(i) for i in range(4)]
     assert node["metadata"]["labels"][LABEL_GPU_MODEL] == "A100-SXM4-80GB"
     assert node["metadata"]["labels"][LABEL_GPU_COUNT] == "4"
+    assert world.app is not None
+    world.app.plugin.cluster.renew_lease()  # the report thread does this every 10 s; do not race it
     lease = api.get_object("leases", lease_name(NODE), DEFAULT_NAMESPACE)
     assert lease is not None and lease["spec"]["holderIdentity"].endswith(NODE)
     # only when it changes: a second publish without a change writes nothing
     assert world.app is not None and not world.app.plugin.publish_node()
     world.backend.set_unhealthy(gpu_uuid(2), "test")
-    assert world.kubelet.wait_for(lambda: len(world.kubelet.healthy()) == 300, timeout=1.0)
+    assert world.kubelet.wait_for(lambda: len(world.kubelet.healthy()) == 300, timeout=5.0)
     world.app.plugin.publish_node()
     node = api.get_object("nodes", NODE)
     assert node is not None

@@ -17,26 +17,27 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, ANN_PHASE, API_VERSION, LABEL_TENANT
-from fracgpu.core.snapshot import NODE_BAD_INVENTORY
+from fracgpu.core.snapshot import NODE_BAD_INVENTORY, NODE_NO_INVENTORY
 from fracgpu.extender.app import Deps
 from tests.extender.builders import filter_args, inventory, node_obj, pod_obj
 from tests.fakes.apiserver import FakeApiServer
 from tests.fuzz.test_wire_extender import json_any, json_leaf, quantity
 from tests.reliability.harness import HttpClient, LiveExtender, eventually, heartbeat_off
 
-SETTINGS = settings(max_examples=60, deadline=None, database=None,
+SETTINGS = settings(max_examples=60, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-VICTIM_ASSIGNED = ("{\"node\":\"good\",\"tenant\":\"tq/tq\",\"assignedAt\":\"2026-11-22T22:17:15Z\","
-                   "\"gpus\":[{\"uuid\":\"GPU-good-0\",\"cores\":30,\"memory\":8589934592,"
-                   "\"deviceIds\":[" + ",".join(f"\"GPU-good-0::{k}\"" for k in range(30)) + "]}],"
-                   "\"containers\":[{\"name\":\"c0\",\"kind\":\"app\",\"deviceIds\":["
-                   + ",".join(f"\"GPU-good-0::{k}\"" for k in range(30)) + "]}]}")
+VICTIM_ASSIGNED = Assignment(
+    node="good", tenant="tq/tq", assigned_at="2026-11-22T22:17:15Z",
+    gpus=(GpuShare("GPU-good-0", 30, 8 * 1024**3, tuple(f"GPU-good-0::{k}" for k in range(30))),),
+    containers=(ContainerShare("c0", "app", tuple(f"GPU-good-0::{k}" for k in range(30))),),
+).to_json()
 
 
 def tenant_quota(name: str, spec: Any, generation: int = 1) -> dict[str, Any]:
@@ -65,6 +66,18 @@ class CacheFuzz:
             row = s.state.index["good"]
             return [int(x) for x in s.state.free_cores[row, :2]]
 
+    def seen_pods(self, seq: str) -> None:
+        """Touch a pending sentinel pod after a write and wait for it: the pod watch delivers in
+        order, so every earlier pod event has been handled (bound pods' records keep no labels)."""
+        self.apiserver.patch_object("pods", "zz-sentinel", {"metadata": {"annotations": {"seq": seq}}},
+                                    namespace="default")
+
+        def seen() -> bool:
+            raw = self.ext.scheduler.pods["default/zz-sentinel"].raw
+            return raw is not None and raw["metadata"]["annotations"].get("seq") == seq
+
+        eventually(seen, what="pod events handled")
+
     def filter(self) -> dict[str, Any]:
         self.tried += 1
         status, out = self.http.post_json("/filter", filter_args(pod_obj("pend", 10, "1Gi"), ["good", "fz"]))
@@ -83,7 +96,7 @@ def fuzz(apiserver: FakeApiServer) -> Iterator[CacheFuzz]:
         tenant_quota("tq", GOOD_QUOTA),
         pod_obj("victim", 30, "8Gi", node="good", phase="Running",
                 annotations={ANN_ASSIGNED: VICTIM_ASSIGNED, ANN_PHASE: "allocated"}),
-        pod_obj("pend", 10, "1Gi"),
+        pod_obj("pend", 10, "1Gi"), pod_obj("zz-sentinel", 10, "1Gi"),
     )
     f = CacheFuzz(apiserver)
     try:
@@ -166,7 +179,9 @@ def test_random_inventory_annotations(fuzz: CacheFuzz, caplog: pytest.LogCapture
         try:
             doc = NodeInventoryDoc.from_json(text)
         except InvalidDocument:
-            assert out["FailedAndUnresolvableNodes"].get("fz") == NODE_BAD_INVENTORY, out
+            # an empty annotation counts as none yet; anything else unreadable is a bad inventory
+            expected = NODE_NO_INVENTORY if text == "" else NODE_BAD_INVENTORY
+            assert out["FailedAndUnresolvableNodes"].get("fz") == expected, out
             return
         if not doc.gpus:
             assert "fz" not in out["NodeNames"], out
@@ -192,7 +207,7 @@ def test_random_assigned_annotations(fuzz: CacheFuzz, caplog: pytest.LogCaptureF
         fuzz.apiserver.patch_object("pods", "victim", {"metadata": {"labels": {"seq": seq},
                                                                     "annotations": {ANN_ASSIGNED: text}}},
                                     namespace="default")
-        eventually(lambda: fuzz.ext.scheduler.pods["default/victim"].labels.get("seq") == seq, what="pod seen")
+        fuzz.seen_pods(seq)
         fuzz.filter()
         # whatever the annotation claims, the extender never books a GPU below zero
         assert min(fuzz.free()) >= -(10**12)  # no crash; exact books are checked once restored
@@ -201,7 +216,7 @@ def test_random_assigned_annotations(fuzz: CacheFuzz, caplog: pytest.LogCaptureF
     fuzz.apiserver.patch_object("pods", "victim", {"metadata": {"labels": {"seq": "end"},
                                                                 "annotations": {ANN_ASSIGNED: VICTIM_ASSIGNED}}},
                                 namespace="default")
-    eventually(lambda: fuzz.ext.scheduler.pods["default/victim"].labels.get("seq") == "end")
+    fuzz.seen_pods("end")
     assert fuzz.free() == before, "a hostile reservation left a charge behind"
     _no_handler_failures(caplog)
 
@@ -216,17 +231,18 @@ def test_random_tenant_quotas(fuzz: CacheFuzz, caplog: pytest.LogCaptureFixture)
             obj["spec"] = json.loads(json.dumps(_scramble(spec)))
         fuzz.apiserver.seed(obj)
         # a valid sentinel after it on the same watch: once it is seen, the fuzzed one was handled
-        fuzz.apiserver.seed(tenant_quota("zz-sentinel", {**GOOD_QUOTA, "namespaceSelector": {
-            "matchLabels": {LABEL_TENANT: "nobody"}}}, generation=fuzz.seq))
+        mark = 1000 + fuzz.seq
+        fuzz.apiserver.seed(tenant_quota("zz-sentinel", {"namespaceSelector": {"matchLabels": {LABEL_TENANT: "nobody"}},
+                                                         "hard": {"fracgpu.io/vgpu-core": str(mark)}}))
         eventually(lambda: (q := fuzz.ext.scheduler.quotas.get("zz-sentinel")) is not None
-                   and q.generation == fuzz.seq, what="quota seen")
+                   and q.spec.hard.cores == str(mark), what="quota seen")
         out = fuzz.filter()
         if "good" not in out["NodeNames"]:
             assert "good" in out["FailedAndUnresolvableNodes"] or "good" in out["FailedNodes"], out
 
     prop()
-    fuzz.apiserver.seed(tenant_quota("tq", GOOD_QUOTA, generation=10**6))
-    eventually(lambda: (q := fuzz.ext.scheduler.quotas.get("tq")) is not None and q.generation == 10**6)
+    fuzz.apiserver.seed(tenant_quota("tq", {**GOOD_QUOTA, "hard": {"fracgpu.io/vgpu-core": "401"}}))
+    eventually(lambda: (q := fuzz.ext.scheduler.quotas.get("tq")) is not None and q.spec.hard.cores == "401")
     assert "good" in fuzz.filter()["NodeNames"]
     _no_handler_failures(caplog)
 

@@ -21,7 +21,7 @@ from tests.deviceplugin.conftest import node, world  # noqa: F401  (the plugin's
 from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import World, gpu_uuid
 
-SETTINGS = settings(max_examples=150, deadline=None, database=None,
+SETTINGS = settings(max_examples=300, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 
@@ -94,24 +94,24 @@ def test_hostile_preferred_allocation(plugin: tuple[World, api_pb2_grpc.DevicePl
 
 def test_oversized_messages_are_refused_and_the_plugin_keeps_serving(
         plugin: tuple[World, api_pb2_grpc.DevicePluginStub]) -> None:
-    node, stub = plugin
+    w, stub = plugin
     huge = [f"{gpu_uuid(0)}::{k % 100}-{k}" for k in range(120_000)]  # ~6 MB, over gRPC's 4 MiB default
     with pytest.raises(grpc.RpcError) as err:
         stub.Allocate(api_pb2.AllocateRequest(container_requests=[
             api_pb2.ContainerAllocateRequest(devices_ids=huge)]), timeout=10)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # the waiting pod is still admitted normally, on its own reservation
-    adm = node.admit("waiting")
+    adm = w.admit("waiting")
     assert adm.error is None
-    assert set(adm.devices["main"]) == set(node.assignment("waiting").device_ids)
+    assert set(adm.devices["main"]) == set(w.assignment("waiting").device_ids)
 
 
 def test_after_the_storm_the_waiting_pod_is_admitted(plugin: tuple[World, api_pb2_grpc.DevicePluginStub]) -> None:
-    node, stub = plugin
+    w, stub = plugin
     for ids in ([gpu_uuid(0)] * 10, [f"{gpu_uuid(0)}::{k}" for k in range(10)] * 2, ["x"] * 500):
         with pytest.raises(grpc.RpcError) as err:
             stub.Allocate(api_pb2.AllocateRequest(container_requests=[
                 api_pb2.ContainerAllocateRequest(devices_ids=ids)]), timeout=5)
         _refused(err.value)
-    adm = node.admit("waiting")
+    adm = w.admit("waiting")
     assert adm.error is None

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_GPU_MODEL, ANN_TOPOLOGY, ANN_ZONE_POLICY, LABEL_GROUP
 from fracgpu.extender.app import make_app
-from fracgpu.extender.scheduler import SchedulerConfig
+from fracgpu.extender.scheduler import BindRefused, SchedulerConfig
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import World, build_world
 from tests.reliability.harness import HttpClient, ServedApp
@@ -162,16 +163,21 @@ def _check_filter(sent: Any, status: int, out: Any) -> None:
     assert isinstance(out, dict) and out["Error"] == "", out
     folded = {k.lower(): v for k, v in sent.items()}  # Go's decoder matches keys in any case
     if isinstance(folded.get("nodenames"), list):
-        names = set(folded["nodenames"])
-        kept = set(out["NodeNames"])
+        sent_names = list(folded["nodenames"])
+        kept_list = list(out["NodeNames"])
     else:
         nodes = {k.lower(): v for k, v in folded["nodes"].items()}
-        names = {n["metadata"]["name"] for n in nodes.get("items") or []}
-        kept = {n["metadata"]["name"] for n in out["Nodes"]["items"]}
+        sent_names = [n["metadata"]["name"] for n in nodes.get("items") or []]
+        kept_list = [n["metadata"]["name"] for n in out["Nodes"]["items"]]
+    names, kept = set(sent_names), set(kept_list)
     failed, unres = set(out["FailedNodes"]), set(out["FailedAndUnresolvableNodes"])
-    # every candidate has exactly one outcome, and every refusal says why
-    assert kept | failed | unres == names, (names, out)
+    # at most one outcome per candidate, only candidates, at most k kept; every refusal says why.
+    # (Nodes that fit but are not among the best k get no entry at all: docs/extender.md.)
+    assert kept | failed | unres <= names, (names, out)
     assert not (kept & failed or kept & unres or failed & unres), out
+    assert len(kept) <= 2, out
+    if len(names) == len(sent_names):  # kube-scheduler never repeats a node
+        assert len(kept_list) == len(kept), out
     assert all(isinstance(r, str) and r for r in [*out["FailedNodes"].values(),
                                                    *out["FailedAndUnresolvableNodes"].values()]), out
     assert not kept & set(BROKEN), out  # a node with a broken inventory is never kept
@@ -215,13 +221,28 @@ def test_hostile_bind_requests(extender: Served, pod: str, ns: str, uid: Any, no
     body["PodNamespace"] = ns
     body["PodUID"] = f"uid-{ns}-{pod}" if uid == "match" else uid
     body["Node"] = node
+    held = extender.world.scheduler.held.get(f"{ns}/{pod}")
+    repeated = held is not None and held.node == node  # see test_a_repeated_bind_with_another_uid_is_refused
     status, out = extender.post("/bind", body)
     _check_answer(status, out, "bind")
     if status == 200:
         assert set(out) == {"Error"}, out
         known = pod in ("p0", "p1", "p2", "p3") and ns == "default" and uid == "match" and node in NODES
-        if not known:
+        if not known and not repeated:
             assert out["Error"], (body, out)  # an unknown pod, uid or node is refused with a reason
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gap: a repeated bind of a pod already reserved on the node is answered as success without checking "
+    "PodUID; a bind naming another uid (the pod deleted and recreated under the same name) is told "
+    "'bound' although nothing was written for the new pod"))
+def test_a_repeated_bind_with_another_uid_is_refused() -> None:
+    world = build_world([node_obj("n0", 2), pod_obj("p0", 50, "8Gi")])
+    first = bind_args(pod_obj("p0"), "n0")
+    assert world.scheduler.reserve(ExtenderBindingArgs.from_obj(first)) is not None
+    other = dict(first, PodUID="uid-of-a-recreated-p0")
+    with pytest.raises(BindRefused):
+        world.scheduler.reserve(ExtenderBindingArgs.from_obj(other))
 
 
 def test_oversized_and_unreadable_bodies(extender: Served) -> None:

@@ -10,7 +10,7 @@ import pytest
 from fracgpu.kube import client, objects
 from fracgpu.kube.objects import Obj
 from fracgpu.kube.reflector import Backoff, Reflector, WatchEvent
-from fracgpu.kube.resources import PODS
+from fracgpu.kube.resources import NODES, PODS
 from tests.fakes.apiserver import FakeApiServer
 
 WAIT_S = 10.0  # upper bound for a condition to become true; never asserted on
@@ -318,3 +318,8 @@ def test_on_synced_runs_after_every_full_list(apiserver: FakeApiServer,
     reflector = make_reflector(on_synced=lambda: synced.append(1))
     eventually(lambda: reflector.lists == 2)
     assert synced == [1, 1]  # lists counts a full list once its events and on_synced are done
+
+
+def test_a_namespace_for_a_cluster_scoped_resource_is_refused(transport: client.Transport) -> None:
+    with pytest.raises(ValueError, match="cluster-scoped"):
+        Reflector(transport, NODES, Recorder(), namespace="default")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from fracgpu.kube import client, errors, objects
@@ -384,3 +386,28 @@ def test_missing_namespace_when_required() -> None:
                                                      namespace="ghost")) == "ghost"
         finally:
             transport.close()
+
+
+def test_parallel_binds_of_one_pod_let_exactly_one_win(apiserver: FakeApiServer, kube_writer: KubeWriter) -> None:
+    """kube-scheduler binds in parallel: the API server serialises, one Binding wins, the rest get 409."""
+    apiserver.seed(pod("p1"), *(node(f"n{i}") for i in range(8)))
+    outcomes: dict[str, str] = {}
+
+    def bind(target: str) -> None:
+        try:
+            kube_writer.bind_pod("default", "p1", target, annotations={"fracgpu.io/assigned": target})
+            outcomes[target] = "bound"
+        except errors.Conflict:
+            outcomes[target] = "conflict"
+
+    threads = [threading.Thread(target=bind, args=(f"n{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+
+    winners = [n for n, o in outcomes.items() if o == "bound"]
+    assert len(outcomes) == 8 and len(winners) == 1
+    bound = kube_writer.get_pod("default", "p1")
+    assert bound["spec"]["nodeName"] == winners[0]
+    assert objects.annotations(bound)["fracgpu.io/assigned"] == winners[0]

@@ -5,6 +5,7 @@ that where both can run). The simulated overlay needs kubectl (it has a generato
 
 from __future__ import annotations
 
+import copy
 import functools
 import shutil
 import subprocess
@@ -74,7 +75,7 @@ def _rendered() -> tuple[Obj, ...]:
 
 def rendered() -> list[Obj]:
     """The objects `kubectl apply -k manifests/` would send (fresh copies each call)."""
-    return yaml.safe_load(yaml.safe_dump(list(_rendered())))  # type: ignore[no-any-return]
+    return copy.deepcopy(list(_rendered()))
 
 
 def find(kind: str, name: str) -> Obj:

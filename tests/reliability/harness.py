@@ -14,7 +14,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +56,8 @@ class ServedApp:
         return self
 
     async def _setup(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # a short shutdown: stop() is a crash, requests still in flight are cut, not awaited
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -125,6 +126,12 @@ class HttpClient:
             self._conn.close()
             self._conn = None
 
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def eventually(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
     """Wait for another thread's work; the timeout only bounds a failing test."""
@@ -173,6 +180,11 @@ class LiveExtender:
     def url(self) -> str:
         return self.served.url
 
+    def cached(self, prefix: str) -> int:
+        """How many pods whose key starts with `prefix` the extender's cache holds."""
+        with self.scheduler.lock:
+            return sum(1 for k in self.scheduler.pods if k.startswith(prefix))
+
     def kill(self) -> None:
         self.served.stop()
         self.cache.stop()
@@ -215,8 +227,8 @@ def audit(apiserver: FakeApiServer) -> Audit:
         if not isinstance(text, str):
             continue
         with contextlib.suppress(InvalidDocument):
-            for g in NodeInventoryDoc.from_json(text).gpus:
-                gpus[g.uuid] = (n["metadata"]["name"], g.memory)
+            for info in NodeInventoryDoc.from_json(text).gpus:
+                gpus[info.uuid] = (n["metadata"]["name"], info.memory)
     problems: list[str] = []
     bookings: list[Booking] = []
     cores: dict[str, int] = {}

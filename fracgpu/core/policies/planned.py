@@ -7,7 +7,8 @@ looks one step ahead. The planner looks at the whole size histogram once: it sol
 cutting-stock linear program (fewest GPUs whose fill patterns cover the histogram; column
 generation with an exact knapsack for new patterns) and then, online,
 
-1. puts a share into a GPU whose planned pattern still has a slot of that size;
+1. puts a share into a partly used GPU whose contents plus the share still fit a planned pattern
+   (its own, or another one it is then re-tagged to; `any_pattern=False`: only its own);
 2. else opens a free GPU for the pattern with that size that is furthest behind its planned share
    (the GPU is tagged with that pattern when the share lands);
 3. else (sizes outside the plan, whole GPUs, CPU-only tasks, off-plan GPUs) does what FGD does.
@@ -95,13 +96,11 @@ def plan_patterns(
 class PatternPlanner:
     """Plan-then-fill for shares (see the module doc), FGD for everything else."""
 
-    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fracgpu", close_first: bool = False,
-                 idle_node_rank: int = -1) -> None:
+    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fracgpu", any_pattern: bool = True) -> None:
         self.name = name
-        # variant: the class of a free GPU on a node with nothing on it (-1: same as other free GPUs)
-        self.idle_node_rank = idle_node_rank
-        # variant: a share that leaves its GPU with less than the smallest planned size ("closes" it) first
-        self.close_first = close_first
+        # a partly used GPU takes a share when its contents plus the share fit *any* planned pattern
+        # (it is re-tagged), not only the pattern it was opened for
+        self.any_pattern = any_pattern
         self.fgd = FGD(mix, name=name)
         self.mix = self.fgd.model.mix
         self._planned_for = -1
@@ -109,10 +108,13 @@ class PatternPlanner:
         self.patterns: list[Pattern] = []
         self.share: FloatArray = np.zeros(0)  # planned share of opened GPUs per pattern
         self.opened: IntArray = np.zeros(0, dtype=np.int64)
+        self._pattern_matrix: IntArray = np.zeros((0, 0), dtype=np.int64)
         self.size_index: dict[int, int] = {}
         # per (row, slot): assigned pattern (-1 none) and share contents counts per plan size
         self.assigned: IntArray = np.zeros((0, 0), dtype=np.int64)
         self.room: npt.NDArray[np.bool_] = np.zeros((0, 0, 0), dtype=np.bool_)
+        # [row, slot, size]: the contents plus one share of that size still fit some planned pattern
+        self.room_any: npt.NDArray[np.bool_] = np.zeros((0, 0, 0), dtype=np.bool_)
         self.seen: IntArray = np.zeros(0, dtype=np.int64)
         self._last: tuple[FitResult, IntArray, IntArray] | None = None
 
@@ -131,19 +133,22 @@ class PatternPlanner:
         total = sum(x for _, x in plan) or 1.0
         self.share = np.array([x / total for _, x in plan], dtype=np.float64)
         self.opened = np.zeros(len(self.patterns), dtype=np.int64)
+        self._pattern_matrix = np.array(self.patterns, dtype=np.int64).reshape(len(self.patterns), len(self.sizes))
         self._planned_for = unit
 
     # ---- per-GPU pattern tags, rebuilt for changed rows ------------------------------------------
     def _refresh(self, state: ClusterState) -> None:
         n, slots, nsz = state.rows, state.slots, len(self.sizes)
         if self.assigned.shape != (n, slots) or self.room.shape[2] != nsz:
-            old_a, old_r, old_s = self.assigned, self.room, self.seen
+            old_a, old_r, old_any, old_s = self.assigned, self.room, self.room_any, self.seen
             self.assigned = np.full((n, slots), -1, dtype=np.int64)
             self.room = np.zeros((n, slots, nsz), dtype=np.bool_)
+            self.room_any = np.zeros((n, slots, nsz), dtype=np.bool_)
             self.seen = np.full(n, -1, dtype=np.int64)
             if old_a.shape[1:] == (slots,) and old_r.shape[2:] == (nsz,):
                 m = min(len(old_a), n)
                 self.assigned[:m], self.room[:m], self.seen[:m] = old_a[:m], old_r[:m], old_s[:m]
+                self.room_any[:m] = old_any[:m]
         dirty = np.flatnonzero(self.seen[:n] != state.row_version[:n])
         unit = state.units_per_gpu
         for row in dirty:
@@ -190,6 +195,11 @@ class PatternPlanner:
             self.room[row, slot] = [a < b for a, b in zip(counts, self.patterns[new], strict=True)]
         else:
             self.room[row, slot] = False
+        self.room_any[row, slot] = False
+        if content and not off_plan and len(self.patterns):
+            spare = self._pattern_matrix - np.asarray(counts)  # [patterns, sizes]
+            fits = (spare >= 0).all(axis=1)
+            self.room_any[row, slot] = ((spare >= 1) & fits[:, None]).any(axis=0)
 
     # ---- Policy ---------------------------------------------------------------------------------
     def evaluate(self, state: ClusterState, req: GpuRequest, f: FitResult) -> tuple[IntArray, IntArray]:
@@ -207,19 +217,10 @@ class PatternPlanner:
         if j is not None and len(f.rows):
             self._refresh(state)
             grid = self.fgd.last_grid
-            planned = self.room[f.rows, :, j] & f.gpu_ok
+            room = self.room_any if self.any_pattern else self.room
+            planned = room[f.rows, :, j] & f.gpu_ok
             fresh = f.gpu_ok & (state.free_cores[f.rows] == unit) & any(p[j] > 0 for p in self.patterns)
             klass = np.where(planned, 2, np.where(fresh, 1, 0))
-            if self.idle_node_rank >= 0:
-                present = state.present[f.rows]
-                idle_node = ((state.free_cores[f.rows] == unit) | ~present).all(axis=1)
-                klass = np.where(planned, 3, np.where(fresh & ~idle_node[:, None], 2,
-                                                       np.where(fresh, self.idle_node_rank, 0)))
-                klass = np.where(~planned & ~fresh & f.gpu_ok, 1 if self.idle_node_rank == 0 else 0, klass)
-            if self.close_first:
-                free = state.free_cores[f.rows]
-                closes = f.gpu_ok & (free < unit) & (free - req.cores < min(self.sizes))
-                klass = np.where(closes, 3, klass)
             combined = np.where(grid >= 0, klass * 1000 + grid, -1)
             score = combined.max(axis=1)
             choice = np.argmax(combined, axis=1).reshape(-1, 1).astype(np.int64)
