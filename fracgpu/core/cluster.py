@@ -75,6 +75,8 @@ class ClusterState:
         self._pods_on: dict[int, set[str]] = {}
         self._models: dict[str, int] = {}
         self.version = 0  # bumped on every change; caches key on it
+        # best_linked_set answers per (row, usable slots, k); valid until a node's links change
+        self.link_memo: dict[tuple[int, tuple[int, ...], int], tuple[tuple[int, ...], int]] = {}
         self._alloc(self._cap, self._slots)
 
     # ---- arrays -------------------------------------------------------------------------------
@@ -196,6 +198,7 @@ class ClusterState:
     def _reset_row(self, row: int) -> None:
         spec = self.specs[row]
         assert spec is not None
+        old_links = self.link[row].copy()
         n = len(spec.gpus)
         self.present[row, :] = False
         self.present[row, :n] = True
@@ -220,6 +223,8 @@ class ClusterState:
         self.best_link[row] = max(
             (int(self.link[row, i, j]) for i in range(n) for j in range(n) if i != j), default=-1
         )
+        if self.link_memo and not np.array_equal(old_links, self.link[row]):
+            self.link_memo = {key: v for key, v in self.link_memo.items() if key[0] != row}
         self.active[row] = True
         self.usable[row] = not spec.unusable
         self.cpu_total[row] = spec.cpu_milli

@@ -129,33 +129,42 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     bad = np.flatnonzero(~ok)
     if len(bad) == 0 or not opts.reasons:
         return result
-    has_gpu: BoolArray = np.asarray(present.any(axis=1))
-    has_model: BoolArray = np.asarray(model_ok.any(axis=1))
-    has_healthy: BoolArray = np.asarray(usable_gpu.any(axis=1))
-    for i in bad:
-        name = state.name(int(rows[i]))
-        spec = state.specs[int(rows[i])]
+    # One cause per refused node, decided for all of them at once; the first true condition wins.
+    unusable = ~state.usable[rows]
+    causes = [
+        unusable,
+        ~present.any(axis=1),
+        ~model_ok.any(axis=1),
+        ~usable_gpu.any(axis=1),
+        ~capacity_ok,
+        limit_hit,
+        ~host_cpu,
+        ~host_mem,
+        topo_fail,
+    ]
+    texts = [
+        "",  # the node's own reason, below
+        NO_GPUS,
+        reason_model(req),
+        NO_HEALTHY,
+        reason_capacity(req),
+        reason_pod_limit(opts.max_pods_per_gpu),
+        reason_cpu(req),
+        reason_memory(req),
+        reason_topology(req),
+    ]
+    unresolvable_causes = 4  # the first four: preemption cannot cure them
+    cause = np.select([c[bad] for c in causes], list(range(len(causes))), default=4)
+    for b, c in zip(bad.tolist(), cause.tolist(), strict=True):
+        row = int(rows[b])
+        spec = state.specs[row]
         assert spec is not None
-        if spec.unusable:
-            result.unresolvable[name] = spec.unusable
-        elif not has_gpu[i]:
-            result.unresolvable[name] = NO_GPUS
-        elif not has_model[i]:
-            result.unresolvable[name] = reason_model(req)
-        elif not has_healthy[i]:
-            result.unresolvable[name] = NO_HEALTHY
-        elif not capacity_ok[i]:
-            result.failed[name] = reason_capacity(req)
-        elif limit_hit[i]:
-            result.failed[name] = reason_pod_limit(opts.max_pods_per_gpu)
-        elif not host_cpu[i]:
-            result.failed[name] = reason_cpu(req)
-        elif not host_mem[i]:
-            result.failed[name] = reason_memory(req)
-        elif topo_fail[i]:
-            result.failed[name] = reason_topology(req)
-        else:  # pragma: no cover - every False in `ok` has a cause above
-            result.failed[name] = reason_capacity(req)
+        if c == 0:
+            result.unresolvable[spec.name] = spec.unusable
+        elif c < unresolvable_causes:
+            result.unresolvable[spec.name] = texts[c]
+        else:
+            result.failed[spec.name] = texts[c]
     return result
 
 
@@ -166,15 +175,30 @@ def best_linked_set(
 
     With strict=True only a set whose weakest link equals the node's best link class counts.
     Nodes have at most a few dozen GPUs and k is small, so an exact search over combinations of
-    the usable slots is cheap where it runs (only multi-GPU requests on candidate nodes).
+    the usable slots is cheap; the answer depends only on the node's links (fixed until its
+    inventory changes) and on which slots are usable, so it is memoised on the state.
     """
-    slots = [int(s) for s in np.flatnonzero(gpu_ok)]
+    slots = tuple(int(s) for s in np.flatnonzero(gpu_ok))
     if len(slots) < k:
         return None
     if k == 1:
         return (slots[0],)
+    key = (row, slots, k)
+    hit = state.link_memo.get(key)
+    if hit is None:
+        hit = _search_linked_set(state, row, slots, k)
+        state.link_memo[key] = hit
+    best, best_score = hit
+    if strict and best_score < int(state.best_link[row]):
+        return None
+    return best
+
+
+def _search_linked_set(
+    state: ClusterState, row: int, slots: tuple[int, ...], k: int
+) -> tuple[tuple[int, ...], int]:
     link = state.link[row]
-    best: tuple[int, ...] | None = None
+    best: tuple[int, ...] = slots[:k]
     best_score = -1
     target = int(state.best_link[row])
     for combo in itertools.combinations(slots, k):
@@ -183,6 +207,4 @@ def best_linked_set(
             best, best_score = combo, weakest
             if weakest >= target:
                 break
-    if strict and best_score < target:
-        return None
-    return best
+    return best, best_score

@@ -102,7 +102,7 @@ def run_job(job: Job, progress: Progress | None = None) -> RunResult:
 
 
 class Bar:
-    """A one-line progress bar on stderr (\\r), only when stderr is a terminal or forced."""
+    """A one-line progress bar on stderr (\\r); --no-progress turns it off."""
 
     def __init__(self, out: TextIO, total_runs: int) -> None:
         self.out = out

@@ -125,3 +125,17 @@ def test_undo_restores_capacity_and_node_update_recharges_pods() -> None:
     s.upsert_node(node("a", priority=0))  # inventory rewritten: pods on it are charged again
     assert s.free_cores[s.index["a"], 0] == 50
     assert fit(s, share(10), s.rows_of(["a"])[0]).rows.tolist() == [s.index["a"]]
+
+
+def test_linked_set_follows_an_inventory_change() -> None:
+    """The best-linked pair is memoised per node; a new inventory with other links must not reuse it."""
+    def with_nvlink(a: int, b: int) -> NodeSpec:
+        base = list(gpus("m", 4))
+        base[a] = GpuInfo(f"m-{a}", a, base[a].model, base[a].memory, 0, links=(GpuLink(f"m-{b}", LinkClass.NVLINK, 4),))
+        return NodeSpec("m", tuple(base), cpu_milli=1000, memory_bytes=GI)
+
+    s = ClusterState()
+    s.upsert_node(with_nvlink(0, 1))
+    assert rank(s, share(200), [Weighted(BestFit())]).ranked[0].gpus == (0, 1)
+    s.upsert_node(with_nvlink(2, 3))
+    assert rank(s, share(200), [Weighted(BestFit())]).ranked[0].gpus == (2, 3)
