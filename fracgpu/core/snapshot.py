@@ -9,6 +9,7 @@ reason; a pod with a broken request fails scheduling with it). Reading files is 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,11 @@ NODE_BAD_INVENTORY = "node's fracgpu GPU inventory annotation is invalid"
 NODE_GPUS_UNREACHABLE = "node's GPUs are unreachable (NVML or driver failure)"
 NODE_NO_HEARTBEAT = "no device plugin heartbeat seen for this node"
 NODE_STALE_HEARTBEAT = "device plugin heartbeat is stale"
+
+
+def node_priority(name: str) -> int:
+    """The fixed tie-break rank of a node: stable across restarts and replicas, never random."""
+    return zlib.crc32(name.encode())
 
 
 def node_tainted(taint_key: str) -> str:

@@ -9,7 +9,6 @@ under it: the Binding write happens outside, between `reserve` and `confirm`/`re
 from __future__ import annotations
 
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ from fracgpu.core.quota import (
     should_write_status,
 )
 from fracgpu.core.ranking import Ranked, Ranking, Weighted, rank
-from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
+from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies, workload_histograms
 from fracgpu.core.request import GpuRequest, RequestError, parse_pod_request
 from fracgpu.core.reservation import NoFreeDeviceIds, build_assignment
 from fracgpu.core.snapshot import (
@@ -57,8 +56,10 @@ from fracgpu.core.snapshot import (
     NamespaceRecord,
     NodeRecord,
     PodRecord,
+    node_priority,
 )
 from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, Tenants, tq_tenant
+from fracgpu.core.workload import shape_of
 
 Clock = Callable[[], float]
 
@@ -149,11 +150,6 @@ def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def node_priority(name: str) -> int:
-    """The fixed tie-break rank of a node: stable across restarts and replicas, never random."""
-    return zlib.crc32(name.encode())
-
-
 class Scheduler:
     """Thread-safe: cache feeders run in threads, handlers on the event loop; one lock, no I/O under it."""
 
@@ -161,6 +157,10 @@ class Scheduler:
         self.config = config
         self.clock = clock
         self.policies: tuple[Weighted, ...] = parse_policies(config.policies)
+        # the rolling workload histograms the fragmentation-aware policies follow: fed with every
+        # reservation that enters the cache (our binds, and bound pods seen by list/watch), once
+        self.histograms = workload_histograms(self.policies)
+        self.observed = 0
         self.opts = FitOptions(check_host=config.check_host, max_pods_per_gpu=config.max_pods_per_gpu)
         self.lock = threading.Lock()
         self.state = ClusterState()
@@ -318,6 +318,8 @@ class Scheduler:
         reservation: confusable.Reservation | None = None
         if rec.assignment is not None and rec.assignment.node == rec.node:
             a = rec.assignment
+            if key not in self.held:  # first sight of this reservation (ours was observed at reserve)
+                self._observe(rec.cpu_milli, a)
             self._release_ids(key)
             hold = _Held(rec.node, _holds(a))
             self._take_ids(key, hold)
@@ -338,6 +340,15 @@ class Scheduler:
             self._unset_allocating(key)
         if rec.request is not None and rec.request.group:
             self.groups.setdefault((rec.namespace, rec.request.group), set()).add(key)
+
+    def _observe(self, cpu_milli: int, a: Assignment) -> None:
+        """One more placed pod of this shape for the workload histograms (lock held)."""
+        if not self.histograms:
+            return
+        shape = shape_of(cpu_milli, sum(g.cores for g in a.gpus), self.state.units_per_gpu)
+        for h in self.histograms:
+            h.observe(shape)
+        self.observed += 1
 
     def _take_ids(self, key: str, hold: _Held) -> None:
         self.held[key] = hold
@@ -637,6 +648,7 @@ class Scheduler:
             if not taken.ok:
                 raise BindRefused(taken.reason)
             self._take_ids(key, _Held(args.node, _holds(a), now, a))
+            self._observe(rec.cpu_milli, a)
             uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
             self.state.add_pod(key, PodUse(args.node, uses, rec.cpu_milli, rec.memory_bytes))
             self._add_allocating(key, args.node, confusable.Reservation.of(key, a, now))

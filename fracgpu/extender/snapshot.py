@@ -13,30 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
-from fracgpu.core.snapshot import SnapshotDoc, namespace_record, node_record, parse_list, pod_record
+from fracgpu.core.snapshot import SnapshotDoc, namespace_record, node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
+from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 
 log = logging.getLogger(__name__)
 
-
-class SnapshotError(Exception):
-    """The snapshot file cannot be read; the message names the file and the problem."""
-
-
-def read_snapshot(path: str | Path) -> SnapshotDoc:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SnapshotError(f"snapshot {path}: {e}") from None
-    try:
-        return parse_list(docs if len(docs) != 1 else docs[0], where=str(path))
-    except InvalidDocument as e:
-        raise SnapshotError(str(e)) from None
+__all__ = ["SnapshotBinder", "SnapshotError", "load_file", "load_into", "read_snapshot"]
 
 
 def load_into(scheduler: Scheduler, doc: SnapshotDoc) -> None:

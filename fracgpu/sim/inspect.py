@@ -8,7 +8,8 @@ import argparse
 import json
 import sys
 
-from fracgpu.sim.whatif import SnapshotError, build_world, inspect_doc, read_snapshot, render_inspect
+from fracgpu.kube.snapshot import SnapshotError, read_snapshot
+from fracgpu.sim.whatif import build_world, inspect_doc, render_inspect
 
 
 def main(argv: list[str]) -> int:

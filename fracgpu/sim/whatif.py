@@ -10,13 +10,9 @@ name), so the what-if answer is the extender's answer for the same cache.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
-
-import yaml
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
@@ -31,32 +27,13 @@ from fracgpu.core.snapshot import (
     PodRecord,
     SnapshotDoc,
     namespace_record,
+    node_priority,
     node_record,
-    parse_list,
     pod_record,
 )
 from fracgpu.core.tenant import NamespaceInfo, QuotaError, Tenants
 from fracgpu.core.workload import WorkloadHistogram, shape_of
-
-
-class SnapshotError(Exception):
-    """The snapshot cannot be read; the message names the file and the problem."""
-
-
-def read_snapshot(path: str | Path) -> SnapshotDoc:
-    try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")) if d is not None]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise SnapshotError(f"snapshot {path}: {e}") from None
-    try:
-        return parse_list(docs if len(docs) != 1 else docs[0], where=str(path))
-    except InvalidDocument as e:
-        raise SnapshotError(str(e)) from None
-
-
-def node_priority(name: str) -> int:
-    """The extender's fixed tie-break rank (crc32 of the name)."""
-    return zlib.crc32(name.encode())
+from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 
 
 @dataclass(slots=True)
