@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from fracgpu.configfile import ConfigFileError, apply
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with main(argv) -> int, one-line help)
@@ -19,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def usage() -> str:
     lines = ["usage: fracgpu <command> [options]", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run 'fracgpu <command> --help' for a command's options."]
+    lines += ["", "Run 'fracgpu <command> --help' for a command's options.",
+              "Any command takes --config FILE (or $FRACGPU_CONFIG): a YAML file, one section per command,",
+              "keys are the command's flags without dashes; flags on the command line win (docs/configuration.md)."]
     return "\n".join(lines)
 
 
@@ -38,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fracgpu: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(entry[0])
-    result: int = module.main(args[1:])
+    from fracgpu.configref import parser_factory
+
+    try:
+        rest = apply(args[0], args[1:], os.environ, list(COMMANDS), parser_factory(entry[0]))
+    except ConfigFileError as e:
+        print(f"fracgpu {args[0]}: {e}", file=sys.stderr)
+        return 2
+    result: int = module.main(rest)
     return result
 
 

@@ -1,4 +1,5 @@
-"""The controller's writes and its leader Lease, over ``fracgpu.kube`` (no other API access)."""
+"""The controller's writes over ``fracgpu.kube`` (no other API access); its leader Lease store is
+``fracgpu.kube.leader.KubeLeaseStore``, shared with the extender (re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from fracgpu.controller import reconcile
-from fracgpu.controller.leader import LeaseConflict
-from fracgpu.kube import errors
+from fracgpu.kube.leader import KubeLeaseStore
 from fracgpu.kube.objects import ObjectRef
-from fracgpu.kube.resources import LEASES, PODS, Resource
+from fracgpu.kube.resources import PODS, Resource
 from fracgpu.kube.writer import KubeWriter
+
+__all__ = ["JOBS", "ControllerWriter", "KubeLeaseStore"]
 
 JOBS = Resource("batch", "v1", "jobs", "Job", namespaced=True)
 
@@ -49,30 +51,3 @@ class ControllerWriter:
 
     def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
         self.writer.transport.request("POST", JOBS.path(namespace), body=dict(body))
-
-
-class KubeLeaseStore:
-    """``leader.LeaseStore`` for one Lease: conditional writes, 409 -> ``LeaseConflict``."""
-
-    def __init__(self, writer: KubeWriter, namespace: str, name: str) -> None:
-        self.writer = writer
-        self.namespace = namespace
-        self.name = name
-
-    def get(self) -> Mapping[str, Any] | None:
-        try:
-            return self.writer.get_lease(self.namespace, self.name)
-        except errors.NotFound:
-            return None
-
-    def create(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        try:
-            return self.writer.transport.request("POST", LEASES.path(self.namespace), body=dict(body))
-        except errors.Conflict as e:  # AlreadyExists is a Conflict
-            raise LeaseConflict(str(e)) from e
-
-    def replace(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        try:
-            return self.writer.transport.request("PUT", LEASES.path(self.namespace, self.name), body=dict(body))
-        except errors.Conflict as e:
-            raise LeaseConflict(str(e)) from e

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
-from fracgpu.controller.leader import Clock, LeaderElector
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
 from fracgpu.kube import errors
+from fracgpu.kube.leader import Clock, LeaderElector
 
 log = logging.getLogger(__name__)
 

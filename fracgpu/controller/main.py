@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import signal
@@ -21,11 +20,11 @@ from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, LABEL_RECOVERY_NODE, SC
 from fracgpu.controller import recovery
 from fracgpu.controller.config import ConfigError, ControllerConfig
 from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
-from fracgpu.controller.leader import LeaderElector, LeaseTiming
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.core.health import HealthConfigError, NodePolicy
 from fracgpu.kube import client
+from fracgpu.kube.leader import LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import LEASES, NODES, PODS
 from fracgpu.kube.writer import KubeWriter
@@ -33,14 +32,6 @@ from fracgpu.kube.writer import KubeWriter
 log = logging.getLogger(__name__)
 
 COMPONENT = "fracgpu-controller"
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)

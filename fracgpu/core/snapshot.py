@@ -10,7 +10,7 @@ reason; a pod with a broken request fails scheduling with it). Reading files is 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,15 @@ def node_priority(name: str) -> int:
 
 def node_tainted(taint_key: str) -> str:
     return f"node is tainted {taint_key}:NoSchedule"
+
+
+def node_unreadable_reservation(pods: Iterable[str]) -> str:
+    """Why a node takes no new GPU pod while bound pods on it hold reservations that cannot be read
+    (which GPUs and device IDs they hold is unknown: fail closed). Names the first pod by key."""
+    keys = sorted(pods)
+    more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+    return (f"node runs pod {keys[0]}{more} whose {ANN_ASSIGNED} reservation cannot be read; "
+            "no new GPU pod here until it is fixed or the pod ends")
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:

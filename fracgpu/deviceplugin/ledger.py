@@ -296,7 +296,7 @@ class Ledger:
         if admit is not None and not entry.served and entry.assignment is not None:
             why = admit(entry.key, entry.assignment)
             if why is not None:
-                return Refusal(QUOTA, f"tenant quota: {why}", (entry.key,))
+                return Refusal(QUOTA, why, (entry.key,))
         placed = self._place(entry, ids, container.name)
         if isinstance(placed, Refusal):
             return placed
@@ -516,6 +516,15 @@ class Ledger:
                 e.phase = PHASE_ALLOCATING
                 repairs.append(Repair(e.key, "swapped", "the kubelet gave its devices to an interchangeable pod",
                                       phase=PHASE_ALLOCATING))
+            elif (not lost and kubelet is None and not e.served and e.usable
+                  and e.current_phase == PHASE_ALLOCATED and e.unserved()
+                  and any(held_by.get(i, e.key) != e.key for i in e.reserved())):
+                # The same, seen after a restart (the plugin that served the Allocate died before its
+                # cross-check): marked allocated, holds nothing, and another pod holds its reserved IDs,
+                # so the kubelet never admitted it. Its Allocate is still to come.
+                e.phase = PHASE_ALLOCATING
+                repairs.append(Repair(e.key, "swapped", "marked allocated, but the kubelet holds nothing of it "
+                                      "and gave its reserved devices to another pod", phase=PHASE_ALLOCATING))
         # 2. holders we cannot account for keep their devices
         self.foreign = {}
         for key, containers in sorted(holdings.items()):

@@ -14,9 +14,12 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
 from fracgpu.core.health import HealthConfig, HealthConfigError
+from fracgpu.core.quantity import QuantityError
+from fracgpu.core.tenant import default_limits
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
@@ -26,6 +29,9 @@ from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
 from fracgpu.deviceplugin.response import LimiterConfig
 from fracgpu.deviceplugin.server import ServerConfig
+
+if TYPE_CHECKING:
+    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,19 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="host file mounted as /etc/ld.so.preload [FRACGPU_LIMITER_PRELOAD]")
     p.add_argument("--crosscheck-delay", type=float, default=float(env("FRACGPU_CROSSCHECK_DELAY", "1.0")),
                    help="seconds after an Allocate before checking PodResources [FRACGPU_CROSSCHECK_DELAY, 1]")
+    p.add_argument("--quota-check", choices=("auto", "on", "off"), default=env("FRACGPU_QUOTA_CHECK", "auto"),
+                   help="re-check the pod's tenant quota at its first Allocate (TenantQuotas, namespace quota "
+                        "annotations and every live pod's reservation, watched); auto: on with an API server, "
+                        "off with --no-kube [FRACGPU_QUOTA_CHECK, auto]")
+    p.add_argument("--quota-sync-timeout", type=float, default=float(env("FRACGPU_QUOTA_SYNC_TIMEOUT", "10")),
+                   help="seconds to wait at start for the quota caches before serving; until they sync, pods "
+                        "are let through unchecked (counted, logged) [FRACGPU_QUOTA_SYNC_TIMEOUT, 10]")
+    p.add_argument("--default-memory-quota", default=env("FRACGPU_DEFAULT_MEMORY_QUOTA") or None,
+                   help="VRAM quota of a tenant without one (e.g. 64Gi; default unlimited); set it to the "
+                        "extender's --default-memory-quota [FRACGPU_DEFAULT_MEMORY_QUOTA]")
+    p.add_argument("--default-core-quota", default=env("FRACGPU_DEFAULT_CORE_QUOTA") or None,
+                   help="vgpu-core quota of a tenant without one (default unlimited); set it to the extender's "
+                        "--default-core-quota [FRACGPU_DEFAULT_CORE_QUOTA]")
     p.add_argument("--log-level", default=env("FRACGPU_LOG_LEVEL", "INFO"), help="[FRACGPU_LOG_LEVEL, INFO]")
     return p
 
@@ -98,6 +117,28 @@ def make_cluster(args: argparse.Namespace) -> Cluster:
     return cluster
 
 
+def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQuotas | None:
+    """The quota re-check's caches, started (not waited for); None when the check is off."""
+    if args.quota_check == "on" and args.no_kube:
+        raise ConfigError("--quota-check on needs an API server (it cannot be used with --no-kube)")
+    if args.quota_check == "off" or args.no_kube:
+        return None
+    if args.quota_sync_timeout < 0:
+        raise ConfigError("--quota-sync-timeout must be >= 0")
+    try:
+        default = default_limits(args.default_memory_quota, args.default_core_quota)
+    except QuantityError as e:
+        raise ConfigError(f"default quota: {e}") from None
+    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.kube import client
+
+    # a connection pool of its own: three long watches must not hold up the plugin's writes
+    api = client.build_api_client(host=args.kube_host or None, kubeconfig=args.kubeconfig or None)
+    quota = KubeTenantQuotas(client.Transport(api), default=default, metrics=metrics)
+    quota.start()
+    return quota
+
+
 def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DevicePluginApp, Cluster]:
     if not args.node_name:
         raise ConfigError("--node-name (or NODE_NAME from the downward API) is required")
@@ -120,8 +161,18 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         health=health,
     )
     backend = make_backend(args)
-    cluster = make_cluster(args)
-    return DevicePluginApp(cfg, backend, cluster, holdings, metrics=PluginMetrics()), cluster
+    metrics = PluginMetrics()
+    quota = make_quota(args, metrics)
+    try:
+        cluster = make_cluster(args)  # waits for this node's pods; the quota caches list meanwhile
+    except BaseException:
+        if quota is not None:
+            quota.stop()
+        raise
+    if quota is not None and not quota.wait_synced(args.quota_sync_timeout):
+        log.warning("quota caches not synced after %.0f s; Allocate lets pods through unchecked until they are "
+                    "(fracgpu_deviceplugin_quota_checks_total{outcome=\"unchecked\"})", args.quota_sync_timeout)
+    return DevicePluginApp(cfg, backend, cluster, holdings, quota=quota, metrics=metrics), cluster
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -159,6 +210,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         stop_cluster = getattr(cluster, "stop", None)
         if stop_cluster is not None:
             stop_cluster()
+        stop_quota = getattr(app.plugin.quota, "stop", None)
+        if stop_quota is not None:
+            stop_quota()
     log.info("device plugin stopped")
     return 0
 

@@ -30,3 +30,10 @@ class PluginMetrics:
                                      registry=r)
         self.write_errors = Counter("fracgpu_deviceplugin_kube_write_errors_total",
                                     "Failed writes to the API server (retried)", registry=r)
+        self.quota_checks = Counter(
+            "fracgpu_deviceplugin_quota_checks_total",
+            "Tenant-quota re-checks at a pod's first Allocate, by outcome (allowed, refused, unchecked: "
+            "the quota caches were not synced yet, the pod was let through)", ["outcome"], registry=r)
+        self.quota_synced = Gauge("fracgpu_deviceplugin_quota_synced",
+                                  "1 when the tenant-quota caches (TenantQuotas, Namespaces, pods) are synced",
+                                  registry=r)

@@ -27,7 +27,10 @@ from fracgpu.api.v1beta1.extender import (
     ExtenderFilterResult,
     host_priority_list,
 )
+from fracgpu.extender.leader import Leadership
+from fracgpu.extender.metrics import TenantCollector
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
+from fracgpu.kube.tls import certificate_names, peer_certificate
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +67,18 @@ class Metrics:
         )
         self.cache = Gauge("fracgpu_extender_cache_objects", "Objects in the extender's cache", ["kind"],
                            registry=self.registry)
+        self.is_leader = Gauge("fracgpu_extender_is_leader",
+                               "1 while this replica may bind (holds the Lease, cache fenced)", registry=self.registry)
+        self.refused_clients = Counter(
+            "fracgpu_extender_refused_clients_total", "Verb requests refused for want of an allowed client "
+            "certificate", ["verb"], registry=self.registry,
+        )
         self._scheduler = scheduler
+        if scheduler is not None:
+            self.registry.register(TenantCollector(scheduler))
 
-    def refresh(self) -> None:
+    def refresh(self, leadership: Leadership | None = None) -> None:
+        self.is_leader.set(1 if leadership is None or leadership.can_bind() else 0)
         if self._scheduler is None:
             return
         s = self._scheduler.stats()
@@ -85,6 +97,11 @@ class Deps:
     # snapshot mode: no watch will confirm a bind, so the bind confirms itself
     confirm_binds: bool = False
     ready: Callable[[], bool] = field(default=lambda: True)
+    # HA: None = this replica binds alone (snapshot mode, --leader-elect=false)
+    leadership: Leadership | None = None
+    # mutual TLS: when set, the verbs answer only connections whose verified client certificate
+    # names one of these (empty set: any certificate the client CA signed)
+    client_names: frozenset[str] | None = None
 
 
 DEPS = web.AppKey("deps", Deps)
@@ -120,6 +137,11 @@ def _verb(name: str) -> Callable[[Callable[[web.Request, Deps], Awaitable[web.Re
         async def handler(request: web.Request) -> web.Response:
             deps = request.app[DEPS]
             start = time.perf_counter()
+            refused = _refuse_client(request, deps)
+            if refused is not None:
+                deps.metrics.refused_clients.labels(name).inc()
+                log.warning("verb refused verb=%s remote=%s reason=%s", name, request.remote, refused)
+                return web.json_response({"Error": refused}, status=403)
             try:
                 return await fn(request, deps)
             except (BadRequest, InvalidDocument) as e:
@@ -135,6 +157,18 @@ def _verb(name: str) -> Callable[[Callable[[web.Request, Deps], Awaitable[web.Re
         return handler
 
     return wrap
+
+
+def _refuse_client(request: web.Request, deps: Deps) -> str | None:
+    """Why this connection may not call a verb (mutual TLS), or None."""
+    if deps.client_names is None:
+        return None
+    cert = peer_certificate(request.transport)
+    if cert is None:
+        return "a client certificate signed by the extender's client CA is required"
+    if deps.client_names and not (certificate_names(cert) & deps.client_names):
+        return f"client certificate names none of {', '.join(sorted(deps.client_names))}"
+    return None
 
 
 def _reason_label(reason: str) -> str:
@@ -166,6 +200,11 @@ async def prioritize_handler(request: web.Request, deps: Deps) -> web.Response:
 @_verb("bind")
 async def bind_handler(request: web.Request, deps: Deps) -> web.Response:
     args = ExtenderBindingArgs.from_obj(await _json_body(request, deps.body_limit))
+    lead = deps.leadership
+    if lead is not None and not lead.can_bind():
+        deps.metrics.bind_failures.labels("leader").inc()
+        log.info("bind refused pod=%s node=%s reason=not leader", args.pod_key, args.node)
+        return web.json_response(ExtenderBindingResult(lead.refusal()).to_obj())
     try:
         assignment = deps.scheduler.reserve(args)
     except BindRefused as e:
@@ -174,18 +213,22 @@ async def bind_handler(request: web.Request, deps: Deps) -> web.Response:
         return web.json_response(ExtenderBindingResult(str(e)).to_obj())
     if assignment is None:  # a repeated bind of a pod we already reserved: idempotent
         return web.json_response(ExtenderBindingResult().to_obj())
+    if lead is not None and not lead.can_bind():  # lost it in between: the write must not start
+        deps.scheduler.release(args.pod_key, assignment)
+        deps.metrics.bind_failures.labels("leader").inc()
+        return web.json_response(ExtenderBindingResult(lead.refusal()).to_obj())
     try:
         await asyncio.to_thread(
             deps.binder.bind_pod, args.pod_namespace, args.pod_name, args.node,
             annotations=binding_annotations(assignment), uid=args.pod_uid,
         )
     except Exception as e:
-        deps.scheduler.release(args.pod_key, assignment)
+        # released at once on a definite refusal, kept while the outcome is unknown (scheduler.py)
+        answer = deps.scheduler.binding_failed(args.pod_key, assignment, e)
         deps.metrics.bind_failures.labels("binding").inc()
         log.warning("binding failed pod=%s node=%s error=%s", args.pod_key, args.node, e)
-        return web.json_response(ExtenderBindingResult(f"binding pod {args.pod_key} to {args.node}: {e}").to_obj())
-    if deps.confirm_binds:
-        deps.scheduler.confirm(args.pod_key)
+        return web.json_response(ExtenderBindingResult(answer).to_obj())
+    deps.scheduler.confirm(args.pod_key, assignment)  # it landed: bound, whatever the watch says yet
     log.debug("bound pod=%s node=%s gpus=%s", args.pod_key, args.node, [g.uuid for g in assignment.gpus])
     return web.json_response(ExtenderBindingResult().to_obj())
 
@@ -195,15 +238,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 only on the replica that binds: synced and, with leader election, the fenced leader."""
     deps = request.app[DEPS]
-    if deps.ready() and deps.scheduler.synced:
-        return web.Response(text="ok")
-    return web.Response(text="cache not synced", status=503)
+    if not (deps.ready() and deps.scheduler.synced):
+        return web.Response(text="cache not synced", status=503)
+    why = deps.leadership.not_ready() if deps.leadership is not None else None
+    if why is not None:
+        return web.Response(text=why, status=503)
+    return web.Response(text="ok")
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    deps.metrics.refresh()
+    deps.metrics.refresh(deps.leadership)
     body = generate_latest(deps.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -118,7 +118,11 @@ class ClusterCache:
         if event.type == DELETED:
             self.scheduler.delete_pod(f"{ns}/{name}")
         else:
-            self.scheduler.apply_pod(pod_record(event.object))
+            rec = pod_record(event.object)
+            if rec.node and rec.assignment_error and rec.wants_gpu:
+                log.warning("pod reservation unreadable, its node takes no new GPU pod pod=%s node=%s error=%s",
+                            rec.key, rec.node, rec.assignment_error)
+            self.scheduler.apply_pod(rec)
 
     def _on_namespace(self, event: WatchEvent) -> None:
         if event.type == DELETED:

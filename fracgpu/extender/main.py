@@ -3,6 +3,11 @@
 Every flag has an environment fallback, FRACGPU_EXTENDER_<FLAG> (e.g. FRACGPU_EXTENDER_PORT);
 precedence: flag > environment > default. Either a cluster (kubeconfig, in-cluster config) or
 `--snapshot FILE` feeds the cache.
+
+With a cluster, replicas elect a leader through the Lease `--leader-lease` in `--namespace`: only
+the leader is Ready and binds (docs/extender.md, "High availability"). `--tls-cert/--tls-key`
+serve HTTPS; `--client-ca` then requires a client certificate from that CA for filter, prioritize
+and bind (probes and /metrics stay open), so only fracgpu-scheduler can bind.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ import contextlib
 import gc
 import logging
 import os
+import socket
+import ssl
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,9 +35,12 @@ from fracgpu.core.registry import DEFAULT_POLICIES, PolicyConfigError
 from fracgpu.core.tenant import default_limits
 from fracgpu.extender.app import DEFAULT_BODY_LIMIT, Binder, Deps, Metrics, make_app
 from fracgpu.extender.cache import ClusterCache
+from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
+from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
+from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.kube.writer import KubeWriter
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,19 @@ FLAGS = (
     Flag("default-core-quota", None, "vgpu-core quota of a tenant without one (default unlimited)"),
     Flag("queue-head-wait", "60", "seconds a queued pod that fits may hold back later pods of its tenant"),
     Flag("status-interval", "10", "least seconds between two status writes of one TenantQuota"),
+    Flag("leader-elect", "true", "elect one binding replica through a Lease (true/false)"),
+    Flag("leader-lease", DEFAULT_LEASE, "name of the leader-election Lease in --namespace"),
+    Flag("identity", None, "this replica's name in the Lease (default: $POD_NAME, else hostname_random)"),
+    Flag("lease-duration", "15", "seconds a follower waits on an unrenewed Lease before taking over"),
+    Flag("renew-deadline", "10", "seconds the leader keeps leading without a successful renewal"),
+    Flag("retry-period", "2", "seconds between two election rounds"),
+    Flag("bind-timeout", "5", "seconds a Binding write may take"),
+    Flag("bind-margin", "2", "a Binding write starts only with at least this much leadership left"),
+    Flag("tls-cert", None, "serve HTTPS with this certificate (PEM; with --tls-key)"),
+    Flag("tls-key", None, "private key of --tls-cert (PEM)"),
+    Flag("client-ca", None, "require a client certificate from this CA for filter/prioritize/bind"),
+    Flag("client-names", "", "comma list: a client certificate must name one (CN or DNS SAN); empty: any"),
+    Flag("cert-reload", "60", "seconds between checks for rotated certificate files (0: never)"),
     Flag("log-level", "INFO", "DEBUG, INFO, WARNING"),
 )
 
@@ -69,13 +93,18 @@ class ConfigError(Exception):
     """A flag or environment value that cannot be used; the message names it."""
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command's parser (also read by fracgpu.configref for docs/configuration.md)."""
     p = argparse.ArgumentParser(prog="fracgpu extender", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in FLAGS:
         env = ENV_PREFIX + f.name.upper().replace("-", "_")
         p.add_argument(f"--{f.name}", default=environ.get(env, f.default), help=f"{f.help} [env {env}]")
-    return p.parse_args(list(argv))
+    return p
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    return build_parser(environ).parse_args(list(argv))
 
 
 def _num(ns: argparse.Namespace, name: str, kind: type[int] | type[float]) -> float:
@@ -109,6 +138,57 @@ def build_config(ns: argparse.Namespace) -> SchedulerConfig:
         )
     except (PolicyConfigError, ValueError) as e:
         raise ConfigError(str(e)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: str
+    key: str
+    client_ca: str | None
+    client_names: frozenset[str]
+    reload_s: float
+
+
+def build_tls(ns: argparse.Namespace) -> TlsConfig | None:
+    if not ns.tls_cert and not ns.tls_key:
+        if ns.client_ca:
+            raise ConfigError("--client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (ns.tls_cert and ns.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    names = frozenset(n.strip() for n in str(ns.client_names or "").split(",") if n.strip())
+    if names and not ns.client_ca:
+        raise ConfigError("--client-names needs --client-ca")
+    return TlsConfig(ns.tls_cert, ns.tls_key, ns.client_ca or None, names, _num(ns, "cert-reload", float))
+
+
+def _bool(ns: argparse.Namespace, name: str) -> bool:
+    raw = str(getattr(ns, name.replace("-", "_"))).strip().lower()
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"--{name}: {raw!r} is not true or false")
+
+
+def build_leader_config(ns: argparse.Namespace, environ: Mapping[str, str]) -> LeaderConfig | None:
+    """None with --leader-elect=false; a ConfigError for durations that could let two replicas bind."""
+    if not _bool(ns, "leader-elect"):
+        return None
+    identity = ns.identity or environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    cfg = LeaderConfig(
+        namespace=ns.namespace,
+        identity=identity,
+        lease=ns.leader_lease,
+        timing=LeaseTiming(_num(ns, "lease-duration", float), _num(ns, "renew-deadline", float),
+                           _num(ns, "retry-period", float)),
+        bind_margin_s=_num(ns, "bind-margin", float),
+        bind_timeout_s=_num(ns, "bind-timeout", float),
+    )
+    why = check_timing(cfg)
+    if why is not None:
+        raise ConfigError(why)
+    return cfg
 
 
 async def _quota_status_loop(scheduler: Scheduler, writer: KubeWriter, interval_s: float) -> None:
@@ -145,9 +225,20 @@ def main(argv: list[str]) -> int:
         config = build_config(ns)
         port = int(_num(ns, "port", int))
         body_limit = int(_num(ns, "body-limit", int))
+        tls = build_tls(ns)
+        leader_cfg = None if ns.snapshot else build_leader_config(ns, os.environ)
     except ConfigError as e:
         print(f"fracgpu extender: {e}", file=sys.stderr)
         return 2
+    ssl_ctx: ssl.SSLContext | None = None
+    if tls is not None:
+        try:
+            ssl_ctx = make_server_context(tls.cert, tls.key, tls.client_ca)
+        except (OSError, ssl.SSLError) as e:
+            print(f"fracgpu extender: cannot load certificate {tls.cert} / key {tls.key} / client CA "
+                  f"{tls.client_ca}: {e}", file=sys.stderr)
+            return 2
+    client_names = tls.client_names if tls is not None and tls.client_ca else None
     scheduler = Scheduler(config, time.time)
     metrics = Metrics(scheduler)
     binder: Binder
@@ -162,14 +253,29 @@ def main(argv: list[str]) -> int:
         log.info("snapshot loaded file=%s %s", ns.snapshot, " ".join(f"{k}={v}" for k, v in counts.items()))
         freeze_startup_objects()
         binder = SnapshotBinder()
-        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, confirm_binds=True)
+        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, confirm_binds=True,
+                    client_names=client_names)
     else:
-        transport = Transport(build_api_client(kubeconfig=ns.kubeconfig, context=ns.context))
+        api = build_api_client(kubeconfig=ns.kubeconfig, context=ns.context)
+        transport = Transport(api)
         writer = KubeWriter(transport, component="fracgpu-extender")
         cache = ClusterCache(transport, scheduler, namespace=config.namespace)
-        binder = writer
-        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, ready=cache.synced.is_set)
+        if leader_cfg is not None:
+            # Binding writes time out within the failover's safety margin (leader.check_timing)
+            binder = KubeWriter(Transport(api, timeout_s=leader_cfg.bind_timeout_s), component="fracgpu-extender")
+            elector = LeaderElector(KubeLeaseStore(writer, leader_cfg.namespace, leader_cfg.lease),
+                                    leader_cfg.namespace, leader_cfg.lease, leader_cfg.identity,
+                                    leader_cfg.timing, SystemClock())
+            leadership = Leadership(cache.synced.is_set, elector, CacheFence(transport, scheduler), leader_cfg)
+        else:
+            binder = writer
+            leadership = None
+        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, ready=cache.synced.is_set,
+                    leadership=leadership, client_names=client_names)
     app = make_app(deps)
+    if ssl_ctx is not None and tls is not None:
+        app.cleanup_ctx.append(reload_task(CertificateReloader(ssl_ctx, tls.cert, tls.key, tls.client_ca),
+                                           tls.reload_s))
 
     if cache is not None and writer is not None:
         live_cache, live_writer = cache, writer
@@ -180,6 +286,8 @@ def main(argv: list[str]) -> int:
                 asyncio.create_task(_quota_status_loop(scheduler, live_writer, config.quota.status_min_interval)),
                 asyncio.create_task(_freeze_after_sync(live_cache)),
             ]
+            if deps.leadership is not None:  # cancelled first at shutdown: it gives the Lease up
+                tasks.insert(0, asyncio.create_task(deps.leadership.run()))
             yield
             for task in tasks:
                 task.cancel()
@@ -188,7 +296,10 @@ def main(argv: list[str]) -> int:
             await asyncio.to_thread(live_cache.stop)
 
         app.cleanup_ctx.append(background)
-    log.info("extender listening address=%s port=%d k=%d policies=%s", ns.listen, port, config.k, config.policies)
+    log.info("extender listening address=%s port=%d tls=%s client_ca=%s k=%d policies=%s leader_lease=%s identity=%s",
+             ns.listen, port, tls is not None, tls is not None and tls.client_ca is not None, config.k,
+             config.policies, leader_cfg.lease if leader_cfg else "-", leader_cfg.identity if leader_cfg else "-")
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(app, host=ns.listen, port=port, print=None, handle_signals=True, access_log=None)
+        web.run_app(app, host=ns.listen, port=port, print=None, handle_signals=True, access_log=None,
+                    ssl_context=ssl_ctx)
     return 0

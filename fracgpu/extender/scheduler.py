@@ -2,8 +2,14 @@
 
 One `Scheduler` owns a `ClusterState` and the slim records it was built from. Cache feeders
 (watch threads, a snapshot file) call the `apply_*` methods; the HTTP handlers call `filter`,
-`prioritize` and `reserve`/`release`. Every method takes the same short lock and never does I/O
-under it: the Binding write happens outside, between `reserve` and `confirm`/`release`.
+`prioritize` and `reserve`, then `confirm` or `binding_failed`. Every method takes the same short lock
+and never does I/O under it: the Binding write happens outside, between `reserve` and its outcome.
+
+A reservation's life (docs/extender.md "Bind"): taken at `reserve` (assumed: the Binding is in
+flight); confirmed when the Binding call returns success (kube-scheduler never expires a pod whose
+binding finished, neither do we); released at once on a definite refusal from the API server; kept
+assumed when the outcome is unknown (timeout, dropped connection) until the watch resolves it (the
+pod bound, gone or recreated), a retry re-sends the same Binding, or `assume_ttl_s` passes.
 """
 
 from __future__ import annotations
@@ -57,9 +63,11 @@ from fracgpu.core.snapshot import (
     NodeRecord,
     PodRecord,
     node_priority,
+    node_unreadable_reservation,
 )
 from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, Tenants, tq_tenant
 from fracgpu.core.workload import shape_of
+from fracgpu.kube.errors import outcome_unknown
 
 Clock = Callable[[], float]
 
@@ -74,7 +82,9 @@ class SchedulerConfig:
     policies: str = DEFAULT_POLICIES
     heartbeat_stale_s: float = 40.0  # 0 = do not judge heartbeats (snapshot mode)
     stuck_allocating_s: float = confusable.DEFAULT_STUCK_TIMEOUT_S
-    assume_ttl_s: float = 120.0  # an assumed bind the watch never confirms is dropped after this
+    # a bind whose outcome is unknown (timeout, dropped connection) and that nothing resolved is
+    # dropped after this; keep it longer than the API server's request timeout (60 s by default)
+    assume_ttl_s: float = 120.0
     namespace: str = DEFAULT_NAMESPACE
     taint_key: str = TAINT_GPU_FAILED
     max_pods_per_gpu: int = 0
@@ -109,8 +119,14 @@ class _Held:
 
     node: str
     gpus: tuple[GpuHold, ...]
-    assumed_at: float | None = None  # set while the watch has not confirmed our bind
-    assignment: Assignment | None = None  # kept only while assumed (identifies the bind in flight)
+    uid: str = ""  # the pod instance it is for ("" = not known)
+    # set while the outcome of our Binding is not known: in flight, or it ended without a definite
+    # answer (then the time it ended: the assume TTL counts from there)
+    assumed_at: float | None = None
+    assignment: Assignment | None = None  # kept only while assumed (identifies the bind; a retry re-sends it)
+    inflight: int = 0  # Binding requests for this reservation running now
+    unknown: bool = False  # an earlier Binding for it ended with an unknown outcome (it may still land)
+    ours: bool = False  # taken by our bind, and the watch has not shown the pod bound yet
 
 
 def _holds(a: Assignment) -> tuple[GpuHold, ...]:
@@ -142,7 +158,9 @@ class Stats:
     nodes: int = 0
     pods: int = 0
     reservations: int = 0
-    assumed: int = 0
+    assumed: int = 0  # binds whose outcome is not known yet (in flight or unknown)
+    awaiting_watch: int = 0  # our binds the pod watch has not shown yet (snapshot mode: all of them)
+    unreadable: int = 0  # bound pods whose fracgpu.io/assigned cannot be read (their nodes take no new pod)
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -169,7 +187,13 @@ class Scheduler:
         self.beats: dict[str, float] = {}
         self.held_ids: dict[str, int] = {}  # GPU uuid -> bit mask of device indices reserved
         self.held: dict[str, _Held] = {}  # pod key -> its reservation
-        self.assumed: set[str] = set()  # pods whose bind the watch has not confirmed yet
+        self.assumed: set[str] = set()  # pods whose Binding's outcome is not known yet
+        # bound pods whose fracgpu.io/assigned cannot be read: their nodes fail closed (no new pods)
+        self.unreadable: dict[str, set[str]] = {}  # node -> pod keys
+        self._unreadable_on: dict[str, str] = {}  # pod key -> node
+        # what their tenants are charged (their requests); re-charged when tenants change, since the
+        # tenant comes from the namespace here, not from a reservation written at bind
+        self._unreadable_charge: dict[str, tuple[int, int]] = {}  # pod key -> (cores, memory)
         self.allocating: dict[str, dict[str, confusable.Reservation]] = {}  # node -> pod -> reservation
         self._allocating_on: dict[str, str] = {}  # pod -> node, the reverse of `allocating`
         self.groups: dict[tuple[str, str], set[str]] = {}  # (namespace, group) -> pod keys
@@ -299,9 +323,15 @@ class Scheduler:
             self._forget_pod(key)
             return
         held = self.held.get(key)
-        if held is not None and held.assumed_at is not None and rec.assignment is None and not rec.node:
-            # an event from before our Binding landed: keep the assumed reservation, do not charge twice
-            self.pods[key] = _slim(rec)
+        if held is not None and held.uid and rec.uid and held.uid != rec.uid:
+            # the pod was deleted and created again under its name: the reservation was the old pod's
+            # (a Binding carries the uid as a precondition, so ours cannot land on the new pod)
+            self._drop_charge(key)
+            held = None
+        if held is not None and held.ours and not rec.node:
+            # an event from before our Binding landed, or while its outcome is unknown: keep the
+            # reservation (a bound pod never becomes unbound), do not charge twice
+            self.pods[key] = _bound(_slim(rec), held.node)
             return
         if not rec.wants_gpu and rec.node not in self.nodes:
             # a CPU pod on a node fracgpu does not manage: not needed
@@ -314,14 +344,19 @@ class Scheduler:
         if not rec.node:
             self._drop_charge(key)
             return
+        if held is not None and held.node != rec.node:
+            # bound to another node than the one we reserved: our Binding did not land (nodeName is final)
+            self._drop_charge(key)
+            held = None
         gpus: tuple[GpuUse, ...] = ()
         reservation: confusable.Reservation | None = None
+        unreadable = False
         if rec.assignment is not None and rec.assignment.node == rec.node:
             a = rec.assignment
             if key not in self.held:  # first sight of this reservation (ours was observed at reserve)
                 self._observe(rec.cpu_milli, a)
             self._release_ids(key)
-            hold = _Held(rec.node, _holds(a))
+            hold = _Held(rec.node, _holds(a), uid=rec.uid)
             self._take_ids(key, hold)
             gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in hold.gpus)
             pk = PodKey(rec.namespace, rec.name)
@@ -329,17 +364,63 @@ class Scheduler:
             self.ledger.dequeue(pk)
             if rec.gpu_phase == PHASE_ALLOCATING:
                 reservation = confusable.Reservation.of(key, a)
-        elif held is not None and held.node == rec.node:
+        elif held is not None:
             # bound by us, the watch shows the node but not (yet) the annotation: keep what we reserved
             gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in held.gpus)
             reservation = self._allocating_reservation(key)
+        elif rec.assignment_error and rec.wants_gpu:
+            # a GPU pod bound with a reservation we cannot read (corrupt, or a newer format): fail
+            # closed. The node takes no new GPU pod (which GPUs and device IDs the pod holds is
+            # unknown) and the tenant is charged the pod's request (VRAM unset: its share of the
+            # node's largest GPU). A pod that asks for no vgpu-core cannot hold GPU devices.
+            unreadable = True
+            self._charge_unreadable(rec)
         self.state.add_pod(key, PodUse(rec.node, gpus, rec.cpu_milli, rec.memory_bytes))
+        self._mark_unreadable(key, rec.node if unreadable else "")
         if reservation is not None:
             self._add_allocating(key, rec.node, reservation)
         else:
             self._unset_allocating(key)
         if rec.request is not None and rec.request.group:
             self.groups.setdefault((rec.namespace, rec.request.group), set()).add(key)
+
+    def _charge_unreadable(self, rec: PodRecord) -> None:
+        req = rec.request
+        if req is None:  # the request cannot be read either: nothing to charge the tenant with
+            return
+        node = self.nodes.get(rec.node)
+        inv = node.inventory if node is not None else None
+        largest = max((g.memory for g in inv.gpus), default=0) if inv is not None else 0
+        usage = Usage.for_pod(req.cores, req.memory_on(largest))
+        pk = PodKey(rec.namespace, rec.name)
+        self._unreadable_charge[rec.key] = (usage.cores, usage.memory)
+        self.ledger.charge(pk, self.tenants().tenant_of(rec.namespace), usage.cores, usage.memory)
+        self.ledger.dequeue(pk)
+
+    def _mark_unreadable(self, key: str, node: str) -> None:
+        """Record on which node (none: "") a pod holds an unreadable reservation; re-judge the nodes."""
+        old = self._unreadable_on.get(key, "")
+        if old == node:
+            return
+        if old:
+            del self._unreadable_on[key]
+            if not node:
+                self._unreadable_charge.pop(key, None)
+            left = self.unreadable.get(old)
+            if left is not None:
+                left.discard(key)
+                if not left:
+                    del self.unreadable[old]
+            self._rejudge(old)
+        if node:
+            self._unreadable_on[key] = node
+            self.unreadable.setdefault(node, set()).add(key)
+            self._rejudge(node)
+
+    def _rejudge(self, node: str) -> None:
+        rec = self.nodes.get(node)
+        if rec is not None:
+            self.state.set_unusable(node, self._unusable(rec, self.clock()))
 
     def _observe(self, cpu_milli: int, a: Assignment) -> None:
         """One more placed pod of this shape for the workload histograms (lock held)."""
@@ -382,6 +463,7 @@ class Scheduler:
         self.state.remove_pod(key)
         self._release_ids(key)
         self._unset_allocating(key)
+        self._mark_unreadable(key, "")
         namespace, _, name = key.partition("/")
         self.ledger.release(PodKey(namespace, name))
 
@@ -408,8 +490,13 @@ class Scheduler:
     # ---- node usability (lock held) -----------------------------------------------------------
     def _unusable(self, rec: NodeRecord, now: float) -> str:
         static = rec.unusable(self.config.taint_key)
-        if static or self.config.heartbeat_stale_s <= 0:
+        if static:
             return static
+        bad = self.unreadable.get(rec.name)
+        if bad:
+            return node_unreadable_reservation(bad)
+        if self.config.heartbeat_stale_s <= 0:
+            return ""
         seen = self.beats.get(rec.name)
         if seen is None:
             return NODE_NO_HEARTBEAT
@@ -427,8 +514,11 @@ class Scheduler:
                 self.state.set_unusable(name, self._unusable(rec, now))
         for key in list(self.assumed):
             held = self.held[key]
-            if held.assumed_at is not None and now - held.assumed_at > self.config.assume_ttl_s:
-                # the watch never showed our Binding: the write was lost; give the share back
+            if (held.inflight == 0 and held.assumed_at is not None
+                    and now - held.assumed_at > self.config.assume_ttl_s):
+                # a Binding of unknown outcome that nothing resolved (the watch never showed the pod
+                # bound, no retry landed): the write was lost; give the share back. A Binding in
+                # flight is never expired: the writer's timeout ends it first.
                 self._drop_charge(key)
                 pod = self.pods.get(key)
                 if pod is not None:
@@ -440,6 +530,9 @@ class Scheduler:
             self._tenants = Tenants(infos, self.quotas.values(), self.config.default_limits)
             if hasattr(self, "ledger"):
                 self.ledger.set_limits(self._tenants.limits)
+                for key, (cores, memory) in self._unreadable_charge.items():
+                    namespace, _, name = key.partition("/")
+                    self.ledger.charge(PodKey(namespace, name), self._tenants.tenant_of(namespace), cores, memory)
         return self._tenants
 
     # ---- decisions ----------------------------------------------------------------------------
@@ -477,6 +570,16 @@ class Scheduler:
             return empty, [], NO_GPU_REQUEST
         now = self.clock()
         self._refresh(now)
+        held = self.held.get(key)
+        if (held is not None and held.assumed_at is not None
+                and (not held.uid or str(meta.get("uid") or held.uid) == held.uid)):
+            # the pod holds a reservation whose Binding's outcome is unknown (kube-scheduler retries
+            # after our Error): only that node, where the bind re-sends the very same Binding
+            row = self.state.index.get(held.node)
+            reason = reason_already_reserved(key, held.node)
+            refused = {n: reason for n in names if n != held.node}
+            kept_held = [Ranked(held.node, row, 0.0, ())] if row is not None and held.node in names else []
+            return Ranking([], {}, refused, []), kept_held, ""
         tenant = self.tenants().tenant_of(namespace)
         rule = self._zone_rule(key, namespace, str(meta.get("creationTimestamp") or ""), req, tenant)
         zone_refused: dict[str, str] = {}
@@ -578,7 +681,7 @@ class Scheduler:
         return confusable.blocker(mine, others, now, self.config.stuck_allocating_s) is not None
 
     def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
-        names = list(args.node_names)
+        names = list(dict.fromkeys(args.node_names))  # each candidate once, with one outcome
         with self.lock:
             if not self.synced:
                 return ExtenderFilterResult(failed={n: NOT_READY for n in names})
@@ -596,7 +699,7 @@ class Scheduler:
 
     def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
         """0..10 by rank: the best node alone gets 10, the next 9, ...; nodes that do not fit get 0."""
-        names = list(args.node_names)
+        names = list(dict.fromkeys(args.node_names))
         with self.lock:
             _, kept, _ = self._decide(args.pod, names, len(names))
         score = {r.node: max(0, MAX_SCORE - i) for i, r in enumerate(kept)}
@@ -612,7 +715,16 @@ class Scheduler:
             if held is not None:
                 if held.node != args.node:
                     raise BindRefused(f"pod {key} is already reserved on node {held.node}")
-                return None
+                if held.uid and args.pod_uid != held.uid:
+                    raise BindRefused(f"pod {key} is reserved on node {held.node} for uid {held.uid}, the bind "
+                                      f"names uid {args.pod_uid}: a recreated pod is placed once the old one is gone")
+                if held.assumed_at is None:
+                    return None  # known bound: a repeated bind is idempotent
+                # the outcome of our Binding is not known (in flight, or it timed out): send the very
+                # same Binding again; it lands once (a second one is a 409 the writer knows as its own)
+                assert held.assignment is not None
+                held.inflight += 1
+                return held.assignment
             rec = self.pods.get(key)
             if rec is None or rec.raw is None:
                 raise BindRefused(f"pod {key} is not a pending GPU pod in the extender's cache")
@@ -647,7 +759,8 @@ class Scheduler:
             taken = self.ledger.try_reserve(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
             if not taken.ok:
                 raise BindRefused(taken.reason)
-            self._take_ids(key, _Held(args.node, _holds(a), now, a))
+            self._take_ids(key, _Held(args.node, _holds(a), uid=rec.uid or args.pod_uid, assumed_at=now,
+                                      assignment=a, inflight=1, ours=True))
             self._observe(rec.cpu_milli, a)
             uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
             self.state.add_pod(key, PodUse(args.node, uses, rec.cpu_milli, rec.memory_bytes))
@@ -658,25 +771,65 @@ class Scheduler:
             self.pods[key] = _bound(rec, args.node)
             return a
 
-    def confirm(self, key: str) -> None:
-        """The bind is known to have landed without a watch to tell (snapshot mode)."""
+    def confirm(self, key: str, assignment: Assignment | None = None) -> None:
+        """The Binding call returned success: the pod is bound with this reservation, whatever the watch
+        says (or does not say yet). Never expired by the assume TTL from now on; the reservation ends
+        when the pod ends, is gone or is recreated (seen by the watch)."""
         with self.lock:
             held = self.held.get(key)
-            if held is not None:
-                held.assumed_at = None
-                held.assignment = None
-                self.assumed.discard(key)
+            if held is None or (assignment is not None and held.assignment is not assignment):
+                return
+            held.inflight = max(0, held.inflight - 1)
+            held.assumed_at = None
+            held.assignment = None
+            held.unknown = False
+            self.assumed.discard(key)
+
+    def binding_failed(self, key: str, assignment: Assignment, error: BaseException) -> str:
+        """The Binding call for `assignment` raised `error`; returns the bind's answer (an Error text).
+
+        A definite refusal from the API server (4xx, and 429/5xx it answered) releases the reservation
+        and the quota at once, unless an earlier Binding for it may still land. An unknown outcome
+        (timeout, dropped connection, the server's own 504) keeps the reservation assumed: the watch
+        resolves it (the pod bound, gone, recreated), a retry re-sends the same Binding, or it is
+        dropped `assume_ttl_s` after this attempt ended."""
+        unknown = outcome_unknown(error)
+        node = assignment.node
+        with self.lock:
+            held = self.held.get(key)
+            if held is None or held.assignment is not assignment:
+                return f"binding pod {key} to {node}: {error}"
+            held.inflight = max(0, held.inflight - 1)
+            if unknown:
+                held.unknown = True
+                held.assumed_at = self.clock()
+                self.assumed.add(key)
+            elif not held.unknown and not held.inflight:
+                self._release(key)
+                return f"binding pod {key} to {node}: {error}"
+            ttl = f"{self.config.assume_ttl_s:g}"
+        if unknown:
+            return (f"binding pod {key} to {node}: outcome unknown ({error}); its reservation on {node} is kept "
+                    f"until the pod is seen bound or gone, a retry sends the same Binding, or {ttl} s pass")
+        return (f"binding pod {key} to {node}: {error}; another Binding of this reservation may still land, "
+                f"so the reservation on {node} is kept (at most {ttl} s after it ends)")
 
     def release(self, key: str, assignment: Assignment) -> None:
-        """Undo a reservation whose Binding failed (only if it is still that reservation)."""
+        """This attempt's Binding was not sent, or was refused: undo the reservation (only if it is
+        still that reservation, and no other Binding of it may still land)."""
         with self.lock:
             held = self.held.get(key)
             if held is None or held.assignment is not assignment:
                 return
-            self._drop_charge(key)
-            rec = self.pods.get(key)
-            if rec is not None:
-                self.pods[key] = _unbound(rec)
+            held.inflight = max(0, held.inflight - 1)
+            if not held.unknown and not held.inflight:
+                self._release(key)
+
+    def _release(self, key: str) -> None:
+        self._drop_charge(key)
+        rec = self.pods.get(key)
+        if rec is not None:
+            self.pods[key] = _unbound(rec)
 
     def quota_status_writes(self, last_write: Mapping[str, float]) -> list[tuple[str, dict[str, Any]]]:
         """TenantQuota statuses due for a write: changed, and not written in the last min interval."""
@@ -700,7 +853,13 @@ class Scheduler:
                 pods=len(self.pods),
                 reservations=len(self.held),
                 assumed=len(self.assumed),
+                awaiting_watch=sum(1 for h in self.held.values() if h.ours),
+                unreadable=len(self._unreadable_on),
             )
+
+
+def reason_already_reserved(key: str, node: str) -> str:
+    return f"pod {key} already holds a reservation on node {node}"
 
 
 def binding_annotations(a: Assignment) -> dict[str, str]:

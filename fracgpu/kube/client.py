@@ -18,6 +18,7 @@ from typing import Any, Final
 import kubernetes.client
 import kubernetes.config
 import urllib3
+import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
@@ -65,7 +66,8 @@ def api_client_from_kubeconfig(path: str | None = None, context: str | None = No
     try:
         kubernetes.config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
                                            persist_config=False)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError, ValueError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as exc:
+        # TypeError/KeyError/YAMLError: a kubeconfig that is not YAML or not shaped like one
         raise errors.KubeConfigError(f"kubeconfig {path or '(default)'} context {context or '(current)'}: "
                                      f"{exc}") from exc
     return kubernetes.client.ApiClient(configuration)

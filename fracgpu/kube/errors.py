@@ -24,6 +24,7 @@ __all__ = [
     "Unavailable",
     "error_from_response",
     "error_from_status",
+    "outcome_unknown",
 ]
 
 
@@ -142,3 +143,17 @@ def error_from_response(code: int, body: bytes | str | None, *, http_reason: str
             except ValueError:
                 retry_after_s = None
     return error_from_status(code, status, http_reason=http_reason, retry_after_s=retry_after_s)
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether a write that raised ``exc`` may still have been applied by the API server.
+
+    True when no complete answer came back (``Unavailable``: timeout, connection refused or reset,
+    broken stream; a raw ``OSError``), when a 2xx answer could not be read, and for the server's own
+    timeout (504, reason ``Timeout`` or ``ServerTimeout``): the request may go on inside the server.
+    Every other answer (4xx, 429, other 5xx) is a definite refusal: nothing was written.
+    """
+    if isinstance(exc, KubeAPIError):
+        return (exc.status == 0 or 200 <= exc.status < 300 or exc.status == 504
+                or exc.reason in ("Timeout", "ServerTimeout"))
+    return isinstance(exc, OSError)

@@ -75,7 +75,8 @@ class Reflector:
                  namespace: str | None = None, label_selector: str | None = None,
                  field_selector: str | None = None, watch_timeout_s: int = 300, page_size: int = 500,
                  backoff: Backoff = Backoff(), sleep: Callable[[float], None] | None = None,
-                 on_synced: Callable[[], None] | None = None, name: str | None = None) -> None:
+                 on_synced: Callable[[], None] | None = None, name: str | None = None,
+                 transform: Callable[[Obj], Obj] | None = None) -> None:
         if namespace and not resource.namespaced:
             raise ValueError(f"{resource.plural} is cluster-scoped; got namespace {namespace!r}")
         self.transport = transport
@@ -88,6 +89,10 @@ class Reflector:
         self.page_size = page_size
         self.backoff = backoff
         self.on_synced = on_synced
+        # applied to every listed or watched object before it is kept and handed over (client-go's
+        # SetTransform): a cache of many objects keeps only the fields it needs. It must keep
+        # metadata.name, .namespace and .resourceVersion.
+        self.transform = transform
         self.name = name or f"reflector-{resource.plural}" + (f"-{namespace}" if namespace else "")
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -208,7 +213,8 @@ class Reflector:
             for item in answer.get("items") or []:
                 item.setdefault("apiVersion", self.resource.api_version)
                 item.setdefault("kind", self.resource.kind)
-                listed[objects.key(item)] = item
+                kept = self.transform(item) if self.transform is not None else item
+                listed[objects.key(kept)] = kept
             token = meta.get("continue") or None
             if not token:
                 break
@@ -277,6 +283,8 @@ class Reflector:
         if kind not in (ADDED, MODIFIED, DELETED):
             log.warning("unknown watch event reflector=%s type=%s", self.name, kind)
             return
+        if self.transform is not None:
+            obj = self.transform(obj)
         k = objects.key(obj)
         with self._lock:
             if kind == DELETED:

@@ -1,32 +1,249 @@
-"""`fracgpu inspect`: per node and GPU (model, allocated/total cores and VRAM, pods, health) and per tenant
-(used/hard/pending/queue), from a snapshot file. Like `kubectl inspect gpushare`, for shares, VRAM and tenants.
+"""`fracgpu inspect`: GPUs, shares and tenants of a live cluster (through the kubeconfig) or a snapshot file.
+
+Per node and GPU: model, allocated/total vgpu-core and VRAM, pods, health (unusable nodes with
+their reason, stale device-plugin heartbeats included); per tenant: used/hard vgpu-core and VRAM,
+pending pods, queue head. Like `kubectl inspect gpushare`, for shares, VRAM and tenants.
+
+A live cluster is read once (list, no watch) into the same `SnapshotDoc` a snapshot file gives,
+and both go through the same view (`fracgpu.sim.whatif.build_world` / `inspect_doc`), so the
+live answer and the answer for `kubectl get ... -o yaml > snap.yaml` are the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
 
+from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, LABEL_ENABLED, LEASE_PREFIX
+from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.kube import errors, objects
+from fracgpu.kube.client import Transport, build_api_client
+from fracgpu.kube.resources import LEASES
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
+from fracgpu.kube.writer import KubeWriter
 from fracgpu.sim.whatif import build_world, inspect_doc, render_inspect
 
+PROG = "fracgpu inspect"
+DEFAULT_HEARTBEAT_STALE_S = 40.0  # the extender's default (--heartbeat-stale)
+ENV_NAMESPACE = "FRACGPU_NAMESPACE"
+# Pods that still hold (or wait for) a share; Succeeded/Failed pods hold nothing.
+LIVE_POD_FIELDS = "status.phase!=Succeeded,status.phase!=Failed"
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fracgpu inspect", description=__doc__.split("\n")[0] if __doc__ else None)
-    p.add_argument("--snapshot", metavar="FILE", help="a `kubectl get -o yaml` style List of Nodes, Pods, "
-                   "Namespaces and TenantQuotas")
+EXIT_USAGE = 2  # bad flags, no usable kubeconfig, unreadable snapshot
+EXIT_API = 1  # the API server could not be reached or refused a list
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--snapshot", metavar="FILE", help="read a `kubectl get -o yaml` style List of Nodes, Pods, "
+                   "Namespaces, TenantQuotas (and Leases) instead of a live cluster")
+    p.add_argument("--kubeconfig", metavar="FILE", default=None,
+                   help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster "
+                        "service account)")
+    p.add_argument("--context", default=None, help="kubeconfig context (default: the current context)")
+    p.add_argument("--namespace", default=env.get(ENV_NAMESPACE, DEFAULT_NAMESPACE),
+                   help=f"fracgpu's namespace, where the device plugins' heartbeat Leases live "
+                        f"[env {ENV_NAMESPACE}, default {DEFAULT_NAMESPACE}]")
+    p.add_argument("--heartbeat-stale", type=float, default=DEFAULT_HEARTBEAT_STALE_S, metavar="SECONDS",
+                   help="a live node whose heartbeat Lease was renewed longer ago than this is shown stale, "
+                        "0 = do not judge (default %(default)s, the extender's)")
+    p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="timeout of each API request (default %(default)s)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    args = p.parse_args(argv)
-    if not args.snapshot:
-        print("fracgpu inspect: give --snapshot FILE (reading a live cluster through the kubeconfig is not "
-              "implemented yet; `kubectl get nodes,pods,namespaces,tenantquotas -A -o yaml > snap.yaml` "
-              "makes a snapshot)", file=sys.stderr)
-        return 2
+    return p
+
+
+# ---- reading ----------------------------------------------------------------------------------
+def default_kubeconfig(environ: Mapping[str, str]) -> str | None:
+    """kubectl's order: $KUBECONFIG, then ~/.kube/config if it exists; None: in-cluster or nothing."""
+    if environ.get("KUBECONFIG"):
+        return environ["KUBECONFIG"]
+    home = environ.get("HOME")
+    path = (Path(home) if home else Path.home()) / ".kube" / "config"
+    return str(path) if path.is_file() else None
+
+
+def fracgpu_node(node: Mapping[str, Any]) -> bool:
+    """A node fracgpu manages or reports on: opted in, or carrying a GPU inventory."""
+    return objects.labels(node).get(LABEL_ENABLED) == "true" or ANN_INVENTORY in objects.annotations(node)
+
+
+def fracgpu_part(doc: SnapshotDoc) -> SnapshotDoc:
+    """What inspect shows of a cluster: fracgpu's nodes, the pods on them and the unscheduled ones (the
+    view keeps the pending GPU pods among them); namespaces, TenantQuotas and Leases as they are.
+    The same rule for a live cluster and a snapshot file, so both show the same."""
+    nodes = tuple(n for n in doc.nodes if fracgpu_node(n))
+    names = {objects.name(n) for n in nodes}
+    pods = []
+    for pod in doc.pods:
+        spec = pod.get("spec")
+        node = str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
+        if not node or node in names:
+            pods.append(pod)
+    return replace(doc, nodes=nodes, pods=tuple(pods))
+
+
+def read_cluster(writer: KubeWriter, namespace: str) -> SnapshotDoc:
+    """One read (lists, no watch) of what the view needs, as the snapshot of the cluster it is.
+
+    Nodes, Pods that are not finished (Succeeded/Failed pods hold no share), Namespaces,
+    TenantQuotas (none when the CRD is not installed: namespace quotas still apply), and the
+    device plugins' heartbeat Leases in fracgpu's namespace.
+    """
     try:
-        doc = inspect_doc(build_world(read_snapshot(args.snapshot)))
-    except SnapshotError as e:
-        print(f"fracgpu inspect: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.output == "json" else render_inspect(doc))
+        quotas = writer.list_tenant_quotas()
+    except errors.NotFound:
+        quotas = []
+    leases = [lease for lease in writer.list_objects(LEASES, namespace=namespace)
+              if objects.name(lease).startswith(LEASE_PREFIX)]
+    return SnapshotDoc(nodes=tuple(writer.list_nodes()), pods=tuple(writer.list_pods(field_selector=LIVE_POD_FIELDS)),
+                       namespaces=tuple(writer.list_namespaces()), tenant_quotas=tuple(quotas),
+                       leases=tuple(leases))
+
+
+# ---- the view -------------------------------------------------------------------------------------
+def _renew_time(lease: Mapping[str, Any]) -> str:
+    spec = lease.get("spec")
+    if not isinstance(spec, Mapping):
+        return ""
+    return str(spec.get("renewTime") or spec.get("acquireTime") or "")
+
+
+def _epoch(stamp: str) -> float | None:
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def inspect_view(doc: SnapshotDoc, *, now: float | None = None,
+                 heartbeat_stale_s: float = DEFAULT_HEARTBEAT_STALE_S) -> dict[str, Any]:
+    """The inspect document of a snapshot: `inspect_doc` plus each node's heartbeat Lease.
+
+    `now` (seconds since the epoch) is given for a live cluster: a usable node without a heartbeat
+    Lease, or with one renewed more than `heartbeat_stale_s` ago, is shown unusable with the
+    extender's reason. A snapshot file is not judged (its moment is unknown), as the extender
+    does in snapshot mode; its Leases are only shown.
+    """
+    view = inspect_doc(build_world(fracgpu_part(doc)))
+    renewed = {objects.name(lease)[len(LEASE_PREFIX):]: _renew_time(lease) for lease in doc.leases
+               if objects.name(lease).startswith(LEASE_PREFIX)}
+    judge = now is not None and heartbeat_stale_s > 0
+    for node in view["nodes"]:
+        stamp = renewed.get(node["name"])
+        at = _epoch(stamp) if stamp else None
+        age = None if now is None or at is None else round(now - at, 1)
+        node["heartbeat"] = None if stamp is None else {"renewTime": stamp, "age_s": age}
+        if not judge or not node["usable"]:
+            continue
+        if stamp is None:
+            node["usable"], node["reason"] = False, NODE_NO_HEARTBEAT
+        elif age is None or age > heartbeat_stale_s:
+            node["usable"], node["reason"] = False, NODE_STALE_HEARTBEAT
+    view["heartbeat_stale_s"] = heartbeat_stale_s if judge else None
+    return view
+
+
+def render(view: Mapping[str, Any]) -> str:
+    """The tables: nodes and GPUs, tenants (`render_inspect`), then the heartbeats when there are any."""
+    text = render_inspect(view)
+    nodes = view["nodes"]
+    if not any(n.get("heartbeat") for n in nodes) and view.get("heartbeat_stale_s") is None:
+        return text
+    stale_s = view.get("heartbeat_stale_s")
+    lines = ["", f"{'NODE':<20} HEARTBEAT" + (f" (stale after {stale_s:g}s)" if stale_s else "")]
+    for n in nodes:
+        beat = n.get("heartbeat")
+        if beat is None:
+            shown = "none"
+        elif beat["age_s"] is None:
+            shown = f"renewed {beat['renewTime'] or '(never)'}"
+        else:
+            shown = f"renewed {beat['age_s']:.0f}s ago"
+        if n["reason"] == NODE_STALE_HEARTBEAT:
+            shown += " (stale)"
+        lines.append(f"{n['name']:<20} {shown}")
+    return text + "\n".join(lines) + "\n"
+
+
+# ---- command ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_http_retries() -> Iterator[None]:
+    """urllib3 logs each retry of a refused connection at WARNING; the error we print says it all."""
+    logger = logging.getLogger("urllib3")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())
+
+
+def _read_live(args: argparse.Namespace, environ: Mapping[str, str], err: TextIO) -> SnapshotDoc | int:
+    kubeconfig = args.kubeconfig or default_kubeconfig(environ)
+    try:
+        api = build_api_client(kubeconfig=kubeconfig, context=args.context, environ=environ)
+    except errors.KubeConfigError as e:
+        err.write(f"{PROG}: no usable cluster configuration: {_one_line(e)}\n"
+                  f"  give --kubeconfig FILE / --context NAME, set KUBECONFIG, run inside a cluster, "
+                  f"or give --snapshot FILE\n")
+        return EXIT_USAGE
+    transport = Transport(api, timeout_s=args.request_timeout,
+                          connect_timeout_s=min(10.0, args.request_timeout))
+    server = str(api.configuration.host)
+    try:
+        with _quiet_http_retries():
+            return read_cluster(KubeWriter(transport, component="fracgpu-inspect"), args.namespace)
+    except errors.Unavailable as e:
+        err.write(f"{PROG}: cannot reach the API server {server}: {_one_line(e.message)}\n")
+    except errors.Forbidden as e:
+        err.write(f"{PROG}: the API server {server} refused a read (needs list on nodes, pods, namespaces, "
+                  f"tenantquotas and leases in {args.namespace}): {_one_line(e)}\n")
+    except errors.KubeAPIError as e:
+        err.write(f"{PROG}: reading the cluster at {server} failed: {_one_line(e)}\n")
+    finally:
+        transport.close()
+    return EXIT_API
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
+         clock: Callable[[], float] = time.time, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    env = os.environ if environ is None else environ
+    stdout = sys.stdout if out is None else out
+    stderr = sys.stderr if err is None else err
+    args = build_parser(env).parse_args(list(argv))
+    if args.heartbeat_stale < 0 or args.request_timeout <= 0:
+        stderr.write(f"{PROG}: --heartbeat-stale must be >= 0 and --request-timeout > 0\n")
+        return EXIT_USAGE
+    now: float | None = None
+    if args.snapshot:
+        try:
+            doc = read_snapshot(args.snapshot)
+        except SnapshotError as e:
+            stderr.write(f"{PROG}: {e}\n")
+            return EXIT_USAGE
+    else:
+        live = _read_live(args, env, stderr)
+        if isinstance(live, int):
+            return live
+        doc, now = live, clock()
+    view = inspect_view(doc, now=now, heartbeat_stale_s=args.heartbeat_stale)
+    stdout.write(json.dumps(view, indent=1) + "\n" if args.output == "json" else render(view))
     return 0

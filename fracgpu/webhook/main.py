@@ -9,19 +9,21 @@ without a restart.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.webhook.app import DEFAULT_MAX_BODY_BYTES, WebhookConfig, make_app
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CertificateReloader", "ServerConfig", "main", "make_ssl_context", "parse_args"]
 
 DEFAULT_CERT_FILE = "/etc/fracgpu/webhook-tls/tls.crt"
 DEFAULT_KEY_FILE = "/etc/fracgpu/webhook-tls/tls.key"
@@ -40,48 +42,7 @@ class ServerConfig:
 
 def make_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """A server context with TLS 1.2 or later; OSError/ssl.SSLError when the files are unusable."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
-class CertificateReloader:
-    """Loads the certificate and key into a live context again when either file changes.
-
-    New connections get the new certificate; open ones keep theirs. A half-written pair (the
-    kubelet swaps Secret files atomically, but a hand copy may not) keeps the old certificate.
-    """
-
-    def __init__(self, ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
-        self._ctx = ctx
-        self._files = (cert_file, key_file)
-        self._seen = self._stamp()
-
-    def _stamp(self) -> tuple[tuple[int, int], ...]:
-        stamps = []
-        for path in self._files:
-            try:
-                st = os.stat(path)
-            except OSError:
-                stamps.append((-1, -1))
-            else:
-                stamps.append((st.st_mtime_ns, st.st_ino))
-        return tuple(stamps)
-
-    def check(self) -> bool:
-        """Reload when the files changed since the last load; True when a new pair was loaded."""
-        stamp = self._stamp()
-        if stamp == self._seen:
-            return False
-        try:
-            self._ctx.load_cert_chain(*self._files)
-        except (OSError, ssl.SSLError) as e:
-            log.warning("certificate reload failed cert=%s error=%r; serving the previous one", self._files[0], e)
-            return False
-        self._seen = stamp
-        log.info("certificate reloaded cert=%s", self._files[0])
-        return True
+    return make_server_context(cert_file, key_file)
 
 
 def _env_float(environ: Mapping[str, str], key: str, default: float) -> float:
@@ -89,7 +50,8 @@ def _env_float(environ: Mapping[str, str], key: str, default: float) -> float:
     return default if raw is None or raw == "" else float(raw)
 
 
-def parse_args(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command's parser (also read by fracgpu.configref for docs/configuration.md)."""
     e = environ.get
     p = argparse.ArgumentParser(prog="fracgpu webhook", description="Mutating admission webhook for GPU pods.")
     p.add_argument("--cert-file", default=e("FRACGPU_WEBHOOK_CERT_FILE", DEFAULT_CERT_FILE),
@@ -109,6 +71,11 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
                         "[env FRACGPU_WEBHOOK_CERT_RELOAD_SECONDS]")
     p.add_argument("--log-level", default=e("FRACGPU_LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING, ERROR [env FRACGPU_LOG_LEVEL]")
+    return p
+
+
+def parse_args(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
+    p = build_parser(environ)
     ns = p.parse_args(argv)
     if not 0 < ns.port < 65536:
         p.error(f"--port {ns.port} is not a TCP port")
@@ -123,23 +90,6 @@ def parse_args(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
         cert_reload_seconds=ns.cert_reload_seconds,
         log_level=ns.log_level.upper(),
     )
-
-
-def _reload_ctx(
-    reloader: CertificateReloader, every: float
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def run(_: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(every)
-                reloader.check()
-
-        task = asyncio.create_task(loop()) if every > 0 else None
-        yield
-        if task is not None:
-            task.cancel()
-
-    return run
 
 
 def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
@@ -158,7 +108,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
               file=sys.stderr)
         return 2
     app = make_app(WebhookConfig(max_body_bytes=cfg.max_body_bytes))
-    app.cleanup_ctx.append(_reload_ctx(CertificateReloader(ctx, cfg.cert_file, cfg.key_file),
+    app.cleanup_ctx.append(reload_task(CertificateReloader(ctx, cfg.cert_file, cfg.key_file),
                                        cfg.cert_reload_seconds))
     log.info("webhook serving address=%s port=%d", cfg.bind_address, cfg.port)
     web.run_app(app, host=cfg.bind_address, port=cfg.port, ssl_context=ctx, print=None,

@@ -13,11 +13,11 @@ from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, DEFAULT_NAMESPACE, device_id, lease_name
 from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
-from fracgpu.controller.leader import LeaderElector, LeaseTiming
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.reconcile import Plan
 from fracgpu.kube.client import Transport, api_client_for_host
+from fracgpu.kube.leader import LeaderElector, LeaseTiming
 from fracgpu.kube.resources import LEASES
 from fracgpu.kube.writer import KubeWriter
 from tests.controller.clock import FakeClock

@@ -1,4 +1,4 @@
-"""controller.leader over an in-memory Lease store with the API server's optimistic concurrency."""
+"""kube.leader (shared by the controller and the extender) over an in-memory Lease store with the API server's optimistic concurrency."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from fracgpu.controller.leader import LeaderElector, LeaseConflict, LeaseTiming
+from fracgpu.kube.leader import LeaderElector, LeaseConflict, LeaseTiming
 from tests.controller.clock import FakeClock
 
 TIMING = LeaseTiming(lease_duration=15.0, renew_deadline=10.0, retry_period=2.0)

@@ -57,6 +57,9 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
         self.stream_ended = threading.Event()
         self.allocated: dict[tuple[str, str], list[str]] = {}  # (pod key, container) -> ids
         self.podresources_enabled = True
+        self.list_calls = 0  # PodResources List calls received
+        self.list_gate: threading.Event | None = None  # when not None, List waits for it (a hung kubelet)
+        self.lists_waiting = 0  # List calls waiting at the gate now
         self._server: grpc.Server | None = None
         self._pr_server: grpc.Server | None = None
         self._channel: grpc.Channel | None = None
@@ -225,6 +228,17 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
 
     def List(self, request: pr_pb2.ListPodResourcesRequest,
              context: grpc.ServicerContext) -> pr_pb2.ListPodResourcesResponse:
+        with self._cond:
+            self.list_calls += 1
+            gate = self.list_gate
+            if gate is not None:
+                self.lists_waiting += 1
+            self._cond.notify_all()
+        if gate is not None:
+            gate.wait(10)
+            with self._cond:
+                self.lists_waiting -= 1
+                self._cond.notify_all()
         if not self.podresources_enabled:
             context.abort(grpc.StatusCode.UNAVAILABLE, "podresources disabled")
         pods: dict[str, list[pr_pb2.ContainerResources]] = {}

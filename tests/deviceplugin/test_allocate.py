@@ -145,4 +145,4 @@ def test_a_tenant_over_quota_is_refused(world: World) -> None:
     world.kubelet.wait_connected()
     world.add_pod("p", [Container("main", 10)], [0])
     adm = world.admit("p")
-    assert adm.error is not None and "tenant quota: team-a uses 64Gi" in (adm.error.details() or "")
+    assert adm.error is not None and "fracgpu: team-a uses 64Gi" in (adm.error.details() or "")

@@ -21,7 +21,7 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.deviceplugin.kubecluster import KubeCluster
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Container
-from tests.deviceplugin.world import NODE, World, gpu_uuid
+from tests.deviceplugin.world import NODE, World, gpu_uuid, wait_until
 from tests.fakes.apiserver import FakeApiServer
 
 
@@ -42,25 +42,41 @@ def kube(world: World, apiserver: FakeApiServer) -> Iterator[tuple[World, FakeAp
 
 def test_publishes_inventory_labels_and_lease(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:
     world, api, _ = kube
-    node = api.get_object("nodes", NODE)
-    assert node is not None
-    doc = NodeInventoryDoc.from_json(node["metadata"]["annotations"][ANN_INVENTORY])
-    assert [g.uuid for g in doc.gpus] == [gpu_uuid(i) for i in range(4)]
-    assert node["metadata"]["labels"][LABEL_GPU_MODEL] == "A100-SXM4-80GB"
-    assert node["metadata"]["labels"][LABEL_GPU_COUNT] == "4"
-    assert world.app is not None
-    world.app.plugin.cluster.renew_lease()  # the report thread does this every 10 s; do not race it
+
+    def inventory() -> NodeInventoryDoc | None:
+        node = api.get_object("nodes", NODE)
+        text = ((node or {}).get("metadata") or {}).get("annotations", {}).get(ANN_INVENTORY)
+        return NodeInventoryDoc.from_json(text) if text else None
+
+    def labels() -> dict[str, str]:
+        return dict(((api.get_object("nodes", NODE) or {}).get("metadata") or {}).get("labels") or {})
+
+    # written by the plugin's own threads (start, then the report loop): wait for them, bounded
+    assert wait_until(lambda: inventory() is not None and LABEL_GPU_COUNT in labels())
+    doc = inventory()
+    assert doc is not None and [g.uuid for g in doc.gpus] == [gpu_uuid(i) for i in range(4)]
+    assert labels()[LABEL_GPU_MODEL] == "A100-SXM4-80GB" and labels()[LABEL_GPU_COUNT] == "4"
+    # the report loop renews the Lease at once, then every 10 s
+    assert wait_until(lambda: api.get_object("leases", lease_name(NODE), DEFAULT_NAMESPACE) is not None)
     lease = api.get_object("leases", lease_name(NODE), DEFAULT_NAMESPACE)
-    assert lease is not None and lease["spec"]["holderIdentity"].endswith(NODE)
-    # only when it changes: a second publish without a change writes nothing
-    assert world.app is not None and not world.app.plugin.publish_node()
+    assert lease is not None and lease["spec"]["holderIdentity"] == f"fracgpu-device-plugin/{NODE}"
+    assert lease["spec"]["leaseDurationSeconds"] == 40
+    # only when it changes: once the first write is recorded, a publish without a change writes nothing
+    assert world.app is not None
+    plugin = world.app.plugin
+    assert wait_until(lambda: not plugin.publish_node())
+
+    def node_writes() -> int:
+        return sum(1 for r in api.requests if r.resource == "nodes" and r.verb in ("patch", "update"))
+
+    before = node_writes()
+    assert not plugin.publish_node() and node_writes() == before
+    # a health change reaches the annotation through the report loop alone
     world.backend.set_unhealthy(gpu_uuid(2), "test")
     assert world.kubelet.wait_for(lambda: len(world.kubelet.healthy()) == 300, timeout=5.0)
-    world.app.plugin.publish_node()
-    node = api.get_object("nodes", NODE)
-    assert node is not None
-    doc = NodeInventoryDoc.from_json(node["metadata"]["annotations"][ANN_INVENTORY])
-    assert [(g.healthy, g.reason) for g in doc.gpus][2] == (False, "test")
+    assert wait_until(lambda: (d := inventory()) is not None and not d.gpus[2].healthy)
+    doc = inventory()
+    assert doc is not None and [(g.healthy, g.reason) for g in doc.gpus][2] == (False, "test")
 
 
 def test_allocate_marks_the_pod_allocated_on_the_api_server(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from fracgpu.api.v1beta1.names import RESOURCE_CORE
-from fracgpu.deviceplugin.main import main
+from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+from fracgpu.deviceplugin.main import build, main, parser
+from fracgpu.deviceplugin.quota import AllowAll
 from tests.deviceplugin.kubelet import FakeKubelet
 from tests.deviceplugin.world import short_tmpdir
+from tests.fakes.apiserver import FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
@@ -25,11 +28,51 @@ EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
     (["--backend", "simulated", "--gpus", "/nonexistent.yaml"], {"NODE_NAME": "n"}, "/nonexistent.yaml"),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube"],
      {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"}, "health settings: BAD_CHECKS"),
-], ids=["no node", "no gpus file", "missing gpus file", "bad health env"])
+    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube", "--quota-check", "on"], {"NODE_NAME": "n"},
+     "--quota-check on needs an API server"),
+    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--kube-host", "http://127.0.0.1:1"],
+     {"NODE_NAME": "n", "FRACGPU_DEFAULT_MEMORY_QUOTA": "lots"}, "default quota: "),
+    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--quota-check", "maybe"], {"NODE_NAME": "n"},
+     "invalid choice: 'maybe'"),
+], ids=["no node", "no gpus file", "missing gpus file", "bad health env", "quota check without a cluster",
+        "bad default quota", "bad quota-check value"])
 def test_bad_configuration_is_a_clear_error(argv: list[str], env: dict[str, str], message: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv, environ=env) == 2
+    try:
+        code = main(argv, environ=env)
+    except SystemExit as e:  # argparse refuses a bad choice itself
+        code = int(e.code or 0)
+    assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "env", "on"), [
+    ([], {}, True),  # a cluster is configured: on by default
+    (["--quota-check", "off"], {}, False),
+    ([], {"FRACGPU_QUOTA_CHECK": "off"}, False),
+    (["--quota-check", "on"], {"FRACGPU_QUOTA_CHECK": "off"}, True),  # the flag wins over the environment
+], ids=["default", "flag off", "env off", "flag over env"])
+def test_the_quota_check_is_on_with_a_cluster(argv: list[str], env: dict[str, str], on: bool,
+                                              apiserver: FakeApiServer) -> None:
+    d = short_tmpdir()
+    environ = {"NODE_NAME": "node-a", "FRACGPU_DEFAULT_MEMORY_QUOTA": "64Gi", **env}
+    args = parser(environ).parse_args(["--backend", "simulated", "--gpus", str(EXAMPLE), "--socket-dir", d,
+                                       "--kube-host", apiserver.url, "--pod-resources-socket", "none", *argv])
+    app, cluster = build(args, environ)
+    quota = app.plugin.quota
+    try:
+        assert isinstance(quota, KubeTenantQuotas) == on
+        if isinstance(quota, KubeTenantQuotas):
+            assert quota.synced  # build waited for the first lists
+            assert quota.default.memory == 64 * 1024**3
+        else:
+            assert isinstance(quota, AllowAll)
+    finally:
+        if isinstance(quota, KubeTenantQuotas):
+            quota.stop()
+        stop = getattr(cluster, "stop", None)
+        if stop is not None:
+            stop()
 
 
 def test_runs_registers_and_stops_cleanly_on_sigterm() -> None:

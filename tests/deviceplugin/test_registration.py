@@ -20,8 +20,31 @@ def test_registers_with_the_kubelet_and_streams_100_ids_per_gpu(node: World) -> 
     d = devices[f"{gpu_uuid(3)}::99"]
     assert d.health == "Healthy"
     assert [n.ID for n in d.topology.nodes] == [1]  # GPUs 2 and 3 sit on NUMA node 1
-    mode = stat.S_IMODE(os.stat(os.path.join(node.dir, reg.endpoint)).st_mode)
-    assert mode & 0o002 == 0 and mode & 0o020 == 0, oct(mode)
+    assert _mode(os.path.join(node.dir, reg.endpoint)) == 0o600
+
+
+def _mode(path: str) -> int:
+    st = os.stat(path)
+    return stat.S_IMODE(st.st_mode)
+
+
+def test_the_socket_is_owner_only_whatever_the_umask(world: World) -> None:
+    """0600: only root (the kubelet, and the plugin itself) may connect; never world-writable, even when the
+    process runs with a permissive umask, and again after the socket is recreated."""
+    old = os.umask(0)
+    try:
+        world.start_plugin()
+        world.kubelet.wait_connected()
+        sock = os.path.join(world.dir, "fracgpu-vgpu-core.sock")
+        assert stat.S_ISSOCK(os.stat(sock).st_mode)
+        assert _mode(sock) == 0o600
+        assert _mode(os.path.join(world.dir, ".fracgpu-vgpu-core.lock")) == 0o600
+        world.kubelet.restart()  # the plugin serves a new socket and registers again
+        world.kubelet.wait_connected(registrations=2)
+        assert _mode(sock) == 0o600
+        assert os.umask(0) == 0  # the plugin put the process umask back
+    finally:
+        os.umask(old)
 
 
 def test_registers_again_when_the_kubelet_restarts(node: World) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +35,16 @@ def gpu_uuid(i: int) -> str:
     return f"GPU-{i:08d}-aaaa-bbbb-cccc-000000000000"
 
 
-def gpus(n: int = 4, memory: str = "80Gi") -> tuple[GpuInfo, ...]:
-    doc = {"gpus": [
+def gpus_doc(n: int = 4, memory: str = "80Gi") -> dict[str, Any]:
+    """The simulated backend's document (also written to a file for a plugin run as a process)."""
+    return {"gpus": [
         {"uuid": gpu_uuid(i), "model": "NVIDIA A100-SXM4-80GB", "memory": memory, "numa": i // 2,
          "pciBusId": f"0000:{i + 7:02x}:00.0", "nvlink": {gpu_uuid(j): 12 for j in range(n) if j != i}}
         for i in range(n)]}
-    return parse_gpus(doc)
+
+
+def gpus(n: int = 4, memory: str = "80Gi") -> tuple[GpuInfo, ...]:
+    return parse_gpus(gpus_doc(n, memory))
 
 
 def pod_object(name: str, containers: list[Container], *, node: str = NODE, namespace: str = "default",
@@ -115,9 +121,13 @@ class World:
 
     def add_pod(self, name: str, containers: list[Container], gpu_indexes: list[int] | None = None, *,
                 memory: int | None = None, node: str = NODE, annotations: dict[str, str] | None = None,
-                assigned_at: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
-        """A pod as the extender leaves it after bind: reserved on the given GPUs, phase allocating."""
-        obj = pod_object(name, containers, node=node, memory=memory, annotations=annotations)
+                assigned_at: str = "2026-01-01T00:00:00Z", namespace: str = "default",
+                tenant: str | None = None) -> dict[str, Any]:
+        """A pod as the extender leaves it after bind: reserved on the given GPUs, phase allocating.
+
+        `tenant` is what the reservation charges (default: the namespace's own tenant, ns/<namespace>).
+        """
+        obj = pod_object(name, containers, node=node, memory=memory, annotations=annotations, namespace=namespace)
         if gpu_indexes is not None:
             req = parse_pod_request(obj)
             assert req is not None
@@ -130,23 +140,34 @@ class World:
                         held.setdefault(sp[0], set()).add(sp[1])
             inv = {g.uuid: g for g in self.backend.inventory()}
             chosen = [gpu_uuid(i) for i in gpu_indexes]
-            a = build_assignment(req, node, "ns/default", assigned_at,
+            a = build_assignment(req, node, tenant or f"ns/{namespace}", assigned_at,
                                  [(u, inv[u].memory) for u in chosen],
                                  [sum(1 << k for k in held.get(u, set())) for u in chosen])
             obj["metadata"]["annotations"][ANN_ASSIGNED] = a.to_json()
             obj["metadata"]["annotations"][ANN_PHASE] = PHASE_ALLOCATING
         self.cluster.put_pod(obj)
-        self.pods[f"default/{name}"] = containers
+        self.pods[f"{namespace}/{name}"] = containers
         return obj
 
-    def admit(self, name: str, chooser: Chooser | None = None) -> Admission:
-        return self.kubelet.admit(f"default/{name}", self.pods[f"default/{name}"], chooser)
+    def admit(self, name: str, chooser: Chooser | None = None, namespace: str = "default") -> Admission:
+        return self.kubelet.admit(f"{namespace}/{name}", self.pods[f"{namespace}/{name}"], chooser)
 
-    def annotations(self, name: str) -> dict[str, str]:
-        return self.cluster.annotations("default", name)
+    def annotations(self, name: str, namespace: str = "default") -> dict[str, str]:
+        return self.cluster.annotations(namespace, name)
 
     def assignment(self, name: str) -> Assignment:
         return Assignment.from_json(self.annotations(name)[ANN_ASSIGNED])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass (a bound, not an assertion on time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 def short_tmpdir() -> str:

@@ -156,3 +156,34 @@ def test_not_ready_until_synced(apiserver: FakeApiServer) -> None:
         assert w.cache.synced.wait(10)
     finally:
         w.cache.stop()
+
+
+async def test_a_relist_keeps_a_binding_of_unknown_outcome(cache_world: CacheWorld, aiohttp_client: Any) -> None:
+    """A Binding whose connection dropped before an answer, then a 410 relist that shows the pod still
+    pending: the reservation stays (the Binding may still land); the retry re-sends it and it lands."""
+    w = cache_world
+    writer = KubeWriter(Transport(w.apiserver.api_client(), timeout_s=5))
+    client = await aiohttp_client(make_app(Deps(scheduler=w.scheduler, binder=writer, metrics=Metrics(w.scheduler))))
+
+    def drop() -> None:
+        raise ConnectionResetError("injected")
+
+    def total() -> int:
+        return sum(w.free(n, slot) for n in ("n1", "n2") for slot in (0, 1))
+
+    before = total()
+    w.apiserver.on_next("create", "pods/binding", drop)
+    out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
+    assert "outcome unknown" in out["Error"], out
+    pods = w.cache.reflectors["pods"]
+    lists = pods.lists
+    assert w.apiserver.wait_for_watches(5)
+    w.apiserver.fail_next("watch", "pods", 410)
+    w.apiserver.compact()
+    w.apiserver.drop_watches()
+    eventually(lambda: pods.lists > lists)
+    assert w.scheduler.stats().assumed == 1 and total() == before - 50
+    out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
+    assert out == {"Error": ""}
+    eventually(lambda: w.scheduler.stats().awaiting_watch == 0)
+    assert w.scheduler.stats().assumed == 0 and total() == before - 50

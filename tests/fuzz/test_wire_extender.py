@@ -171,13 +171,12 @@ def _check_filter(sent: Any, status: int, out: Any) -> None:
         kept_list = [n["metadata"]["name"] for n in out["Nodes"]["items"]]
     names, kept = set(sent_names), set(kept_list)
     failed, unres = set(out["FailedNodes"]), set(out["FailedAndUnresolvableNodes"])
-    # at most one outcome per candidate, only candidates, at most k kept; every refusal says why.
-    # (Nodes that fit but are not among the best k get no entry at all: docs/extender.md.)
+    # at most one outcome per candidate (a node named twice too), only candidates, at most k kept;
+    # every refusal says why. (Nodes that fit but are not among the best k get no entry at all.)
     assert kept | failed | unres <= names, (names, out)
     assert not (kept & failed or kept & unres or failed & unres), out
     assert len(kept) <= 2, out
-    if len(names) == len(sent_names):  # kube-scheduler never repeats a node
-        assert len(kept_list) == len(kept), out
+    assert len(kept_list) == len(kept), out
     assert all(isinstance(r, str) and r for r in [*out["FailedNodes"].values(),
                                                    *out["FailedAndUnresolvableNodes"].values()]), out
     assert not kept & set(BROKEN), out  # a node with a broken inventory is never kept
@@ -222,7 +221,7 @@ def test_hostile_bind_requests(extender: Served, pod: str, ns: str, uid: Any, no
     body["PodUID"] = f"uid-{ns}-{pod}" if uid == "match" else uid
     body["Node"] = node
     held = extender.world.scheduler.held.get(f"{ns}/{pod}")
-    repeated = held is not None and held.node == node  # see test_a_repeated_bind_with_another_uid_is_refused
+    repeated = held is not None and held.node == node and body["PodUID"] == held.uid
     status, out = extender.post("/bind", body)
     _check_answer(status, out, "bind")
     if status == 200:
@@ -232,17 +231,45 @@ def test_hostile_bind_requests(extender: Served, pod: str, ns: str, uid: Any, no
             assert out["Error"], (body, out)  # an unknown pod, uid or node is refused with a reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gap: a repeated bind of a pod already reserved on the node is answered as success without checking "
-    "PodUID; a bind naming another uid (the pod deleted and recreated under the same name) is told "
-    "'bound' although nothing was written for the new pod"))
 def test_a_repeated_bind_with_another_uid_is_refused() -> None:
+    """Known gap 4, fixed: a repeated bind is idempotent only for the same pod instance (PodUID)."""
     world = build_world([node_obj("n0", 2), pod_obj("p0", 50, "8Gi")])
     first = bind_args(pod_obj("p0"), "n0")
     assert world.scheduler.reserve(ExtenderBindingArgs.from_obj(first)) is not None
+    world.scheduler.confirm("default/p0")
+    assert world.scheduler.reserve(ExtenderBindingArgs.from_obj(first)) is None  # same uid: idempotent
     other = dict(first, PodUID="uid-of-a-recreated-p0")
-    with pytest.raises(BindRefused):
+    with pytest.raises(BindRefused, match="for uid uid-default-p0, the bind names uid uid-of-a-recreated-p0"):
         world.scheduler.reserve(ExtenderBindingArgs.from_obj(other))
+
+
+def test_a_repeated_bind_with_another_uid_is_refused_over_http() -> None:
+    world = build_world([node_obj("n0", 2), pod_obj("p0", 50, "8Gi")])
+    first = bind_args(pod_obj("p0"), "n0")
+    with ServedApp(make_app(world.deps)) as served, HttpClient(served.url) as http:
+        assert http.post_json("/bind", first) == (200, {"Error": ""})
+        assert http.post_json("/bind", first) == (200, {"Error": ""})  # kube-scheduler's retry
+        status, out = http.post_json("/bind", dict(first, PodUID="uid-of-a-recreated-p0"))
+    assert status == 200 and "uid-of-a-recreated-p0" in out["Error"] and "default/p0" in out["Error"], out
+    assert len(world.binder.bindings) == 1  # one Binding written, for the first uid
+
+
+@pytest.mark.parametrize("cache_capable", [True, False])
+def test_a_node_named_twice_gets_one_outcome(cache_capable: bool) -> None:
+    """Known gap 5, fixed: candidates are deduplicated; each node is kept or refused exactly once."""
+    world = build_world([node_obj("n0", 2), node_obj("n1", 2), node_obj("full", 1), pod_obj("p0", 50, "8Gi"),
+                         pod_obj("hog", 100, None)], config=SchedulerConfig(k=2, heartbeat_stale_s=0))
+    assert world.scheduler.reserve(ExtenderBindingArgs.from_obj(bind_args(pod_obj("hog"), "full"))) is not None
+    names = ["n0", "n0", "full", "n1", "full", "n0"]
+    with ServedApp(make_app(world.deps)) as served, HttpClient(served.url) as http:
+        status, out = http.post_json("/filter", filter_args(pod_obj("p0", 50, "8Gi"), names,
+                                                            cache_capable=cache_capable))
+        _, scores = http.post_json("/prioritize", filter_args(pod_obj("p0", 50, "8Gi"), names, verb="prioritize"))
+    assert status == 200 and out["Error"] == "", out
+    kept = out["NodeNames"] if cache_capable else [n["metadata"]["name"] for n in out["Nodes"]["items"]]
+    assert sorted(kept) == ["n0", "n1"], out
+    assert set(out["FailedNodes"]) | set(out["FailedAndUnresolvableNodes"]) == {"full"}, out
+    assert sorted(s["Host"] for s in scores) == ["full", "n0", "n1"], scores
 
 
 def test_oversized_and_unreadable_bodies(extender: Served) -> None:

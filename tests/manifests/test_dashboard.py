@@ -69,7 +69,7 @@ def test_every_queried_metric_is_defined_in_the_code() -> None:
 
 
 @pytest.mark.parametrize("area", ["fracgpu_gpu_", "fracgpu_extender_", "fracgpu_deviceplugin_",
-                                  "fracgpu_controller_", "fracgpu_webhook_"])
+                                  "fracgpu_controller_", "fracgpu_webhook_", "fracgpu_tenant_"])
 def test_every_area_has_a_panel(area: str) -> None:
     assert any(m.startswith(area) for m in queried_metrics())
 
@@ -102,3 +102,13 @@ def test_panels_do_not_overlap() -> None:
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"{p['title']} overlaps {cells[(x, y)]}"
                 cells[(x, y)] = p["title"]
+
+
+def test_the_tenant_row_shows_used_against_hard_and_pending() -> None:
+    by_title = {p["title"]: [t["expr"] for t in p.get("targets", [])] for p in panels()}
+    assert "Tenants" in by_title
+    exprs = [e for es in by_title.values() for e in es]
+    for resource in ("fracgpu.io/vgpu-core", "fracgpu.io/vgpu-memory"):
+        assert any(f'fracgpu_tenant_used{{resource="{resource}"}}' in e
+                   and f'fracgpu_tenant_hard{{resource="{resource}"}}' in e for e in exprs), resource
+    assert any("fracgpu_tenant_pending" in e for e in exprs)

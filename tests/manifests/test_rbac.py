@@ -31,21 +31,12 @@ AHEAD_OF_CODE: dict[str, dict[tuple[str, str, str], str]] = {
     "fracgpu-device-plugin": {
         ("", "nodes", "get"): "read its Node back (inventory compare-before-write)",
         ("", "pods", "get"): "read one pod at Allocate",
-        ("", "namespaces", "get"): "tenant of a pod at Allocate (issue 5 quota re-check)",
-        ("", "namespaces", "list"): "issue 5 quota re-check",
-        ("", "namespaces", "watch"): "issue 5 quota re-check",
-        ("fracgpu.io", "tenantquotas", "get"): "issue 5 quota re-check",
-        ("fracgpu.io", "tenantquotas", "list"): "issue 5 quota re-check",
-        ("fracgpu.io", "tenantquotas", "watch"): "issue 5 quota re-check",
     },
     "fracgpu-extender": {
         ("", "nodes", "get"): "direct reads outside the cache",
         ("", "namespaces", "get"): "direct reads outside the cache",
         ("", "pods", "get"): "idempotent re-bind reads the pod (KubeWriter.bind_pod on 409)",
         ("", "events", "create"): "Events on TenantQuotas selected twice (docs/quotas.md)",
-        ("coordination.k8s.io", "leases", "get"): "leader election (Lease fracgpu-extender)",
-        ("coordination.k8s.io", "leases", "create"): "leader election (Lease fracgpu-extender)",
-        ("coordination.k8s.io", "leases", "update"): "leader election (Lease fracgpu-extender)",
     },
     "fracgpu-controller": {
         ("", "pods", "get"): "direct reads outside the cache",
@@ -98,7 +89,15 @@ def _world(server: FakeApiServer) -> None:
 def device_plugin_session(server: FakeApiServer, writer: KubeWriter) -> None:
     from fracgpu.deviceplugin.cluster import PodEvent
     from fracgpu.deviceplugin.kubecluster import KubeCluster
+    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
 
+    # the quota re-check's reflectors (TenantQuotas, Namespaces, fracgpu pods cluster-wide)
+    quota = KubeTenantQuotas(_reader(server))
+    quota.start()
+    try:
+        assert quota.wait_synced(10)
+    finally:
+        quota.stop()
     cluster = KubeCluster(writer, NODE, namespace=NS)
     cluster.start(timeout_s=10)
     try:
@@ -114,22 +113,33 @@ def device_plugin_session(server: FakeApiServer, writer: KubeWriter) -> None:
 
 def extender_session(server: FakeApiServer, writer: KubeWriter) -> None:
     from fracgpu.extender.cache import ClusterCache
+    from fracgpu.extender.leader import CacheFence, LeaderConfig, Leadership
     from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
+    from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, SystemClock
 
-    cache = ClusterCache(_reader(server), Scheduler(SchedulerConfig(heartbeat_stale_s=0), lambda: 0.0),
-                         namespace=NS)
+    reader = _reader(server)
+    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), lambda: 0.0)
+    cache = ClusterCache(reader, scheduler, namespace=NS)
     cache.start()
     try:
         assert cache.synced.wait(10)
     finally:
         cache.stop()
+    # the leader election and cache fence `fracgpu extender` runs: create, renew, release the Lease
+    cfg = LeaderConfig(NS, "extender-0")
+    elector = LeaderElector(KubeLeaseStore(writer, NS, cfg.lease), NS, cfg.lease, cfg.identity, cfg.timing,
+                            SystemClock())
+    lead = Leadership(cache.synced.is_set, elector, CacheFence(_reader(server), scheduler), cfg)
+    assert lead.tick() and lead.tick()
+    lead.release()
     writer.bind_pod("team-a", "pending", NODE, annotations={names.ANN_ASSIGNED: "{}"})
     writer.update_tenant_quota_status("team-a", {"pending": 0})
 
 
 def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
-    from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
+    from fracgpu.controller.kubeio import ControllerWriter
     from fracgpu.controller.reconcile import ObjectRef
+    from fracgpu.kube.leader import KubeLeaseStore
 
     def ignore(_: WatchEvent) -> None:
         return None
@@ -197,6 +207,10 @@ def test_every_request_of_a_component_is_allowed_and_every_rule_used(account: st
         ("fracgpu-extender", Access("patch", "", "nodes", name=NODE)),
         ("fracgpu-extender", Access("update", "coordination.k8s.io", "leases", namespace=NS,
                                     name="fracgpu-controller")),
+        ("fracgpu-extender", Access("update", "coordination.k8s.io", "leases", namespace=NS,
+                                    name=f"fracgpu-node-{NODE}")),
+        ("fracgpu-controller", Access("update", "coordination.k8s.io", "leases", namespace=NS,
+                                      name="fracgpu-extender")),
         ("fracgpu-extender", Access("update", "fracgpu.io", "tenantquotas", name="team-a")),
         ("fracgpu-controller", Access("delete", "", "pods", namespace="team-a", name="x")),
         ("fracgpu-controller", Access("create", "", "pods", "binding", namespace="team-a", name="x")),

@@ -141,6 +141,20 @@ def test_the_extender_is_highly_available_and_only_the_leader_is_ready() -> None
     assert not [p for p in of_kind("PodDisruptionBudget") if p["metadata"]["name"] == "fracgpu-extender"]
 
 
+def test_the_extenders_rollout_does_not_wait_for_a_follower_to_turn_ready() -> None:
+    """Only the leader is ever Ready: a rollout that keeps an old replica until a new one is Ready
+    would wait for ever (the Deployment controller's rolling update, maxUnavailable < replicas)."""
+    d = find("Deployment", "fracgpu-extender")
+    replicas = d["spec"]["replicas"]
+    rolling = d["spec"]["strategy"]["rollingUpdate"]
+
+    def resolve(v: int | str) -> int:
+        return replicas * int(v[:-1]) // 100 if isinstance(v, str) else v
+
+    assert resolve(rolling["maxUnavailable"]) >= replicas
+    assert resolve(rolling["maxSurge"]) >= 1  # the new replicas start (and sync) before the old go
+
+
 def test_the_simulated_overlay_serves_the_gpus_of_its_file() -> None:
     objs = kubectl_kustomize(SIMULATED)
     if objs is None:

@@ -22,6 +22,14 @@ from tests.manifests.render import Obj, find, rendered
 VERSIONS = ["1.30", "1.31", "1.32", "1.33"]
 SCHEMAS = Path(__file__).parent / "schemas"
 
+# cert-manager's KeyUsage values (cert-manager.io/v1)
+_KEY_USAGES = [
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth",
+    "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel",
+    "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+]
+
 _CERT_MANAGER: dict[str, Any] = {
     "Issuer": {
         "type": "object", "required": ["spec"],
@@ -38,6 +46,8 @@ _CERT_MANAGER: dict[str, Any] = {
                 "secretName": {"type": "string"},
                 "dnsNames": {"type": "array", "items": {"type": "string"}},
                 "commonName": {"type": "string"},
+                "isCA": {"type": "boolean"},
+                "usages": {"type": "array", "items": {"enum": _KEY_USAGES}},
                 "duration": {"type": "string", "pattern": "^([0-9]+(ns|us|ms|s|m|h))+$"},
                 "renewBefore": {"type": "string", "pattern": "^([0-9]+(ns|us|ms|s|m|h))+$"},
                 "issuerRef": {
@@ -99,6 +109,42 @@ def test_the_certificate_covers_the_webhook_service_and_feeds_its_secret() -> No
     assert {"name": "tls", "secret": {"secretName": cert["spec"]["secretName"]}} in volumes
     hook = find("MutatingWebhookConfiguration", "fracgpu-webhook")
     assert hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "fracgpu-system/fracgpu-webhook"
+
+
+def test_the_extender_and_the_scheduler_speak_mutual_tls_with_certificates_that_exist() -> None:
+    issuers = {o["metadata"]["name"]: o for o in rendered() if o["kind"] == "Issuer"}
+    certs = {o["metadata"]["name"]: o for o in rendered() if o["kind"] == "Certificate"}
+    ca, server, client = certs["fracgpu-extender-ca"], certs["fracgpu-extender"], certs["fracgpu-scheduler-client"]
+    assert ca["spec"]["isCA"] is True and ca["spec"]["issuerRef"]["name"] in issuers
+    ca_issuer = issuers[server["spec"]["issuerRef"]["name"]]
+    assert ca_issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert client["spec"]["issuerRef"] == server["spec"]["issuerRef"]  # one CA for both ends
+    assert "server auth" in server["spec"]["usages"] and "client auth" in client["spec"]["usages"]
+    # the serving certificate covers the Service the scheduler calls
+    (ext,) = scheduler_config()["extenders"]
+    url = urlparse(ext["urlPrefix"])
+    assert url.scheme == "https" and ext["enableHTTPS"] is True
+    assert url.hostname in server["spec"]["dnsNames"]
+    # the extender serves its Secret and requires the scheduler's certificate
+    spec = find("Deployment", "fracgpu-extender")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tls")
+    assert {"name": "tls", "secret": {"secretName": server["spec"]["secretName"]}} in spec["volumes"]
+    assert env["FRACGPU_EXTENDER_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    assert env["FRACGPU_EXTENDER_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+    assert env["FRACGPU_EXTENDER_CLIENT_CA"] == f"{mount['mountPath']}/ca.crt"  # the CA of both ends
+    assert env["FRACGPU_EXTENDER_CLIENT_NAMES"] == client["spec"]["commonName"]
+    for probe in (c["livenessProbe"], c["readinessProbe"]):
+        assert probe["httpGet"]["scheme"] == "HTTPS"
+    # the scheduler mounts its client Secret where tlsConfig points
+    sched = find("Deployment", names.SCHEDULER_NAME)["spec"]["template"]["spec"]
+    (k,) = sched["containers"]
+    vol = next(v for v in sched["volumes"] if v.get("secret", {}).get("secretName") == client["spec"]["secretName"])
+    where = next(m["mountPath"] for m in k["volumeMounts"] if m["name"] == vol["name"])
+    tls = ext["tlsConfig"]
+    assert (tls["certFile"], tls["keyFile"], tls["caFile"]) == (f"{where}/tls.crt", f"{where}/tls.key", f"{where}/ca.crt")
+    assert not tls.get("insecure")
 
 
 def scheduler_config() -> dict[str, Any]:

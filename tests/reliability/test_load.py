@@ -49,8 +49,9 @@ async def run_burst(apiserver: FakeApiServer, nodes: int, pods: int, seed: int, 
         eventually(lambda: ext.cached("load/") == pods, what="pods cached")
         report = await burst(ext.url, burst_pods, names, binds_in_flight=in_flight,
                              on_bound=lambda pod, node: mark_allocated(apiserver, pod))
-        # the watch confirms every bind: nothing stays assumed
-        eventually(lambda: ext.scheduler.stats().assumed == 0, what="binds confirmed by the watch")
+        # every Binding answered (nothing assumed) and the watch showed every bound pod
+        eventually(lambda: ext.scheduler.stats().assumed == 0 and ext.scheduler.stats().awaiting_watch == 0,
+                   what="binds confirmed by the watch")
     assert not report.errors, report.errors[:5]
     a = audit(apiserver)
     assert not a.problems, a.problems[:10]

@@ -117,7 +117,11 @@ class ExtenderFilterResult:
         }
         if request is not None and request.nodes is not None:
             keep = set(self.node_names)
-            items = [n for name, n in zip(request.node_names, request.nodes, strict=True) if name in keep]
+            items = []
+            for name, n in zip(request.node_names, request.nodes, strict=True):
+                if name in keep:
+                    keep.discard(name)  # a node named twice comes back once
+                    items.append(n)
             out["Nodes"] = {"metadata": {}, "items": items}
             out["NodeNames"] = None
         return out

@@ -1,5 +1,8 @@
 """Leader election through a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
 
+Shared by `fracgpu controller` (Lease fracgpu-controller) and `fracgpu extender` (Lease
+fracgpu-extender); ``KubeLeaseStore`` is the store over the API server, ``SystemClock`` the real clock.
+
 Two replicas never act twice: a replica acts only while ``is_leader(now)``, which holds until
 ``renew_deadline`` after the start of its last successful renewal; another replica takes over only
 after it has seen the Lease unchanged for ``lease_duration`` (> renew_deadline) on its own clock.
@@ -12,9 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from fracgpu.kube import errors
+from fracgpu.kube.resources import LEASES
+from fracgpu.kube.writer import KubeWriter
 
 
 class LeaseConflict(Exception):
@@ -35,6 +43,16 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     def wall(self) -> dt.datetime: ...
+
+
+class SystemClock:
+    """The process' clocks: monotonic for durations, UTC wall time for the Lease's timestamps."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +87,13 @@ class LeaderElector:
     def is_leader(self, now: float | None = None) -> bool:
         t = self.clock.monotonic() if now is None else now
         return self._renewed_at is not None and t < self._renewed_at + self.timing.renew_deadline
+
+    def leading_for(self, now: float | None = None) -> float:
+        """Seconds this replica still leads without another renewal (0 when it does not lead)."""
+        if self._renewed_at is None:
+            return 0.0
+        t = self.clock.monotonic() if now is None else now
+        return max(0.0, self._renewed_at + self.timing.renew_deadline - t)
 
     def tick(self) -> bool:
         """Try to acquire or renew the Lease once; returns whether this replica leads now.
@@ -157,3 +182,30 @@ def _seconds(value: Any, default: float) -> float:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class KubeLeaseStore:
+    """``LeaseStore`` for one Lease over ``KubeWriter``: conditional writes, 409 -> ``LeaseConflict``."""
+
+    def __init__(self, writer: KubeWriter, namespace: str, name: str) -> None:
+        self.writer = writer
+        self.namespace = namespace
+        self.name = name
+
+    def get(self) -> Mapping[str, Any] | None:
+        try:
+            return self.writer.get_lease(self.namespace, self.name)
+        except errors.NotFound:
+            return None
+
+    def create(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            return self.writer.transport.request("POST", LEASES.path(self.namespace), body=dict(body))
+        except errors.Conflict as e:  # AlreadyExists is a Conflict
+            raise LeaseConflict(str(e)) from e
+
+    def replace(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            return self.writer.transport.request("PUT", LEASES.path(self.namespace, self.name), body=dict(body))
+        except errors.Conflict as e:
+            raise LeaseConflict(str(e)) from e
