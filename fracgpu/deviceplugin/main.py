@@ -27,7 +27,7 @@ from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
-from fracgpu.deviceplugin.response import LimiterConfig
+from fracgpu.deviceplugin.response import LimiterConfig, valid_cdi_kind
 from fracgpu.deviceplugin.server import ServerConfig
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="where the limiter directory appears in containers [FRACGPU_LIMITER_CONTAINER_DIR]")
     p.add_argument("--limiter-preload", default=env("FRACGPU_LIMITER_PRELOAD"),
                    help="host file mounted as /etc/ld.so.preload [FRACGPU_LIMITER_PRELOAD]")
+    p.add_argument("--cdi-kind", default=env("FRACGPU_CDI_KIND", ""),
+                   help="also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
+                        "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: "
+                        "none [FRACGPU_CDI_KIND]")
     p.add_argument("--crosscheck-delay", type=float, default=float(env("FRACGPU_CROSSCHECK_DELAY", "1.0")),
                    help="seconds after an Allocate before checking PodResources [FRACGPU_CROSSCHECK_DELAY, 1]")
     p.add_argument("--quota-check", choices=("auto", "on", "off"), default=env("FRACGPU_QUOTA_CHECK", "auto"),
@@ -150,13 +154,16 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     if args.limiter_dir:
         limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
                                 preload_file=args.limiter_preload)
+    if args.cdi_kind and not valid_cdi_kind(args.cdi_kind):
+        raise ConfigError(f"--cdi-kind {args.cdi_kind!r} is not a CDI kind vendor/class (e.g. nvidia.com/gpu)")
     if args.crosscheck_delay < 0:
         raise ConfigError("--crosscheck-delay must be >= 0")
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
         holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
     cfg = AppConfig(
-        plugin=PluginConfig(node=args.node_name, limiter=limiter, crosscheck_delay=args.crosscheck_delay),
+        plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
+                            crosscheck_delay=args.crosscheck_delay),
         server=ServerConfig(socket_dir=args.socket_dir),
         health=health,
     )

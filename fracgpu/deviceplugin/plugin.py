@@ -66,6 +66,7 @@ class AllocateRefused(Exception):
 class PluginConfig:
     node: str
     limiter: LimiterConfig | None = None
+    cdi_kind: str = ""  # e.g. nvidia.com/gpu: name each GPU as a CDI device too; "" = none
     crosscheck_delay: float = 1.0  # seconds after an Allocate before asking PodResources
     write_retries: int = 5
     retry_backoff: float = 0.2
@@ -160,7 +161,7 @@ class Plugin:
             if isinstance(outcome, Refusal):
                 self._refused(outcome)
                 raise AllocateRefused(outcome)
-            response = container_response(outcome, self.cfg.limiter)
+            response = container_response(outcome, self.cfg.limiter, self.cfg.cdi_kind)
             self._granted(outcome)
             return response
         finally:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from fracgpu.api.v1beta1.deviceplugin import api_pb2
 from fracgpu.deviceplugin.ledger import Grant
 
 MIB = 1024 * 1024
+
+# A CDI device kind, `vendor/class` (CDI spec: vendor a DNS-like name, class alphanumerics, `-`, `_`).
+_CDI_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*[A-Za-z0-9]/[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def valid_cdi_kind(kind: str) -> bool:
+    return _CDI_KIND.fullmatch(kind) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +32,11 @@ class LimiterConfig:
     preload_file: str = ""
 
 
-def container_response(grant: Grant, limiter: LimiterConfig | None = None) -> api_pb2.ContainerAllocateResponse:
+def container_response(grant: Grant, limiter: LimiterConfig | None = None,
+                       cdi_kind: str = "") -> api_pb2.ContainerAllocateResponse:
+    """``cdi_kind`` (e.g. ``nvidia.com/gpu``, as nvidia-ctk names GPUs by UUID) adds one CDI device per
+    GPU, for kubelets and runtimes that inject devices through CDI (DevicePluginCDIDevices, GA in 1.31);
+    the NVIDIA_VISIBLE_DEVICES env stays for the NVIDIA container runtime's legacy mode."""
     limits = grant.limits
     cores = max(lim.cores for lim in limits)
     vram = min(lim.memory for lim in limits)
@@ -49,4 +61,5 @@ def container_response(grant: Grant, limiter: LimiterConfig | None = None) -> ap
         if limiter.preload_file:
             mounts.append(api_pb2.Mount(container_path="/etc/ld.so.preload", host_path=limiter.preload_file,
                                         read_only=True))
-    return api_pb2.ContainerAllocateResponse(envs=envs, mounts=mounts)
+    cdi = [api_pb2.CDIDevice(name=f"{cdi_kind}={lim.gpu.uuid}") for lim in limits] if cdi_kind else []
+    return api_pb2.ContainerAllocateResponse(envs=envs, mounts=mounts, cdi_devices=cdi)

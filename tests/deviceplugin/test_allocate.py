@@ -6,6 +6,7 @@ import grpc
 
 from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
 from fracgpu.core.inventory import split_device_id
+from fracgpu.deviceplugin.response import LimiterConfig
 from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import GiB, World, gpu_uuid
 
@@ -146,3 +147,28 @@ def test_a_tenant_over_quota_is_refused(world: World) -> None:
     world.add_pod("p", [Container("main", 10)], [0])
     adm = world.admit("p")
     assert adm.error is not None and "fracgpu: team-a uses 64Gi" in (adm.error.details() or "")
+
+
+def test_a_configured_limiter_and_cdi_kind_reach_the_container(world: World) -> None:
+    """HAMi-core's env and library mount, and one CDI device per GPU, over the real socket."""
+    limiter = LimiterConfig(host_dir="/usr/local/vgpu-host", preload_file="/usr/local/vgpu-host/ld.so.preload")
+    world.start_plugin(limiter=limiter, cdi_kind="nvidia.com/gpu")
+    world.kubelet.wait_connected()
+    world.add_pod("p", [Container("train", 200)], [2, 3], memory=20 * GiB)
+    adm = world.admit("p")
+    assert adm.error is None
+    resp = adm.responses["train"]
+    assert resp.envs["CUDA_DEVICE_MEMORY_LIMIT_0"] == resp.envs["CUDA_DEVICE_MEMORY_LIMIT_1"] == "20480m"
+    assert resp.envs["CUDA_DEVICE_SM_LIMIT"] == "100"
+    assert [(m.host_path, m.container_path, m.read_only) for m in resp.mounts] == [
+        ("/usr/local/vgpu-host", "/usr/local/vgpu", True),
+        ("/usr/local/vgpu-host/ld.so.preload", "/etc/ld.so.preload", True),
+    ]
+    assert [d.name for d in resp.cdi_devices] == [f"nvidia.com/gpu={gpu_uuid(2)}", f"nvidia.com/gpu={gpu_uuid(3)}"]
+
+
+def test_without_them_no_limiter_env_mounts_or_cdi(node: World) -> None:
+    node.add_pod("p", [Container("main", 30)], [0])
+    resp = node.admit("p").responses["main"]
+    assert not [k for k in resp.envs if k.startswith("CUDA_DEVICE_")]
+    assert list(resp.mounts) == [] and list(resp.cdi_devices) == []

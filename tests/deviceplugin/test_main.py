@@ -34,8 +34,10 @@ EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
      {"NODE_NAME": "n", "FRACGPU_DEFAULT_MEMORY_QUOTA": "lots"}, "default quota: "),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--quota-check", "maybe"], {"NODE_NAME": "n"},
      "invalid choice: 'maybe'"),
+    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube", "--cdi-kind", "nvidia.com"], {"NODE_NAME": "n"},
+     "--cdi-kind 'nvidia.com' is not a CDI kind vendor/class"),
 ], ids=["no node", "no gpus file", "missing gpus file", "bad health env", "quota check without a cluster",
-        "bad default quota", "bad quota-check value"])
+        "bad default quota", "bad quota-check value", "bad cdi kind"])
 def test_bad_configuration_is_a_clear_error(argv: list[str], env: dict[str, str], message: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     try:

@@ -24,6 +24,7 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import PodResourcesClient
 from fracgpu.deviceplugin.quota import QuotaCheck
+from fracgpu.deviceplugin.response import LimiterConfig
 from fracgpu.deviceplugin.server import ServerConfig
 from tests.deviceplugin.kubelet import Admission, Chooser, Container, FakeKubelet
 
@@ -84,10 +85,12 @@ class World:
     def clock(self) -> float:
         return self.clock_at
 
-    def start_plugin(self, crosscheck_delay: float = 0.0, cluster: Cluster | None = None) -> DevicePluginApp:
+    def start_plugin(self, crosscheck_delay: float = 0.0, cluster: Cluster | None = None,
+                     limiter: LimiterConfig | None = None, cdi_kind: str = "") -> DevicePluginApp:
         self.metrics = PluginMetrics()
         cfg = AppConfig(
-            plugin=PluginConfig(node=NODE, crosscheck_delay=crosscheck_delay, retry_backoff=0.0, write_retries=2),
+            plugin=PluginConfig(node=NODE, crosscheck_delay=crosscheck_delay, retry_backoff=0.0, write_retries=2,
+                                limiter=limiter, cdi_kind=cdi_kind),
             server=ServerConfig(socket_dir=self.dir, lock_timeout=5.0),
             health=HealthConfig(poll_interval=3600.0),
             watch_interval=0.05,
