@@ -9,8 +9,7 @@ other's objects.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +28,9 @@ from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import NODE, World, gpu_uuid, gpus
 from tests.extender.builders import filter_args, pod_obj
 from tests.fakes.apiserver import FakeApiServer
-from tests.reliability.harness import HttpClient, LiveExtender
+from tests.reliability.harness import HttpClient, LiveExtender, eventually
 
 GPU0, GPU1 = gpu_uuid(0), gpu_uuid(1)
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -75,7 +66,7 @@ class Loop:
                 spec = state.specs[row] if row is not None else None
             return spec is not None and {g.uuid for g in spec.gpus if g.healthy} == healthy
 
-        wait_until(seen, f"the extender's cache to show {sorted(healthy)} healthy")
+        eventually(seen, 5.0, f"the extender's cache to show {sorted(healthy)} healthy")
 
     def filter(self, cores: int) -> dict[str, Any]:
         pod = pod_obj(f"new-{cores}", cores, None)
@@ -177,4 +168,4 @@ def test_a_failed_gpu_is_quarantined_its_pods_evicted_and_the_node_heals(loop: L
     assert held["NodeNames"] == [] and NODE in held["FailedNodes"], held
     for name in ("on-0", "on-1"):
         loop.api.delete_object("pods", name, "default")
-    wait_until(lambda: loop.filter(60)["NodeNames"] == [NODE], "the freed shares to serve a new pod")
+    eventually(lambda: loop.filter(60)["NodeNames"] == [NODE], 5.0, "the freed shares to serve a new pod")
