@@ -31,7 +31,7 @@ from fracgpu.core.snapshot import (
     node_record,
     pod_record,
 )
-from fracgpu.core.tenant import NamespaceInfo, QuotaError, Tenants
+from fracgpu.core.tenant import SOURCE_NAMESPACE, SOURCE_TENANTQUOTA, Limits, NamespaceInfo, QuotaError, Tenants
 from fracgpu.core.workload import WorkloadHistogram, shape_of
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 
@@ -103,16 +103,18 @@ def inspect_doc(world: World) -> dict[str, Any]:
     used: dict[str, list[int]] = {}
     pending: dict[str, list[str]] = {}
     for rec in world.pods:
-        tenant = world.tenants.tenant_of(rec.namespace)
         if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)  # charged as at bind
             cores, memory = charge_of(rec.assignment)
             acc = used.setdefault(tenant, [0, 0])
             acc[0] += cores
             acc[1] += memory
     for rec in world.pending:
         pending.setdefault(world.tenants.tenant_of(rec.namespace), []).append(rec.key)
+    # Tenants with a quota of their own are listed even when idle: their hard limits are news too.
+    configured = {t for t in world.tenants.known_tenants() if _has_own_quota(world.tenants.limits(t))}
     tenants = []
-    for t in sorted(set(used) | set(pending)):
+    for t in sorted(set(used) | set(pending) | configured):
         limits = world.tenants.limits(t)
         hard: dict[str, Any] = {"error": limits.message} if isinstance(limits, QuotaError) else {
             "vgpu-core": limits.cores, "vgpu-memory": limits.memory}
@@ -120,6 +122,12 @@ def inspect_doc(world: World) -> dict[str, Any]:
         tenants.append({"tenant": t, "used": {"vgpu-core": u[0], "vgpu-memory": u[1]}, "hard": hard,
                         "pending": len(pending.get(t, [])), "queue": pending.get(t, [])[:5]})
     return {"nodes": nodes, "tenants": tenants}
+
+
+def _has_own_quota(limits: Limits | QuotaError) -> bool:
+    """A TenantQuota or namespace annotations set it (or tried to), not just the cluster default."""
+    own = (SOURCE_TENANTQUOTA, SOURCE_NAMESPACE)
+    return isinstance(limits, QuotaError) or limits.memory_source.startswith(own) or limits.cores_source.startswith(own)
 
 
 def _mem(x: int | None) -> str:

@@ -83,3 +83,21 @@ def test_pending_whatif(snapshot_two_nodes: Path, capsys: pytest.CaptureFixture[
 def test_snapshot_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_idle_tenants_with_a_quota_of_their_own_are_listed(snapshot_two_nodes: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    doc = yaml.safe_load(snapshot_two_nodes.read_text())
+    doc["items"] += [
+        {"kind": "Namespace", "metadata": {"name": "quiet", "annotations": {"fracgpu.io/vgpu-memory-quota": "8Gi"}}},
+        {"kind": "Namespace", "metadata": {"name": "plain"}},  # no quota of its own: not listed while idle
+        {"apiVersion": "fracgpu.io/v1beta1", "kind": "TenantQuota", "metadata": {"name": "idle"},
+         "spec": {"namespaceSelector": {"matchLabels": {"team": "none"}}, "hard": {"fracgpu.io/vgpu-core": "300"}}},
+    ]
+    snapshot_two_nodes.write_text(yaml.safe_dump(doc))
+    assert cli_main(["inspect", "--snapshot", str(snapshot_two_nodes), "-o", "json"]) == 0
+    tenants = {t["tenant"]: t for t in json.loads(capsys.readouterr().out)["tenants"]}
+    assert sorted(tenants) == ["ns/quiet", "ns/team", "tq/idle"]
+    assert tenants["tq/idle"]["hard"] == {"vgpu-core": 300, "vgpu-memory": None}
+    assert tenants["ns/quiet"]["used"] == {"vgpu-core": 0, "vgpu-memory": 0}
+    assert tenants["ns/quiet"]["hard"]["vgpu-memory"] == 8 * GI
