@@ -94,6 +94,20 @@ class FragModel:
         self._allowed: BoolArray = np.zeros((1, len(self.shapes)), dtype=np.bool_)
         self._models_seen = -1
 
+    @property
+    def cpu_per_unit(self) -> float:
+        """rho: CPU (milli) the mix's GPU tasks ask per GPU unit they ask, volume-weighted (0 without GPU
+        shapes): the CPU a node needs per idle GPU unit to serve what arrives for its GPUs."""
+        gpu = float((self.p * self.r * self.k).sum())
+        return float((self.p * self.c).sum()) / gpu if gpu > 0 else 0.0
+
+    @property
+    def cpu_per_unit_all(self) -> float:
+        """The same with the CPU-only tasks' CPU counted too: what the whole mix asks per GPU unit."""
+        gpu = float((self.p * self.r * self.k).sum())
+        cpu = sum(w * s.cpu_milli for s, w in zip(self.mix.shapes, self.mix.weights, strict=True))
+        return cpu / gpu if gpu > 0 else 0.0
+
     def allowed(self, state: ClusterState) -> BoolArray:
         """allowed[model_id, shape] (last row: absent slot, never allowed)."""
         models = state.models()
@@ -180,6 +194,67 @@ class FragCache:
         self.refresh(state)
         active = state.active[: state.rows]
         return float(self.frag[: state.rows][active].sum()), float(self.idle[: state.rows][active].sum())
+
+
+def stranded(idle: IntArray, cpu_free: IntArray, cpu_total: IntArray, rho: float) -> FloatArray:
+    """Idle GPU units a node's free CPU cannot serve when GPU tasks ask `rho` CPU per unit on average:
+    max(0, G_n - c_n / rho). Nodes whose CPU is not tracked (allocatable 0) strand nothing.
+
+    CPU-GPU co-fragmentation: FGD's F_n(M) sees CPU only through the shapes that no longer fit
+    *now*; this is the fluid view of what the node's idle GPU will still be able to take."""
+    if rho <= 0:
+        return np.zeros(idle.shape, dtype=np.float64)
+    out: FloatArray = np.where(cpu_total > 0, np.maximum(0.0, idle - cpu_free / rho), 0.0)
+    return out
+
+
+def cpu_reserve(state: ClusterState, model: FragModel) -> float:
+    """rho for `stranded`: the CPU a node keeps per idle GPU unit. The GPU tasks' CPU per unit
+    (FragModel.cpu_per_unit) while the cluster's CPU can also take the CPU-only tasks; the whole
+    mix's (cpu_per_unit_all) when the mix, filling every GPU, would ask more CPU than the cluster
+    (nodes with tracked CPU) has: then CPU-only tasks cannot all live on spare CPU, and each node
+    keeps CPU for its share of them too."""
+    rho = model.cpu_per_unit
+    n = state.rows
+    tracked = state.active[:n] & (state.cpu_total[:n] > 0)
+    cpu = float(state.cpu_total[:n][tracked].sum())
+    units = float(state.present[:n][tracked].sum()) * state.units_per_gpu
+    rho_all = model.cpu_per_unit_all
+    return rho_all if units > 0 and rho_all * units > cpu else rho
+
+
+def model_pressure(state: ClusterState, model: FragModel) -> FloatArray:
+    """pressure[model id] in [0, 1]: how much of a GPU model's free capacity the tasks that can run
+    *only* on some models (shapes with a model constraint) are expected to need.
+
+    The mix says what share d_mu of the GPU demand is bound to model mu (a shape allowed on several
+    models spreads over them by capacity). The demand still to come is taken as the cluster's free
+    GPU capacity (a filling cluster), so model mu's free capacity f_mu is asked for d_mu x F_free:
+    pressure = min(1, d_mu x F_free / f_mu); a model with nothing free is at 1. No model constraint in
+    the mix: all zero. The last entry (index -1: absent slots) is 1."""
+    n = state.rows
+    nm = len(state.models()) + 1
+    out: FloatArray = np.zeros(nm, dtype=np.float64)
+    bound = [j for j, s in enumerate(model.shapes) if s.models]
+    if not bound or n == 0:
+        return out
+    ok = state.present[:n] & state.healthy[:n] & state.active[:n, None]
+    mid = np.where(ok, state.model[:n], nm - 1).ravel()
+    cap = np.bincount(mid, weights=ok.ravel().astype(np.float64), minlength=nm)
+    free = np.bincount(mid, weights=np.where(ok, state.free_cores[:n], 0).ravel().astype(np.float64), minlength=nm)
+    free[nm - 1] = 0.0
+    vol = model.p * model.r * model.k
+    total = float(vol.sum()) or 1.0
+    need = np.zeros(nm, dtype=np.float64)
+    ids_of = state.models()
+    for j in bound:
+        ids = sorted({ids_of[x] for x in model.shapes[j].models if x in ids_of})
+        c = cap[ids]
+        if c.sum() > 0:
+            need[ids] += vol[j] / total * c / c.sum()
+    asked = need * float(free.sum())
+    out = np.where(free > 0, np.minimum(1.0, asked / np.maximum(free, 1.0)), 1.0)
+    return out
 
 
 def after_share(

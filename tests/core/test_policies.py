@@ -126,3 +126,24 @@ def test_planner_fills_the_planned_slot() -> None:
     s = world({"b": (500, 0), "a": (600, 0)})
     r = rank(s, req(400), [Weighted(make_policy("fracgpu", mix))], opts=OPTS)
     assert (r.ranked[0].node, r.ranked[0].gpus) == ("a", (0,))
+
+
+@pytest.mark.parametrize("name", ["fgd", "fracgpu"])
+def test_memoised_scores_equal_fresh_ones_as_the_state_changes(name: str) -> None:
+    """FGD memoises its share evaluation per request shape and node row version: a long-lived policy
+    placing 60 tasks scores exactly as a fresh policy on the same state would, at every step."""
+    rng = np.random.default_rng(3)
+    s = world({f"n{i}": (0, 0, 0, 0) for i in range(6)})
+    mix = WorkloadMix((HALF, WHOLE, TaskShape(2000, 300, 1), TaskShape(500, 200, 1)), (0.4, 0.2, 0.2, 0.2))
+    live = make_policy(name, mix)
+    for step in range(60):
+        units = int(rng.choice([200, 300, 500, 1000]))
+        task = req(units, cpu=int(rng.choice([500, 2000])))
+        got = rank(s, task, [Weighted(live)], opts=OPTS)
+        fresh = rank(s, task, [Weighted(make_policy(name, mix))], opts=OPTS)
+        assert [(x.node, x.gpus, x.score) for x in got.ranked] == [(x.node, x.gpus, x.score) for x in fresh.ranked]
+        if not got.ranked:
+            break
+        top = got.ranked[0]
+        s.add_pod(f"t{step}", PodUse(top.node, tuple(GpuUse(f"{top.node}-{g}", units, 0) for g in top.gpus),
+                                     cpu_milli=task.cpu_milli))

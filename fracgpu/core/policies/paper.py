@@ -13,15 +13,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fracgpu.core.cluster import ClusterState, IntArray
-from fracgpu.core.fit import FitResult
-from fracgpu.core.fragmentation import FragCache, FragModel, WorkloadMix, after_share, after_whole, frag_from_terms
+from fracgpu.core.cluster import BoolArray, ClusterState, IntArray
+from fracgpu.core.fit import FitResult, allowed_models
+from fracgpu.core.fragmentation import (
+    FragCache,
+    FragModel,
+    WorkloadMix,
+    after_share,
+    after_whole,
+    cpu_reserve,
+    frag_from_terms,
+    model_pressure,
+    stranded,
+)
 from fracgpu.core.ranking import FloatArray, best_fit_choice
 from fracgpu.core.request import GpuRequest
 from fracgpu.core.workload import WorkloadHistogram
 
 MAX_SPEC_CPU = 128_000  # milli-CPU of the largest node the paper normalises by
 MAX_SPEC_GPUS = 8  # GPUs of the largest node
+MEMO_CELLS = 2_000_000  # FGD keeps per-shape [row, slot] results for at most this many cells (16 MB)
 
 
 def node_idle(state: ClusterState, rows: IntArray) -> IntArray:
@@ -197,15 +208,33 @@ def sigmoid_score(delta: FloatArray, unit: int) -> IntArray:
 
 
 class FGD:
-    """Fragmentation gradient descent: the placement (node and GPU) that grows F_n(M) the least."""
+    """Fragmentation gradient descent: the placement (node and GPU) that grows F_n(M) the least.
 
-    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fgd") -> None:
+    With the default weights (0, 0) this is the paper's FGD exactly. fracgpu's planner turns on two
+    more terms of the gradient (docs/packing.md), both subtracted from the fragmentation decrease
+    before the sigmoid, in GPU units:
+    - `cpu_weight` x the growth of the node's idle GPU that its free CPU cannot serve at the mix's
+      CPU per GPU (fragmentation.stranded and cpu_reserve: CPU-GPU co-fragmentation);
+    - `model_weight` x the task's GPU units x how much more pressed its GPU model is than the least
+      pressed model the request admits (fragmentation.model_pressure: keep a model's free GPUs for
+      the tasks that can only run there, in proportion to their expected demand).
+    Like FragCache, an FGD object serves one ClusterState.
+    """
+
+    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fgd", cpu_weight: float = 0.0,
+                 model_weight: float = 0.0) -> None:
         self.name = name
+        self.cpu_weight = cpu_weight
+        self.model_weight = model_weight
         # A WorkloadHistogram (the extender's rolling one) is followed: the mix is re-read when it changes.
         self.histogram = mix if isinstance(mix, WorkloadHistogram) else None
         self._version = self.histogram.version if self.histogram is not None else 0
         self.model = FragModel(mix.mix() if isinstance(mix, WorkloadHistogram) else mix)
         self.cache = FragCache(self.model)
+        # (units, cpu) of a share -> (F_n(M) decrease per [row, slot], the row_version it is for): a
+        # filter recomputes only the rows that changed since the last request of that shape
+        self._memo: dict[tuple[int, int], tuple[FloatArray, IntArray]] = {}
+        self._memo_state = 0
         self._last: tuple[FitResult, IntArray, IntArray] | None = None
         # [fitting nodes, slots]: the last share's score per GPU (-1 where it does not fit)
         self.last_grid: IntArray = np.zeros((0, 0), dtype=np.int64)
@@ -221,8 +250,12 @@ class FGD:
         if req.cores > 0 and req.is_share:
             ii, ss = np.nonzero(f.gpu_ok)
             rows = f.rows[ii]
-            after = after_share(state, self.cache, rows, ss.astype(np.int64), req.cores, req.cpu_milli)
-            sc = sigmoid_score(self.cache.frag[rows] - after, unit)
+            slots = ss.astype(np.int64)
+            delta = self.share_delta(state, f.rows, req.cores, req.cpu_milli)[rows, slots]
+            if self.cpu_weight or self.model_weight:
+                delta = delta - self.penalty(state, f.rows, state.model[rows, slots], req.cores, req.cpu_milli,
+                                             allowed_models(state, req), ii)
+            sc = sigmoid_score(delta, unit)
             grid = np.full(f.gpu_ok.shape, -1, dtype=np.int64)
             grid[ii, ss] = sc
             self.last_grid = grid
@@ -231,16 +264,71 @@ class FGD:
         elif req.cores > 0:
             choice = best_fit_choice(state, req, f)
             after = after_whole(state, self.cache, f.rows, choice, req.cpu_milli)
-            score = sigmoid_score(self.cache.frag[f.rows] - after, unit)
+            delta = self.cache.frag[f.rows] - after
+            if self.cpu_weight or self.model_weight:
+                mids = state.model[f.rows, choice[:, 0]]
+                delta = delta - self.penalty(state, f.rows, mids, request_units(req), req.cpu_milli,
+                                             allowed_models(state, req))
+            score = sigmoid_score(delta, unit)
         else:
             c = self.cache
             after = frag_from_terms(
                 self.model, c.big[f.rows], c.cnt[f.rows], c.idle[f.rows], state.cpu_free[f.rows] - req.cpu_milli
             )
-            score = sigmoid_score(c.frag[f.rows] - after, unit)
+            delta = c.frag[f.rows] - after
+            if self.cpu_weight:
+                delta = delta - self.penalty(state, f.rows, None, 0, req.cpu_milli)
+            score = sigmoid_score(delta, unit)
             choice = np.zeros((n, 1), dtype=np.int64)
         self._last = (f, score, choice)
         return score, choice
+
+    def share_delta(self, state: ClusterState, rows: IntArray, units: int, cpu_milli: int) -> FloatArray:
+        """[row, slot] -> F_n(M) before minus after putting a `units` share (and `cpu_milli`) on that GPU,
+        valid for `rows` (the cache must be refreshed); only rows changed since the last call for this
+        shape are recomputed (row-local: the same numbers as computing every candidate afresh)."""
+        if self._memo_state != id(state):
+            self._memo, self._memo_state = {}, id(state)
+        key = (units, cpu_milli)
+        memo = self._memo.pop(key, None)
+        if memo is None or memo[0].shape[0] < state.rows or memo[0].shape[1] != state.slots:
+            cap = max(state.rows, len(state.row_version))
+            memo = (np.zeros((cap, state.slots), dtype=np.float64), np.full(cap, -1, dtype=np.int64))
+        self._memo[key] = memo  # most recently used last
+        while len(self._memo) > max(8, MEMO_CELLS // max(1, state.rows * state.slots)):
+            del self._memo[next(iter(self._memo))]
+        delta, seen = memo
+        stale = rows[seen[rows] != state.row_version[rows]]
+        if len(stale):
+            ii, ss = np.nonzero(state.present[stale] & (state.free_cores[stale] >= units))
+            r, sl = stale[ii], ss.astype(np.int64)
+            delta[r, sl] = self.cache.frag[r] - after_share(state, self.cache, r, sl, units, cpu_milli)
+            seen[stale] = state.row_version[stale]
+        return delta
+
+    def penalty(
+        self, state: ClusterState, rows: IntArray, models: IntArray | None, units: int, cpu_milli: int,
+        allowed: BoolArray | None = None, node_of: IntArray | None = None,
+    ) -> FloatArray:
+        """The extra terms (class doc) for placing `units` of GPU on a GPU of model id `models[e]` of
+        node `rows[node_of[e]]` (`rows[e]` when node_of is None) and `cpu_milli` of its CPU, per
+        candidate e; larger is worse. `allowed[model id]`: the models the request admits."""
+        size = len(node_of) if node_of is not None else len(rows)
+        out = np.zeros(size, dtype=np.float64)
+        if size == 0:
+            return out
+        if self.cpu_weight:
+            rho = cpu_reserve(state, self.model)
+            idle, cpu, total = self.cache.idle[rows], state.cpu_free[rows], state.cpu_total[rows]
+            grown = stranded(idle - units, cpu - cpu_milli, total, rho) - stranded(idle, cpu, total, rho)
+            out += self.cpu_weight * (grown if node_of is None else grown[node_of])
+        if self.model_weight and units > 0 and models is not None and allowed is not None:
+            press = model_pressure(state, self.model)
+            # relative to the least pressed model the request may use (not to the candidates at hand:
+            # bind ranks one node, filter all, and both must choose the same GPUs)
+            floor = float(press[:-1][allowed[: len(press) - 1]].min(initial=1.0))
+            out += self.model_weight * units * np.maximum(0.0, press[models] - floor)
+        return out
 
     def follow(self) -> bool:
         """Re-read the followed histogram's mix if it changed; True when it did."""
@@ -249,6 +337,7 @@ class FGD:
         self._version = self.histogram.version
         self.model = FragModel(self.histogram.mix())
         self.cache = FragCache(self.model)
+        self._memo = {}
         return True
 
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray:

@@ -14,6 +14,9 @@ generation with an exact knapsack for new patterns) and then, online,
 3. else (sizes outside the plan, whole GPUs, CPU-only tasks, off-plan GPUs) does what FGD does.
 
 Inside each step the FGD score orders the candidates, then the fixed node priority (ranking.rank).
+The FGD here has two more terms in its gradient (paper.FGD, docs/packing.md): the growth of the
+idle GPU a node's free CPU cannot serve (CPU-GPU co-fragmentation, fragmentation.stranded) and the
+pressure on GPU models that model-bound tasks need (fragmentation.model_pressure).
 Online: it sees the workload histogram (core.workload) and the current state, never future tasks.
 The pattern tags are a cache over the state's pods: rebuilt from what is on each GPU after any
 change of that node, so a restarted extender recovers them (a restored GPU takes the first pattern
@@ -36,6 +39,10 @@ from fracgpu.core.workload import WorkloadHistogram
 
 FloatArray = npt.NDArray[np.float64]
 Pattern = tuple[int, ...]  # counts per plan size
+# Weights of the two terms fracgpu adds to FGD's gradient (paper.FGD; docs/packing.md): CPU-GPU
+# co-fragmentation (fragmentation.stranded) and GPU-model pressure (fragmentation.model_pressure)
+CPU_WEIGHT = 1.0
+MODEL_WEIGHT = 1.0
 
 
 def knapsack(sizes: Sequence[int], values: Sequence[float], cap: int) -> tuple[float, list[int]]:
@@ -96,12 +103,13 @@ def plan_patterns(
 class PatternPlanner:
     """Plan-then-fill for shares (see the module doc), FGD for everything else."""
 
-    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fracgpu", any_pattern: bool = True) -> None:
+    def __init__(self, mix: WorkloadMix | WorkloadHistogram, name: str = "fracgpu", any_pattern: bool = True,
+                 cpu_weight: float = CPU_WEIGHT, model_weight: float = MODEL_WEIGHT) -> None:
         self.name = name
         # a partly used GPU takes a share when its contents plus the share fit *any* planned pattern
         # (it is re-tagged), not only the pattern it was opened for
         self.any_pattern = any_pattern
-        self.fgd = FGD(mix, name=name)
+        self.fgd = FGD(mix, name=name, cpu_weight=cpu_weight, model_weight=model_weight)
         self.mix = self.fgd.model.mix
         self._planned_for = -1
         self.sizes: list[int] = []
