@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from fracgpu.configfile import ConfigFileError, apply
+from fracgpu.configfile import ConfigFileError, apply, parser_factory
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with main(argv) -> int, one-line help)
@@ -43,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fracgpu: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(entry[0])
-    from fracgpu.configref import parser_factory
-
     try:
         rest = apply(args[0], args[1:], os.environ, list(COMMANDS), parser_factory(entry[0]))
     except ConfigFileError as e:

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import dataclasses
 import enum
-import importlib
 import inspect
 import re
 import textwrap
@@ -29,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DOC_PATH = "docs/configuration.md"
+from fracgpu.configfile import REFERENCE_DOC, parser_factory
+
+DOC_PATH = REFERENCE_DOC
 REGENERATE = "python scripts/gen_config_reference.py"
 
 # Values tried, in order, to see which flag default an environment variable moves (numbers first,
@@ -169,10 +170,6 @@ class CommandDoc:
     files: tuple[FileFormat, ...]
 
 
-class ConfigRefError(Exception):
-    """A command whose parser cannot be reached; the message says what to add."""
-
-
 class _Environ(Mapping[str, str]):
     """An environment that records which variables were looked up."""
 
@@ -190,24 +187,6 @@ class _Environ(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._values)
-
-
-def parser_factory(module_name: str) -> Callable[[Mapping[str, str]], argparse.ArgumentParser]:
-    """The command's parser builder: `build_parser(environ)` / `build_parser()` (or `parser`)."""
-    module = importlib.import_module(module_name)
-    fn = getattr(module, "build_parser", None) or getattr(module, "parser", None)
-    if not callable(fn):
-        raise ConfigRefError(f"{module_name} has no build_parser(environ) -> argparse.ArgumentParser; add one "
-                             f"(the parser its main() uses) so that {DOC_PATH} can be generated")
-    takes_environ = bool(inspect.signature(fn).parameters)
-
-    def build(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-        p = fn(environ) if takes_environ else fn()
-        if not isinstance(p, argparse.ArgumentParser):
-            raise ConfigRefError(f"{module_name}.{fn.__name__} returned {type(p).__name__}, not an ArgumentParser")
-        return p
-
-    return build
 
 
 def _actions(p: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -10,8 +10,7 @@ import pytest
 
 from fracgpu.cli import COMMANDS
 from fracgpu.cli import main as cli_main
-from fracgpu.configfile import ConfigFileError, read_section, split_config_flag, to_args
-from fracgpu.configref import parser_factory
+from fracgpu.configfile import ConfigFileError, parser_factory, read_section, split_config_flag, to_args
 from tests.sim.test_snapshot_cli import snapshot_two_nodes  # noqa: F401  (fixture)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from fracgpu import configref
 from fracgpu.cli import COMMANDS
+from fracgpu.configfile import parser_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def test_the_file_says_how_to_regenerate_it() -> None:
 def test_every_command_and_flag_is_documented(reference: tuple[configref.CommandDoc, ...]) -> None:
     assert [d.name for d in reference] == list(COMMANDS)
     for d in reference:
-        p = configref.parser_factory(d.module)({})
+        p = parser_factory(d.module)({})
         options = {o for a in p._actions if not isinstance(a, argparse._HelpAction) for o in a.option_strings}
         assert {o for f in d.flags for o in f.flags} >= options, d.name
 

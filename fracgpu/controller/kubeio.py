@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fracgpu.controller import reconcile
 from fracgpu.kube.leader import KubeLeaseStore
 from fracgpu.kube.objects import ObjectRef
 from fracgpu.kube.resources import PODS, Resource
@@ -45,9 +44,8 @@ class ControllerWriter:
     def remove_taint(self, node: str, key: str) -> None:
         self.writer.remove_node_taint(node, key)
 
-    def record_event(self, ref: reconcile.ObjectRef, type_: str, reason: str, message: str) -> None:
-        involved = ObjectRef(kind=ref.kind, name=ref.name, namespace=ref.namespace, uid=ref.uid)
-        self.writer.create_event(involved, reason=reason, message=message, type=type_)
+    def record_event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        self.writer.create_event(ref, reason=reason, message=message, type=type_)
 
     def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
         self.writer.transport.request("POST", JOBS.path(namespace), body=dict(body))

@@ -21,6 +21,7 @@ from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
 from fracgpu.kube import errors
 from fracgpu.kube.leader import Clock, LeaderElector
+from fracgpu.kube.objects import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Writer(Protocol):
 
     def remove_taint(self, node: str, key: str) -> None: ...
 
-    def record_event(self, ref: reconcile.ObjectRef, type_: str, reason: str, message: str) -> None: ...
+    def record_event(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None: ...
 
     def create_job(self, namespace: str, body: Mapping[str, Any]) -> None: ...
 

@@ -29,6 +29,7 @@ from typing import Final
 from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.views import NodeView, PodView, World
 from fracgpu.core.health import node_verdict
+from fracgpu.kube.objects import ObjectRef
 
 # Event reasons (CamelCase, as Kubernetes components write them).
 EV_EVICTED: Final = "GPUUnhealthyEvicted"
@@ -44,14 +45,6 @@ EV_RECOVERY_FAILED: Final = "GPURecoveryJobFailed"
 
 NORMAL: Final = "Normal"
 WARNING: Final = "Warning"
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRef:
-    kind: str  # "Node" | "Pod"
-    name: str
-    namespace: str = ""
-    uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, LEASE_PREFIX
+from fracgpu.kube import objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,22 +50,12 @@ class World:
     recovery_jobs: Mapping[str, bool] = field(default_factory=dict)  # node -> a recovery Job of it runs
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    ann = _meta(obj).get("annotations")
-    return ann if isinstance(ann, Mapping) else {}
-
-
 def node_view(obj: Mapping[str, Any], taint_key: str) -> NodeView:
-    name = str(_meta(obj).get("name", ""))
+    name = str(objects.meta(obj).get("name", ""))
     spec = obj.get("spec")
     taints = spec.get("taints") if isinstance(spec, Mapping) else None
     tainted = isinstance(taints, list) and any(isinstance(t, Mapping) and t.get("key") == taint_key for t in taints)
-    text = _annotations(obj).get(ANN_INVENTORY)
+    text = objects.annotations(obj).get(ANN_INVENTORY)
     if text is None:
         return NodeView(name=name, tainted=tainted)
     try:
@@ -75,14 +66,14 @@ def node_view(obj: Mapping[str, Any], taint_key: str) -> NodeView:
 
 def pod_view(obj: Mapping[str, Any]) -> PodView | None:
     """None for a pod without a (valid) fracgpu reservation: the controller leaves it alone."""
-    text = _annotations(obj).get(ANN_ASSIGNED)
+    text = objects.annotations(obj).get(ANN_ASSIGNED)
     if text is None:
         return None
     try:
         assignment = Assignment.from_json(str(text))
     except InvalidDocument:
         return None
-    meta = _meta(obj)
+    meta = objects.meta(obj)
     spec = obj.get("spec")
     status = obj.get("status")
     node = spec.get("nodeName") if isinstance(spec, Mapping) else None
@@ -104,10 +95,10 @@ def heartbeat(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     The marker is the renew time and holder as written: the controller judges staleness by when
     it saw the marker change on its own clock, never by comparing the writer's clock with its own.
     """
-    name = str(_meta(obj).get("name", ""))
+    name = str(objects.meta(obj).get("name", ""))
     if not name.startswith(LEASE_PREFIX) or len(name) == len(LEASE_PREFIX):
         return None
     spec = obj.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
-    marker = f"{spec.get('renewTime')}|{spec.get('holderIdentity')}|{_meta(obj).get('resourceVersion')}"
+    marker = f"{spec.get('renewTime')}|{spec.get('holderIdentity')}|{objects.meta(obj).get('resourceVersion')}"
     return name[len(LEASE_PREFIX) :], marker

@@ -98,17 +98,19 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     unit = req.units_per_gpu
     mem_need = np.full_like(total, req.memory) if req.memory is not None else total * c // unit
     free = state.free_cores[rows]
-    room = usable_gpu & (free >= c) & (state.free_memory[rows] >= mem_need)
+    free_mem = state.free_memory[rows]
+    room = usable_gpu & (free >= c) & (free_mem >= mem_need)
     if k > 1 or c == unit:
         # whole GPUs: nothing else may be on them
-        room &= (free == unit) & (state.free_memory[rows] == total)
+        room &= (free == unit) & (free_mem == total)
     capacity_ok = room.sum(axis=1) >= k
+    node_ok = capacity_ok
     gpu_ok = room
     limit_hit = np.zeros(len(rows), dtype=np.bool_)
     if opts.max_pods_per_gpu > 0:
         gpu_ok = room & (state.gpu_pods[rows] < opts.max_pods_per_gpu)
-        limit_hit = capacity_ok & (gpu_ok.sum(axis=1) < k)
-    node_ok = gpu_ok.sum(axis=1) >= k
+        node_ok = gpu_ok.sum(axis=1) >= k
+        limit_hit = capacity_ok & ~node_ok
     if c == 0:
         # a pod that asks for no GPU (the trace's CPU-only tasks): only host resources matter
         node_ok = np.ones(len(rows), dtype=np.bool_)
@@ -117,7 +119,8 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     if opts.check_host:
         host_cpu = state.cpu_free[rows] >= req.cpu_milli
         host_mem = state.mem_free[rows] >= req.memory_bytes
-    ok = node_ok & host_cpu & host_mem & state.usable[rows]
+    usable = state.usable[rows]
+    ok = node_ok & host_cpu & host_mem & usable
     topo_fail = np.zeros(len(rows), dtype=np.bool_)
     if k > 1 and req.topology == TOPOLOGY_REQUIRED:
         for i in np.flatnonzero(ok):
@@ -130,9 +133,8 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     if len(bad) == 0 or not opts.reasons:
         return result
     # One cause per refused node, decided for all of them at once; the first true condition wins.
-    unusable = ~state.usable[rows]
     causes = [
-        unusable,
+        ~usable,
         ~present.any(axis=1),
         ~model_ok.any(axis=1),
         ~usable_gpu.any(axis=1),

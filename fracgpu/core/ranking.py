@@ -36,6 +36,12 @@ class Policy(Protocol):
         ...
 
 
+def node_idle(state: ClusterState, rows: IntArray) -> IntArray:
+    """G_n: free GPU units summed over the node's GPUs."""
+    out: IntArray = np.where(state.present[rows], state.free_cores[rows], 0).sum(axis=1)
+    return out
+
+
 def best_fit_choice(state: ClusterState, req: GpuRequest, f: FitResult) -> IntArray:
     """Default GPU pick: a share goes to the fitting GPU with the least free cores (lowest index on
     ties); whole GPUs take the best-linked free set, lowest indices first."""
@@ -65,7 +71,7 @@ class BestFit:
     name: str = "binpack"
 
     def score(self, state: ClusterState, req: GpuRequest, f: FitResult) -> FloatArray:
-        gpu_free = np.where(state.present[f.rows], state.free_cores[f.rows], 0).sum(axis=1)
+        gpu_free = node_idle(state, f.rows)
         gpu_left = (gpu_free - req.cores).astype(np.float64) / max(1, state.slots * state.units_per_gpu)
         cpu_total = np.maximum(state.cpu_total[f.rows], 1)
         cpu_left = (state.cpu_free[f.rows] - req.cpu_milli).astype(np.float64) / cpu_total

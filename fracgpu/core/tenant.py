@@ -41,6 +41,7 @@ from fracgpu.api.v1beta1.tenantquota import (
     format_timestamp,
 )
 from fracgpu.core.quantity import QuantityError, parse_bytes, parse_count
+from fracgpu.core.zone import allowed_zones_refusal
 
 SOURCE_TENANTQUOTA = "TenantQuota"
 SOURCE_NAMESPACE = "namespace annotation"
@@ -195,9 +196,6 @@ class Tenants:
         """The conflicts a TenantQuota takes part in (winner or not): report them on each."""
         return tuple(c for c in self._conflicts if quota_name in c.quotas)
 
-    def quota_names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._quotas))
-
     def quota(self, name: str) -> TenantQuota | None:
         return self._quotas.get(name)
 
@@ -258,7 +256,7 @@ class Tenants:
         zones = self.allowed_zones(tenant)
         if zones is None or zone in zones:
             return None
-        return f"tenant {tenant} may use only zones {', '.join(zones)}"
+        return allowed_zones_refusal(tenant, zones)
 
     def conditions(self, quota_name: str, now: float, generation: int = 0) -> tuple[Condition, ...]:
         """The NamespaceConflict and QuotaValid conditions for a TenantQuota's status.

@@ -77,9 +77,13 @@ def zone_rule(
     return ZoneRule(policy, group, allowed_zones=allowed, tenant=tenant)
 
 
+def allowed_zones_refusal(tenant: str, zones: Iterable[str]) -> str:
+    """The refusal for a node outside a tenant's allowed zones (also core.tenant.Tenants.zone_refusal's text)."""
+    return f"tenant {tenant} may use only zones {', '.join(zones)}"
+
+
 def reason_allowed_zones(rule: ZoneRule) -> str:
-    # the same text as core.tenant.Tenants.zone_refusal
-    return f"tenant {rule.tenant} may use only zones {', '.join(rule.allowed_zones or ())}"
+    return allowed_zones_refusal(rule.tenant, rule.allowed_zones or ())
 
 
 def reason_same(rule: ZoneRule) -> str:

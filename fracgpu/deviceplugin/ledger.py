@@ -237,7 +237,7 @@ class Ledger:
 
     def preferred(self, available: list[str], must_include: list[str], size: int) -> list[str]:
         """The reserved IDs of the pod being admitted; a fair guess when no pod matches (advisory only)."""
-        avail = [i for i in available]
+        avail_set = set(available)
         must = list(dict.fromkeys(must_include))
         best: PodEntry | None = None
         best_score = -1
@@ -248,7 +248,7 @@ class Ledger:
             reserved = e.reserved()
             if not must_set <= reserved | e.held():
                 continue
-            score = len(reserved & set(avail))
+            score = len(reserved & avail_set)
             if score > best_score:
                 best, best_score = e, score
         answer = list(must)
@@ -257,7 +257,6 @@ class Ledger:
             container = next(c for c in best.unserved() if c.cores == size)
             expected = next((s.device_ids for s in best.assignment.containers if s.name == container.name), ())
             order = list(expected) + sorted(best.reserved(), key=_id_order)
-            avail_set = set(avail)
             for i in order:
                 if len(answer) >= size:
                     break
@@ -266,7 +265,7 @@ class Ledger:
                     taken.add(i)
         if len(answer) < size:
             owners = self._owners()
-            for i in sorted(avail, key=_id_order):
+            for i in sorted(available, key=_id_order):
                 if len(answer) >= size:
                     break
                 if i not in taken and i not in owners:

@@ -38,6 +38,7 @@ from fracgpu.core.quota import PodKey, QuotaLedger, Usage, charge_of, holds_quot
 from fracgpu.core.snapshot import namespace_record
 from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, QuotaError, Tenants, ns_tenant
 from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.kube import objects
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,9 @@ class AllowAll:
         return None
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
 def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a pod object the quota cache needs (a reflector keeps this, not the whole pod)."""
-    meta = _meta(obj)
+    meta = objects.meta(obj)
     annotations = meta.get("annotations")
     assigned = annotations.get(ANN_ASSIGNED) if isinstance(annotations, Mapping) else None
     spec = obj.get("spec")
@@ -104,7 +100,7 @@ class TenantQuotas:
         except InvalidDocument as e:
             # the CRD schema keeps these out; like the extender, an unreadable object is not applied
             # (the last readable version stays in force)
-            log.warning("tenantquota invalid name=%s error=%s", _meta(obj).get("name"), e)
+            log.warning("tenantquota invalid name=%s error=%s", objects.meta(obj).get("name"), e)
             return
         with self._lock:
             self._quotas[quota.name] = quota
@@ -128,7 +124,7 @@ class TenantQuotas:
 
     def apply_pod(self, obj: Mapping[str, Any]) -> None:
         """A pod's reservation counts while the pod holds quota (core.quota.holds_quota)."""
-        meta = _meta(obj)
+        meta = objects.meta(obj)
         key = PodKey(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         annotations = meta.get("annotations")
         text = annotations.get(ANN_ASSIGNED) if isinstance(annotations, Mapping) else None

@@ -94,8 +94,6 @@ class Deps:
     binder: Binder
     metrics: Metrics
     body_limit: int = DEFAULT_BODY_LIMIT
-    # snapshot mode: no watch will confirm a bind, so the bind confirms itself
-    confirm_binds: bool = False
     ready: Callable[[], bool] = field(default=lambda: True)
     # HA: None = this replica binds alone (snapshot mode, --leader-elect=false)
     leadership: Leadership | None = None

@@ -253,8 +253,7 @@ def main(argv: list[str]) -> int:
         log.info("snapshot loaded file=%s %s", ns.snapshot, " ".join(f"{k}={v}" for k, v in counts.items()))
         freeze_startup_objects()
         binder = SnapshotBinder()
-        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, confirm_binds=True,
-                    client_names=client_names)
+        deps = Deps(scheduler, binder, metrics, body_limit=body_limit, client_names=client_names)
     else:
         api = build_api_client(kubeconfig=ns.kubeconfig, context=ns.context)
         transport = Transport(api)

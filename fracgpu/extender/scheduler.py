@@ -161,7 +161,6 @@ class Stats:
     assumed: int = 0  # binds whose outcome is not known yet (in flight or unknown)
     awaiting_watch: int = 0  # our binds the pod watch has not shown yet (snapshot mode: all of them)
     unreadable: int = 0  # bound pods whose fracgpu.io/assigned cannot be read (their nodes take no new pod)
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def rfc3339(t: float) -> str:
@@ -249,9 +248,7 @@ class Scheduler:
     def delete_heartbeat(self, node: str) -> None:
         with self.lock:
             self.beats.pop(node, None)
-            rec = self.nodes.get(node)
-            if rec is not None:
-                self.state.set_unusable(node, self._unusable(rec, self.clock()))
+            self._rejudge(node)
 
     def apply_namespace(self, rec: NamespaceRecord) -> None:
         with self.lock:
@@ -464,14 +461,12 @@ class Scheduler:
         self._release_ids(key)
         self._unset_allocating(key)
         self._mark_unreadable(key, "")
-        namespace, _, name = key.partition("/")
-        self.ledger.release(PodKey(namespace, name))
+        self.ledger.release(_pod_key(key))
 
     def _forget_pod(self, key: str) -> None:
         rec = self.pods.pop(key, None)
         self._drop_charge(key)
-        namespace, _, name = key.partition("/")
-        self.ledger.dequeue(PodKey(namespace, name))
+        self.ledger.dequeue(_pod_key(key))
         if rec is not None and rec.request is not None and rec.request.group:
             self.groups.get((rec.namespace, rec.request.group), set()).discard(key)
 
@@ -519,10 +514,7 @@ class Scheduler:
                 # a Binding of unknown outcome that nothing resolved (the watch never showed the pod
                 # bound, no retry landed): the write was lost; give the share back. A Binding in
                 # flight is never expired: the writer's timeout ends it first.
-                self._drop_charge(key)
-                pod = self.pods.get(key)
-                if pod is not None:
-                    self.pods[key] = _unbound(pod)
+                self._release(key)
 
     def tenants(self) -> Tenants:
         if self._tenants is None:
@@ -531,8 +523,8 @@ class Scheduler:
             if hasattr(self, "ledger"):
                 self.ledger.set_limits(self._tenants.limits)
                 for key, (cores, memory) in self._unreadable_charge.items():
-                    namespace, _, name = key.partition("/")
-                    self.ledger.charge(PodKey(namespace, name), self._tenants.tenant_of(namespace), cores, memory)
+                    pk = _pod_key(key)
+                    self.ledger.charge(pk, self._tenants.tenant_of(pk.namespace), cores, memory)
         return self._tenants
 
     # ---- decisions ----------------------------------------------------------------------------
@@ -864,6 +856,11 @@ def reason_already_reserved(key: str, node: str) -> str:
 
 def binding_annotations(a: Assignment) -> dict[str, str]:
     return {ANN_ASSIGNED: a.to_json(), ANN_PHASE: PHASE_ALLOCATING}
+
+
+def _pod_key(key: str) -> PodKey:
+    namespace, _, name = key.partition("/")
+    return PodKey(namespace, name)
 
 
 def _bound(rec: PodRecord, node: str) -> PodRecord:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from fracgpu.kube import errors
 from fracgpu.kube.resources import LEASES
-from fracgpu.kube.writer import KubeWriter
+from fracgpu.kube.writer import KubeWriter, format_micro_time
 
 
 class LeaseConflict(Exception):
@@ -60,11 +60,6 @@ class LeaseTiming:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-
-
-def micro_time(t: dt.datetime) -> str:
-    """A Kubernetes MicroTime: RFC 3339 with microseconds, UTC."""
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -134,7 +129,7 @@ class LeaderElector:
             self.store.replace(body)
 
     def _write(self, now: float, lease: Mapping[str, Any] | None, *, transitions: int, acquire: bool) -> bool:
-        wall = micro_time(self.clock.wall())
+        wall = format_micro_time(self.clock.wall())
         old_spec = (lease or {}).get("spec") or {}
         spec = {
             "holderIdentity": self.identity,
@@ -143,17 +138,10 @@ class LeaderElector:
             "renewTime": wall,
             "leaseTransitions": transitions,
         }
+        new = {"metadata": {"name": self.name, "namespace": self.namespace}}
+        body = _with_spec(lease if lease is not None else new, spec)
         try:
-            if lease is None:
-                body = {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": spec,
-                }
-                written = self.store.create(body)
-            else:
-                written = self.store.replace(_with_spec(lease, spec))
+            written = self.store.create(body) if lease is None else self.store.replace(body)
         except LeaseConflict:
             self._renewed_at = None
             return False

@@ -92,12 +92,12 @@ def _trace_label(arg: str) -> str:
 def run_job(job: Job, progress: Progress | None = None) -> RunResult:
     nodes = load_nodes(resolve(job.nodes, "node"))
     tasks = load_tasks(resolve(job.trace, "pod"))
+    policies = policy_list
     if job.protocol == "cluster":
         from fracgpu.sim.cluster import cluster_policies
 
-        return run_paper(nodes, tasks, job.policy, job.seed, cluster_policies, inflation=job.inflation,
-                         trace=_trace_label(job.trace), progress=progress, upto=job.upto)
-    return run_paper(nodes, tasks, job.policy, job.seed, policy_list, inflation=job.inflation,
+        policies = cluster_policies
+    return run_paper(nodes, tasks, job.policy, job.seed, policies, inflation=job.inflation,
                      trace=_trace_label(job.trace), progress=progress, upto=job.upto)
 
 

@@ -138,8 +138,8 @@ def extender_session(server: FakeApiServer, writer: KubeWriter) -> None:
 
 def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
     from fracgpu.controller.kubeio import ControllerWriter
-    from fracgpu.controller.reconcile import ObjectRef
     from fracgpu.kube.leader import KubeLeaseStore
+    from fracgpu.kube.objects import ObjectRef
 
     def ignore(_: WatchEvent) -> None:
         return None

@@ -57,10 +57,6 @@ class ExtenderArgs:
     nodes: tuple[Mapping[str, Any], ...] | None = None  # set when the request carried full Nodes
 
     @property
-    def node_cache_capable(self) -> bool:
-        return self.nodes is None
-
-    @property
     def pod_namespace(self) -> str:
         meta: Mapping[str, Any] = self.pod["metadata"]
         return str(meta.get("namespace") or "default")

@@ -26,19 +26,13 @@ from fracgpu.core.fragmentation import (
     model_pressure,
     stranded,
 )
-from fracgpu.core.ranking import FloatArray, best_fit_choice
+from fracgpu.core.ranking import FloatArray, best_fit_choice, node_idle
 from fracgpu.core.request import GpuRequest
 from fracgpu.core.workload import WorkloadHistogram
 
 MAX_SPEC_CPU = 128_000  # milli-CPU of the largest node the paper normalises by
 MAX_SPEC_GPUS = 8  # GPUs of the largest node
 MEMO_CELLS = 2_000_000  # FGD keeps per-shape [row, slot] results for at most this many cells (16 MB)
-
-
-def node_idle(state: ClusterState, rows: IntArray) -> IntArray:
-    """G_n: free GPU units summed over the node's GPUs."""
-    out: IntArray = np.where(state.present[rows], state.free_cores[rows], 0).sum(axis=1)
-    return out
 
 
 def request_units(req: GpuRequest) -> int:
