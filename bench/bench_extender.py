@@ -67,7 +67,7 @@ def pod_obj(name: str, cores: int, memory: str | None) -> dict[str, Any]:
 
 def build(nodes: int, pods: int, seed: int) -> Scheduler:
     rng = random.Random(seed)
-    s = Scheduler(SchedulerConfig(heartbeat_stale_s=0), time.time)
+    s = Scheduler(SchedulerConfig(heartbeat_stale_s=0), time.monotonic, wall=time.time)
     for i in range(nodes):
         name = f"node-{i:05d}"
         inv = NodeInventoryDoc(gpus=tuple(GpuInfo(f"GPU-{i}-{g}", g, "A100-SXM4-80GB", 80 * GI, g // 4)

@@ -26,7 +26,9 @@ class Reservation:
     pod: str  # namespace/name
     gpus: tuple[tuple[str, int], ...]  # (uuid, VRAM bytes) per GPU, sorted by uuid
     counts: frozenset[int]  # vgpu-core counts of its GPU containers (what GetPreferredAllocation sees)
-    assigned_at: float = 0.0  # seconds since the epoch, the extender's clock at bind
+    # when it started allocating, on the caller's clock (the extender: its monotonic clock, see
+    # Scheduler._allocating_from); `of` without `assigned_at` reads the assign time (epoch seconds)
+    assigned_at: float = 0.0
 
     @staticmethod
     def of(pod: str, a: Assignment, assigned_at: float | None = None) -> Reservation:

@@ -38,6 +38,13 @@ def reason_capacity(req: GpuRequest) -> str:
     return head
 
 
+def reason_unhealthy_room(req: GpuRequest) -> str:
+    """The node has GPUs with room for the pod, but they are unhealthy. The pod's numbers only, so the
+    text is the same on every node; which GPUs and why is per node (the extender logs it at debug,
+    `fracgpu inspect` shows each GPU's health)."""
+    return f"the GPUs with room are unhealthy ({reason_capacity(req)} among the healthy ones)"
+
+
 def reason_pod_limit(limit: int) -> str:
     return f"every fitting GPU already holds {limit} pods"
 
@@ -132,12 +139,18 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
     bad = np.flatnonzero(~ok)
     if len(bad) == 0 or not opts.reasons:
         return result
+    # GPUs that would have room if they were healthy (only computed to name the cause)
+    room_any = model_ok & (free >= c) & (free_mem >= mem_need)
+    if k > 1 or c == unit:
+        room_any &= (free == unit) & (free_mem == total)
+    unhealthy_room = ~capacity_ok & (room_any.sum(axis=1) >= k)
     # One cause per refused node, decided for all of them at once; the first true condition wins.
     causes = [
         ~usable,
         ~present.any(axis=1),
         ~model_ok.any(axis=1),
         ~usable_gpu.any(axis=1),
+        unhealthy_room,
         ~capacity_ok,
         limit_hit,
         ~host_cpu,
@@ -149,6 +162,7 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
         NO_GPUS,
         reason_model(req),
         NO_HEALTHY,
+        reason_unhealthy_room(req),
         reason_capacity(req),
         reason_pod_limit(opts.max_pods_per_gpu),
         reason_cpu(req),
@@ -156,7 +170,8 @@ def fit(state: ClusterState, req: GpuRequest, rows: IntArray, opts: FitOptions =
         reason_topology(req),
     ]
     unresolvable_causes = 4  # the first four: preemption cannot cure them
-    cause = np.select([c[bad] for c in causes], list(range(len(causes))), default=4)
+    # (room on unhealthy GPUs is a capacity refusal: freeing a healthy GPU would cure it)
+    cause = np.select([c[bad] for c in causes], list(range(len(causes))), default=5)
     for b, c in zip(bad.tolist(), cause.tolist(), strict=True):
         row = int(rows[b])
         spec = state.specs[row]

@@ -29,6 +29,7 @@ from fracgpu.api.v1beta1.extender import (
 )
 from fracgpu.extender.leader import Leadership
 from fracgpu.extender.metrics import TenantCollector
+from fracgpu.extender.reasons import ReasonKind, reason_kind
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
 from fracgpu.kube.tls import certificate_names, peer_certificate
 
@@ -56,7 +57,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
         )
         self.filter_outcomes = Counter(
-            "fracgpu_extender_filter_nodes_total", "Nodes per filter outcome and reason", ["outcome", "reason"],
+            "fracgpu_extender_filter_nodes_total", "Nodes per filter outcome (kept, failed, unresolvable, "
+            "error) and reason kind (fracgpu.extender.reasons.ReasonKind)", ["outcome", "reason"],
             registry=self.registry,
         )
         self.bind_failures = Counter(
@@ -169,23 +171,21 @@ def _refuse_client(request: web.Request, deps: Deps) -> str | None:
     return None
 
 
-def _reason_label(reason: str) -> str:
-    """A bounded label: the reason without the pod's numbers."""
-    return "".join("#" if ch.isdigit() else ch for ch in reason)[:80]
-
-
 @_verb("filter")
 async def filter_handler(request: web.Request, deps: Deps) -> web.Response:
     args = ExtenderArgs.from_obj(await _json_body(request, deps.body_limit))
     result: ExtenderFilterResult = deps.scheduler.filter(args)
     m = deps.metrics.filter_outcomes
     m.labels("kept", "").inc(len(result.node_names))
+    if result.error:  # the whole answer: every candidate node has that outcome
+        m.labels("error", reason_kind(result.error)).inc(len(set(args.node_names)))
     for outcome, reasons in (("failed", result.failed), ("unresolvable", result.unresolvable)):
-        counted: dict[str, int] = {}
+        counted: dict[ReasonKind, int] = {}
         for r in reasons.values():
-            counted[r] = counted.get(r, 0) + 1
-        for r, n in counted.items():
-            m.labels(outcome, _reason_label(r)).inc(n)
+            kind = reason_kind(r)  # a closed set: the text (pod names, numbers) stays in the answer
+            counted[kind] = counted.get(kind, 0) + 1
+        for kind, n in counted.items():
+            m.labels(outcome, kind).inc(n)
     return web.json_response(result.to_obj(args))
 
 

@@ -205,6 +205,12 @@ async def _quota_status_loop(scheduler: Scheduler, writer: KubeWriter, interval_
                 log.warning("tenantquota status write failed name=%s error=%s", name, e)
 
 
+def new_scheduler(config: SchedulerConfig) -> Scheduler:
+    """Durations on the monotonic clock (an NTP step must not mark nodes stale or expire
+    reservations); the wall clock only for timestamps API objects carry."""
+    return Scheduler(config, time.monotonic, wall=time.time)
+
+
 def freeze_startup_objects() -> None:
     """Move everything alive after the first sync out of the cyclic GC's way: tens of thousands of
     cache records would otherwise be rescanned by every full collection (a p99 latency spike)."""
@@ -239,7 +245,7 @@ def main(argv: list[str]) -> int:
                   f"{tls.client_ca}: {e}", file=sys.stderr)
             return 2
     client_names = tls.client_names if tls is not None and tls.client_ca else None
-    scheduler = Scheduler(config, time.time)
+    scheduler = new_scheduler(config)
     metrics = Metrics(scheduler)
     binder: Binder
     cache: ClusterCache | None = None

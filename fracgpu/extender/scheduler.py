@@ -14,6 +14,7 @@ pod bound, gone or recreated), a retry re-sends the same Binding, or `assume_ttl
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +41,7 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core import confusable, zone
 from fracgpu.core.cluster import ClusterState, GpuUse, IntArray, NodeSpec, PodUse
-from fracgpu.core.fit import FitOptions
+from fracgpu.core.fit import FitOptions, reason_unhealthy_room
 from fracgpu.core.inventory import split_device_id
 from fracgpu.core.quota import (
     PendingPod,
@@ -69,7 +70,9 @@ from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, Tenants, tq_te
 from fracgpu.core.workload import shape_of
 from fracgpu.kube.errors import outcome_unknown
 
-Clock = Callable[[], float]
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]  # seconds; which origin is the caller's (see Scheduler)
 
 UNKNOWN_NODE = "node is not in the fracgpu extender's cache yet"
 NOT_READY = "the fracgpu extender's cache is not synced yet"
@@ -154,6 +157,19 @@ def _slim(rec: PodRecord) -> PodRecord:
 
 
 @dataclass(slots=True)
+class _Decision:
+    """What `_decide` found for one pod: the ranking with every refusal filled in, the nodes kept,
+    and a pod-level error ("" when the request is valid)."""
+
+    ranking: Ranking
+    kept: list[Ranked]
+    error: str = ""
+    req: GpuRequest | None = None
+    # nodes where the pod fits but that were refused only because a confusable pod is still allocating
+    waiting: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Stats:
     nodes: int = 0
     pods: int = 0
@@ -170,9 +186,16 @@ def rfc3339(t: float) -> str:
 class Scheduler:
     """Thread-safe: cache feeders run in threads, handlers on the event loop; one lock, no I/O under it."""
 
-    def __init__(self, config: SchedulerConfig, clock: Clock) -> None:
+    def __init__(self, config: SchedulerConfig, clock: Clock, *, wall: Clock) -> None:
+        """`clock` measures every duration (heartbeat staleness, the assume TTL, the stuck-allocating
+        timeout, the quota queue's head wait, status write intervals): give it a monotonic clock, so
+        that a step of the wall clock (NTP, a VM resumed) cannot mark every node stale or expire every
+        assumption. `wall` (seconds since the epoch) is read only where an API object carries a
+        timestamp: the assign time written at bind, the age of a reservation read from the watch,
+        a condition's lastTransitionTime."""
         self.config = config
         self.clock = clock
+        self.wall = wall
         self.policies: tuple[Weighted, ...] = parse_policies(config.policies)
         # the rolling workload histograms the fragmentation-aware policies follow: fed with every
         # reservation that enters the cache (our binds, and bound pods seen by list/watch), once
@@ -184,7 +207,9 @@ class Scheduler:
         self.nodes: dict[str, NodeRecord] = {}
         self.pods: dict[str, PodRecord] = {}
         self.beats: dict[str, float] = {}
-        self.held_ids: dict[str, int] = {}  # GPU uuid -> bit mask of device indices reserved
+        # (node, GPU uuid) -> bit mask of device indices reserved. A GPU is (node, uuid): UUIDs are
+        # unique on real hardware but not in a simulated fleet or a cloned VM image
+        self.held_ids: dict[tuple[str, str], int] = {}
         self.held: dict[str, _Held] = {}  # pod key -> its reservation
         self.assumed: set[str] = set()  # pods whose Binding's outcome is not known yet
         # bound pods whose fracgpu.io/assigned cannot be read: their nodes fail closed (no new pods)
@@ -360,7 +385,7 @@ class Scheduler:
             self.ledger.charge(pk, a.tenant, *charge_of(a))
             self.ledger.dequeue(pk)
             if rec.gpu_phase == PHASE_ALLOCATING:
-                reservation = confusable.Reservation.of(key, a)
+                reservation = self._allocating_from(key, a)
         elif held is not None:
             # bound by us, the watch shows the node but not (yet) the annotation: keep what we reserved
             gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in held.gpus)
@@ -435,7 +460,20 @@ class Scheduler:
         else:
             self.assumed.discard(key)
         for g in hold.gpus:
-            self.held_ids[g.uuid] = self.held_ids.get(g.uuid, 0) | g.ids
+            gpu = (hold.node, g.uuid)
+            self.held_ids[gpu] = self.held_ids.get(gpu, 0) | g.ids
+
+    def _allocating_from(self, key: str, a: Assignment) -> confusable.Reservation:
+        """The confusable-rule record of a reservation the watch shows `allocating`, its start on our
+        monotonic clock: the age the annotation's assign time gives is read from the wall clock once,
+        at first sight; later events of the same reservation keep that start (a wall-clock step in
+        between moves nothing)."""
+        res = confusable.Reservation.of(key, a, 0.0)
+        known = self._allocating_reservation(key)
+        if known is not None and known.gpus == res.gpus and known.counts == res.counts:
+            return known
+        age = max(0.0, self.wall() - confusable.parse_time(a.assigned_at))  # unreadable: as old as the epoch
+        return replace(res, assigned_at=self.clock() - age)
 
     def _allocating_reservation(self, key: str) -> confusable.Reservation | None:
         node = self._allocating_on.get(key)
@@ -476,11 +514,12 @@ class Scheduler:
         if held is None:
             return
         for g in held.gpus:
-            left = self.held_ids.get(g.uuid, 0) & ~g.ids
+            gpu = (held.node, g.uuid)
+            left = self.held_ids.get(gpu, 0) & ~g.ids
             if left:
-                self.held_ids[g.uuid] = left
+                self.held_ids[gpu] = left
             else:
-                self.held_ids.pop(g.uuid, None)
+                self.held_ids.pop(gpu, None)
 
     # ---- node usability (lock held) -----------------------------------------------------------
     def _unusable(self, rec: NodeRecord, now: float) -> str:
@@ -543,12 +582,10 @@ class Scheduler:
 
     def _decide(
         self, pod: Mapping[str, Any], names: Sequence[str], want: int, *, admit: bool = False
-    ) -> tuple[Ranking, list[Ranked], str]:
+    ) -> _Decision:
         """Rank `names` for the pod and keep the best `want` that pass the zone and confusable rules;
         with `admit`, the tenant's quota and queue order too (a refused pod joins its tenant's queue).
-
-        Returns the ranking (with every refusal filled in), the kept nodes, and a pod-level error
-        (empty when the pod's request is valid). Lock held.
+        Lock held.
         """
         meta = pod.get("metadata") or {}
         namespace = str(meta.get("namespace") or "default")
@@ -557,9 +594,9 @@ class Scheduler:
         try:
             req = parse_pod_request(pod)
         except RequestError as e:
-            return empty, [], f"invalid GPU request: {e}"
+            return _Decision(empty, [], f"invalid GPU request: {e}")
         if req is None:
-            return empty, [], NO_GPU_REQUEST
+            return _Decision(empty, [], NO_GPU_REQUEST)
         now = self.clock()
         self._refresh(now)
         held = self.held.get(key)
@@ -571,7 +608,7 @@ class Scheduler:
             reason = reason_already_reserved(key, held.node)
             refused = {n: reason for n in names if n != held.node}
             kept_held = [Ranked(held.node, row, 0.0, ())] if row is not None and held.node in names else []
-            return Ranking([], {}, refused, []), kept_held, ""
+            return _Decision(Ranking([], {}, refused, []), kept_held)
         tenant = self.tenants().tenant_of(namespace)
         rule = self._zone_rule(key, namespace, str(meta.get("creationTimestamp") or ""), req, tenant)
         zone_refused: dict[str, str] = {}
@@ -602,12 +639,14 @@ class Scheduler:
                         ranking.unresolvable[r.node] = zone.reason_spread(rule)
                 ranked = keep
         kept: list[Ranked] = []
+        waiting: list[str] = []
         counts = frozenset(c.cores for c in req.containers if c.cores > 0)
         for r in ranked:
             if len(kept) >= want:
                 break
             if self.allocating.get(r.node) and self._confused(key, req, r, counts, now):
                 ranking.unresolvable[r.node] = confusable.reason_confusable(counts)
+                waiting.append(r.node)
                 continue
             kept.append(r)
         if admit:
@@ -625,8 +664,8 @@ class Scheduler:
                 )
                 out = self.ledger.admit(pending, now, self._fits_somewhere)
                 if not out.ok:
-                    return Ranking([], {}, {n: out.reason for n in names}, []), [], ""
-        return ranking, kept, ""
+                    return _Decision(Ranking([], {}, {n: out.reason for n in names}, []), [])
+        return _Decision(ranking, kept, req=req, waiting=waiting)
 
     def _fits_somewhere(self, pk: PodKey) -> bool:
         """Does a queued pod fit some node now? Cached per cluster-state version."""
@@ -673,27 +712,50 @@ class Scheduler:
         return confusable.blocker(mine, others, now, self.config.stuck_allocating_s) is not None
 
     def filter(self, args: ExtenderArgs) -> ExtenderFilterResult:
+        """The filter answer. Two refusals that clear within seconds are answered as an `Error`, not
+        as failed nodes: the cache not synced yet, and "no node now, because a confusable pod is
+        still allocating on the nodes that fit". kube-scheduler parks a pod whose nodes an extender
+        failed until some cluster event (a pod's annotation changing is none) or for up to 5 min;
+        an Error sends it to its backoff queue and it is retried after 1-10 s (docs/extender.md,
+        "Why a still-allocating refusal is an error")."""
         names = list(dict.fromkeys(args.node_names))  # each candidate once, with one outcome
         with self.lock:
             if not self.synced:
-                return ExtenderFilterResult(failed={n: NOT_READY for n in names})
-            ranking, kept, error = self._decide(args.pod, names, self.config.k, admit=True)
-        if error == NO_GPU_REQUEST:  # not ours (an extender without managedResources sees every pod)
+                return ExtenderFilterResult(error=NOT_READY)
+            d = self._decide(args.pod, names, self.config.k, admit=True)
+            self._log_unhealthy_room(d)
+        if d.error == NO_GPU_REQUEST:  # not ours (an extender without managedResources sees every pod)
             return ExtenderFilterResult(node_names=tuple(names))
-        if error:
-            return ExtenderFilterResult(unresolvable={n: error for n in names})
+        if d.error:
+            return ExtenderFilterResult(unresolvable={n: d.error for n in names})
+        ranking = d.ranking
         failed = dict(ranking.failed)
         for n in ranking.unknown:
             failed[n] = UNKNOWN_NODE
+        if not d.kept and d.waiting:
+            return ExtenderFilterResult(error=reason_retry_allocating(failed, ranking.unresolvable))
         return ExtenderFilterResult(
-            node_names=tuple(r.node for r in kept), failed=failed, unresolvable=ranking.unresolvable
+            node_names=tuple(r.node for r in d.kept), failed=failed, unresolvable=ranking.unresolvable
         )
+
+    def _log_unhealthy_room(self, d: _Decision) -> None:
+        """Name, per node, the unhealthy GPUs that would have room: the refusal itself carries only
+        the pod's numbers, the same on every node (lock held)."""
+        if d.req is None or not log.isEnabledFor(logging.DEBUG):
+            return
+        text = reason_unhealthy_room(d.req)
+        for node, why in d.ranking.failed.items():
+            rec = self.nodes.get(node)
+            if why != text or rec is None or rec.inventory is None:
+                continue
+            bad = [f"{g.uuid} ({g.reason or 'unhealthy'})" for g in rec.inventory.gpus if not g.healthy]
+            log.debug("filter node=%s refusal=%r unhealthy_gpus=%s", node, why, ", ".join(bad))
 
     def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
         """0..10 by rank: the best node alone gets 10, the next 9, ...; nodes that do not fit get 0."""
         names = list(dict.fromkeys(args.node_names))
         with self.lock:
-            _, kept, _ = self._decide(args.pod, names, len(names))
+            kept = self._decide(args.pod, names, len(names)).kept
         score = {r.node: max(0, MAX_SCORE - i) for i, r in enumerate(kept)}
         return [HostPriority(n, score.get(n, 0)) for n in names]
 
@@ -724,10 +786,12 @@ class Scheduler:
                 raise BindRefused(f"pod {key} has uid {rec.uid}, the bind names {args.pod_uid}")
             if args.node not in self.state.index:
                 raise BindRefused(f"node {args.node}: {UNKNOWN_NODE}")
-            ranking, kept, error = self._decide(rec.raw, [args.node], 1)
-            if error:
-                raise BindRefused(error)
+            d = self._decide(rec.raw, [args.node], 1)
+            if d.error:
+                raise BindRefused(d.error)
+            kept = d.kept
             if not kept:
+                ranking = d.ranking
                 reason = ranking.unresolvable.get(args.node) or ranking.failed.get(args.node) or "does not fit"
                 raise BindRefused(f"node {args.node}: {reason}")
             req = rec.request
@@ -742,9 +806,9 @@ class Scheduler:
                     req,
                     args.node,
                     self.tenants().tenant_of(rec.namespace),
-                    rfc3339(now),
+                    rfc3339(self.wall()),
                     gpus,
-                    [self.held_ids.get(u, 0) for u, _ in gpus],
+                    [self.held_ids.get((args.node, u), 0) for u, _ in gpus],
                 )
             except NoFreeDeviceIds as e:
                 raise BindRefused(f"node {args.node}: {e}") from None
@@ -824,15 +888,17 @@ class Scheduler:
             self.pods[key] = _unbound(rec)
 
     def quota_status_writes(self, last_write: Mapping[str, float]) -> list[tuple[str, dict[str, Any]]]:
-        """TenantQuota statuses due for a write: changed, and not written in the last min interval."""
+        """TenantQuota statuses due for a write: changed, and not written in the last min interval
+        (`last_write`: when each was last written, read from `self.clock`)."""
         now = self.clock()
+        wall = self.wall()  # lastTransitionTime is written into the object
         out: list[tuple[str, dict[str, Any]]] = []
         with self.lock:
             tenants = self.tenants()
             for name, quota in sorted(self.quotas.items()):
                 old = quota.status
                 conditions = merge_conditions(old.conditions if old is not None else (),
-                                              tenants.conditions(name, now, quota.generation))
+                                              tenants.conditions(name, wall, quota.generation))
                 new = self.ledger.status(tq_tenant(name), conditions)
                 if should_write_status(old, new, last_write.get(name), now, self.config.quota.status_min_interval):
                     out.append((name, new.to_dict()))
@@ -852,6 +918,20 @@ class Scheduler:
 
 def reason_already_reserved(key: str, node: str) -> str:
     return f"pod {key} already holds a reservation on node {node}"
+
+
+RETRY_ALLOCATING = "waiting for a pod still allocating"
+
+
+def reason_retry_allocating(failed: Mapping[str, str], unresolvable: Mapping[str, str]) -> str:
+    """The filter's Error when the only nodes that fit wait for a confusable pod to be allocated:
+    every node's reason, grouped as kube-scheduler groups failed nodes, so the event reads the same."""
+    counted: dict[str, int] = {}
+    for why in (*failed.values(), *unresolvable.values()):
+        counted[why] = counted.get(why, 0) + 1
+    total = len(failed) + len(unresolvable)
+    grouped = ", ".join(f"{n} {why}" for why, n in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{RETRY_ALLOCATING}: 0/{total} nodes are available: {grouped}"
 
 
 def binding_annotations(a: Assignment) -> dict[str, str]:

@@ -17,11 +17,13 @@ from typing import Any, TextIO
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.confusable import parse_time
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
-from fracgpu.core.quota import charge_of, holds_quota
+from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of, holds_quota
 from fracgpu.core.ranking import Weighted, rank
+from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
 from fracgpu.core.snapshot import (
     NodeRecord,
     PodRecord,
@@ -101,7 +103,6 @@ def inspect_doc(world: World) -> dict[str, Any]:
             })
         nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus})
     used: dict[str, list[int]] = {}
-    pending: dict[str, list[str]] = {}
     for rec in world.pods:
         if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
             tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)  # charged as at bind
@@ -109,8 +110,7 @@ def inspect_doc(world: World) -> dict[str, Any]:
             acc = used.setdefault(tenant, [0, 0])
             acc[0] += cores
             acc[1] += memory
-    for rec in world.pending:
-        pending.setdefault(world.tenants.tenant_of(rec.namespace), []).append(rec.key)
+    pending = quota_queues(world)
     # Tenants with a quota of their own are listed even when idle: their hard limits are news too.
     configured = {t for t in world.tenants.known_tenants() if _has_own_quota(world.tenants.limits(t))}
     tenants = []
@@ -122,6 +122,38 @@ def inspect_doc(world: World) -> dict[str, Any]:
         tenants.append({"tenant": t, "used": {"vgpu-core": u[0], "vgpu-memory": u[1]}, "hard": hard,
                         "pending": len(pending.get(t, [])), "queue": pending.get(t, [])[:5]})
     return {"nodes": nodes, "tenants": tenants}
+
+
+def quota_queues(world: World) -> dict[str, list[str]]:
+    """Per tenant, the pending pods that wait for quota, in admission order: what the extender's quota
+    ledger queues (its TenantQuota `status.queue`). A pod that waits for a node, not for quota, is not
+    in it. As in the extender's filter, a pod is checked against its tenant's quota (and queue order)
+    with the VRAM it would get on the node the ranking picks, so a pod that names no vgpu-memory and
+    fits no node waits for capacity first."""
+    ledger = QuotaLedger(world.tenants.limits)
+    for rec in world.pods:
+        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
+            ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
+    policies = parse_policies(DEFAULT_POLICIES)
+    opts = FitOptions(check_host=False)  # the extender's: kube-scheduler checked CPU/RAM before
+    fits: dict[PodKey, bool] = {}
+    for rec in world.pending:  # priority, then age: the ledger's admission order
+        req = rec.request
+        if req is None:
+            continue
+        key = PodKey(rec.namespace, rec.name)
+        ranked = rank(world.state, req, policies, opts=opts, limit=1).ranked
+        fits[key] = bool(ranked)
+        memory = req.memory
+        if memory is None and ranked:
+            memory = req.memory_on(int(world.state.total_memory[ranked[0].row, ranked[0].gpus[0]]))
+        if memory is None:
+            continue
+        ask = PendingPod(key, world.tenants.tenant_of(rec.namespace), Usage.for_pod(req.cores, memory),
+                         rec.priority, parse_time(rec.created))
+        ledger.admit(ask, 0.0, lambda k: fits.get(k, False))
+    return {t: [str(p.key) for p in ledger.queue(t)] for t in ledger.tenants() if ledger.queue(t)}
 
 
 def _has_own_quota(limits: Limits | QuotaError) -> bool:

@@ -55,10 +55,11 @@ class World:
 
 
 def build_world(objects: list[dict[str, Any]], config: SchedulerConfig | None = None,
-                clock: FakeClock | None = None, body_limit: int | None = None) -> World:
+                clock: FakeClock | None = None, body_limit: int | None = None, wall: FakeClock | None = None) -> World:
+    """`clock` measures durations; `wall` (default: the same clock) stamps and reads timestamps."""
     clock = clock or FakeClock()
     cfg = config or SchedulerConfig(heartbeat_stale_s=0)
-    scheduler = Scheduler(cfg, clock)
+    scheduler = Scheduler(cfg, clock, wall=wall or clock)
     load_into(scheduler, parse_list({"kind": "List", "items": objects}))
     binder = RecordingBinder()
     deps = Deps(scheduler=scheduler, binder=binder, metrics=Metrics(scheduler))

@@ -42,7 +42,7 @@ class CacheWorld:
     def __init__(self, apiserver: FakeApiServer) -> None:
         self.apiserver = apiserver
         self.clock = FakeClock()
-        self.scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=40, refresh_s=0), self.clock)
+        self.scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=40, refresh_s=0), self.clock, wall=self.clock)
         self.transport = Transport(apiserver.api_client(), timeout_s=5)
         self.cache = ClusterCache(self.transport, self.scheduler, namespace=DEFAULT_NAMESPACE,
                                   backoff=Backoff(initial_s=0.01, cap_s=0.05), watch_timeout_s=30)
@@ -151,7 +151,8 @@ def test_not_ready_until_synced(apiserver: FakeApiServer) -> None:
     w.cache.start()
     try:
         out = w.scheduler.filter(_args(["n1"]))
-        assert out.failed == {"n1": "the fracgpu extender's cache is not synced yet"}
+        # an Error, so that kube-scheduler retries after its backoff (docs/extender.md)
+        assert (out.error, out.failed, out.unresolvable) == ("the fracgpu extender's cache is not synced yet", {}, {})
         gate.set()
         assert w.cache.synced.wait(10)
     finally:

@@ -25,7 +25,7 @@ def write_snapshot(path: Path) -> Path:
 
 
 async def test_snapshot_serves_and_binds_in_memory(tmp_path: Path, aiohttp_client: object) -> None:
-    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), FakeClock())
+    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), FakeClock(), wall=FakeClock())
     counts = load_file(scheduler, write_snapshot(tmp_path / "snap.yaml"))
     assert counts == {"nodes": 2, "pods": 2, "namespaces": 1, "tenantquotas": 0}
     binder = SnapshotBinder()
@@ -45,7 +45,7 @@ async def test_snapshot_serves_and_binds_in_memory(tmp_path: Path, aiohttp_clien
 
 
 def test_bad_snapshot_file_is_a_clear_error(tmp_path: Path) -> None:
-    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), FakeClock())
+    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), FakeClock(), wall=FakeClock())
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: List\nitems:\n- kind: Service\n  metadata: {name: s}\n")
     with pytest.raises(SnapshotError, match="kind"):

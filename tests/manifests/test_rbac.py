@@ -118,7 +118,7 @@ def extender_session(server: FakeApiServer, writer: KubeWriter) -> None:
     from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, SystemClock
 
     reader = _reader(server)
-    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), lambda: 0.0)
+    scheduler = Scheduler(SchedulerConfig(heartbeat_stale_s=0), lambda: 0.0, wall=lambda: 0.0)
     cache = ClusterCache(reader, scheduler, namespace=NS)
     cache.start()
     try:

@@ -151,7 +151,8 @@ class LiveExtender:
 
     apiserver: FakeApiServer
     config: SchedulerConfig
-    clock: Clock = time.time
+    clock: Clock = time.monotonic  # durations
+    wall: Clock = time.time  # timestamps written into objects
     bind_timeout_s: float = 10.0
     scheduler: Scheduler = field(init=False)
     cache: ClusterCache = field(init=False)
@@ -160,7 +161,7 @@ class LiveExtender:
     deps: Deps = field(init=False)
 
     def __post_init__(self) -> None:
-        self.scheduler = Scheduler(self.config, self.clock)
+        self.scheduler = Scheduler(self.config, self.clock, wall=self.wall)
         read = Transport(self.apiserver.api_client(), timeout_s=10)
         write = Transport(self.apiserver.api_client(), timeout_s=self.bind_timeout_s)
         self.writer = KubeWriter(write, component="fracgpu-extender")
@@ -220,20 +221,21 @@ class Audit:
 def audit(apiserver: FakeApiServer) -> Audit:
     """Every live pod's `fracgpu.io/assigned` against the nodes' inventories: per GPU, cores <= 100,
     VRAM <= the GPU's memory, device IDs disjoint and of that GPU, `cores` IDs per share, and the
-    reservation names the node the pod is bound to."""
-    gpus: dict[str, tuple[str, int]] = {}  # uuid -> (node, memory)
+    reservation names the node the pod is bound to. A GPU is (node, uuid): two nodes may report one
+    uuid (a simulated fleet, a cloned image) and are still two GPUs."""
+    gpus: dict[tuple[str, str], int] = {}  # (node, uuid) -> memory
     for n in apiserver.list_objects("nodes"):
         text = ((n.get("metadata") or {}).get("annotations") or {}).get(ANN_INVENTORY)
         if not isinstance(text, str):
             continue
         with contextlib.suppress(InvalidDocument):
             for info in NodeInventoryDoc.from_json(text).gpus:
-                gpus[info.uuid] = (n["metadata"]["name"], info.memory)
+                gpus[(n["metadata"]["name"], info.uuid)] = info.memory
     problems: list[str] = []
     bookings: list[Booking] = []
-    cores: dict[str, int] = {}
-    memory: dict[str, int] = {}
-    owner: dict[str, str] = {}
+    cores: dict[tuple[str, str], int] = {}
+    memory: dict[tuple[str, str], int] = {}
+    owner: dict[tuple[str, str], str] = {}  # (node, device ID) -> pod
     for p in apiserver.list_objects("pods"):
         meta = p.get("metadata") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
@@ -252,25 +254,25 @@ def audit(apiserver: FakeApiServer) -> Audit:
             problems.append(f"{key}: reserved on {a.node} but bound to {node or 'nothing'}")
         bookings.append(Booking(key, node, a))
         for g in a.gpus:
-            where = gpus.get(g.uuid)
-            if where is None or where[0] != a.node:
+            gpu = (a.node, g.uuid)
+            if gpu not in gpus:
                 problems.append(f"{key}: GPU {g.uuid} is not on node {a.node}")
                 continue
             if len(g.device_ids) != g.cores:
                 problems.append(f"{key}: {len(g.device_ids)} device IDs for {g.cores} vgpu-core on {g.uuid}")
-            cores[g.uuid] = cores.get(g.uuid, 0) + g.cores
-            memory[g.uuid] = memory.get(g.uuid, 0) + g.memory
+            cores[gpu] = cores.get(gpu, 0) + g.cores
+            memory[gpu] = memory.get(gpu, 0) + g.memory
             for i in g.device_ids:
                 if not i.startswith(g.uuid + "::"):
                     problems.append(f"{key}: device ID {i} is not of GPU {g.uuid}")
-                if i in owner:
-                    problems.append(f"device ID {i} held by both {owner[i]} and {key}")
-                owner[i] = key
-    for uuid, c in cores.items():
+                if (a.node, i) in owner:
+                    problems.append(f"device ID {i} on {a.node} held by both {owner[(a.node, i)]} and {key}")
+                owner[(a.node, i)] = key
+    for (node, uuid), c in cores.items():
         if c > 100:
-            problems.append(f"GPU {uuid}: {c} vgpu-core booked (> 100)")
-        if memory[uuid] > gpus[uuid][1]:
-            problems.append(f"GPU {uuid}: {memory[uuid]} bytes booked (> {gpus[uuid][1]})")
+            problems.append(f"GPU {uuid} on {node}: {c} vgpu-core booked (> 100)")
+        if memory[(node, uuid)] > gpus[(node, uuid)]:
+            problems.append(f"GPU {uuid} on {node}: {memory[(node, uuid)]} bytes booked (> {gpus[(node, uuid)]})")
     return Audit(bookings, problems)
 
 

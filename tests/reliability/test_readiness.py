@@ -29,7 +29,8 @@ def test_not_ready_before_the_pods_are_listed(apiserver: FakeApiServer) -> None:
         transport = Transport(apiserver.api_client(), timeout_s=5)
         gate = threading.Event()
         apiserver.on_next("list", "pods", lambda g=gate: g.wait(5))  # type: ignore[misc]
-        cache = ClusterCache(transport, Scheduler(heartbeat_off(), FakeClock()), namespace=DEFAULT_NAMESPACE,
+        clock = FakeClock()
+        cache = ClusterCache(transport, Scheduler(heartbeat_off(), clock, wall=clock), namespace=DEFAULT_NAMESPACE,
                              backoff=Backoff(initial_s=0.01, cap_s=0.05))
         cache.start()
         try:

@@ -79,8 +79,10 @@ def world() -> list[Obj]:
     """gpu-a: 2x A100 80Gi, heartbeat 5 s old; GPU 0 holds team-a/train (50 cores, 40Gi) and team-a/infer
     (25, 10Gi), GPU 1 holds solo/job (100, 80Gi); team-a/old finished on GPU 1 (holds nothing).
     gpu-b: 1x T4, heartbeat 120 s old (stale). gpu-c: 1x T4, no heartbeat Lease. cpu-1: no GPUs, not shown,
-    nor its pod. Pending: team-a/waiting (30 cores). Tenants: TenantQuota team-a (400 cores, 64Gi) selects
-    namespace team-a; namespace solo has a 100-core annotation quota."""
+    nor its pod. Tenants: TenantQuota team-a (400 cores, 64Gi) selects namespace team-a; namespace solo
+    has a 100-core annotation quota; namespace free has none. Pending: team-a/waiting (30 cores, 20Gi:
+    50 + 20 > 64Gi, it waits for quota), team-a/wide (100 cores, 8Gi: within quota, it waits for a node)
+    and free/big (200 cores: no node has two free GPUs; an unlimited tenant never waits for quota)."""
     return [
         node("gpu-a", "A100-SXM4-80GB", 2, 80), node("gpu-b", "T4", 1, 16), node("gpu-c", "T4", 1, 16),
         cpu_node("cpu-1"),
@@ -93,7 +95,9 @@ def world() -> list[Obj]:
         gpu_pod("team-a", "infer", 25, on=("gpu-a", "gpu-a-g0"), memory_gi=10),
         gpu_pod("solo", "job", 100, on=("gpu-a", "gpu-a-g1"), memory_gi=80),
         gpu_pod("team-a", "old", 50, on=("gpu-a", "gpu-a-g1"), memory_gi=40, phase="Succeeded"),
-        gpu_pod("team-a", "waiting", 30),
+        gpu_pod("team-a", "waiting", 30, memory_gi=20),
+        gpu_pod("team-a", "wide", 100, memory_gi=8),
+        gpu_pod("free", "big", 200),
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"},
          "spec": {"nodeName": "cpu-1", "containers": [{"name": "c"}]}, "status": {"phase": "Running"}},
         lease("gpu-a", NOW - timedelta(seconds=5)), lease("gpu-b", NOW - timedelta(seconds=120)),
