@@ -2,7 +2,8 @@
 
 Per node and GPU: model, allocated/total vgpu-core and VRAM, pods, health (unusable nodes with
 their reason, stale device-plugin heartbeats included); per tenant: used/hard vgpu-core and VRAM,
-the pods waiting for quota and the head of that queue (`whatif.quota_queues`). Like `kubectl inspect gpushare`, for shares, VRAM and tenants.
+the pods waiting for quota and the head of that queue (`whatif.quota_queues`). Like `kubectl
+inspect gpushare`, for shares, VRAM and tenants.
 
 A live cluster is read once (list, no watch) into the same `SnapshotDoc` a snapshot file gives,
 and both go through the same view (`fracgpu.sim.whatif.build_world` / `inspect_doc`), so the
