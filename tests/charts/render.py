@@ -47,7 +47,8 @@ def find(objs: list[Obj], kind: str, name: str) -> Obj:
 
 def container(objs: list[Obj], kind: str, name: str) -> Obj:
     (c,) = find(objs, kind, name)["spec"]["template"]["spec"]["containers"]
-    return c
+    out: Obj = c
+    return out
 
 
 def env(c: Obj) -> dict[str, str | None]:

@@ -4,6 +4,7 @@ hold together. Nothing here needs helm (test_helm_render.py renders the chart)."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import yaml
 
 from fracgpu.api.v1beta1 import names
 from scripts import gen_chart
-from scripts.gen_chart import CHART, MANIFESTS, REGENERATE, GenerationError
-from tests.manifests.render import kustomization, resource_files
+from scripts.gen_chart import CHART, REGENERATE, GenerationError
+from tests.manifests.render import MANIFESTS, kustomization, resource_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,3 +146,23 @@ def test_generation_refuses_what_it_cannot_template() -> None:
 @pytest.mark.parametrize(("text", "days"), [(None, 90), ("8760h", 365), ("87600h", 3650), ("1h", 1), ("24h1s", 2)])
 def test_certificate_durations_in_days(text: str | None, days: int) -> None:
     assert gen_chart.duration_days(text) == days
+
+
+WHOLE = {"resources", "nodeSelector", "labels", "tolerations"}  # values set as a whole, documented as one
+
+
+def value_paths(doc: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in doc.items():
+        path = f"{prefix}{key}"
+        out |= value_paths(value, f"{path}.") if isinstance(value, dict) and key not in WHOLE else {path}
+    return out
+
+
+def test_install_md_documents_every_value() -> None:
+    text = (ROOT / "docs" / "install.md").read_text()
+    section = text[text.index("## Install with Helm"):]
+    section = section[: section.index("\n## ", 1)]
+    documented = {name for line in section.splitlines() if line.startswith("| `")
+                  for name in re.findall(r"`([\w.]+)`", line.split("|")[1])}
+    assert documented == value_paths(values())

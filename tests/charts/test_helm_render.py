@@ -377,7 +377,7 @@ async def test_self_signed_certificates_serve_the_schedulers_calls_and_the_api_s
 
 
 def test_bad_values_are_refused_before_anything_renders(helm: Path, tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[Obj, str]] = [
         ({"tls": {"mode": "selfsigned"}}, "tls.mode"),
         ({"quotas": {"defaultMemory": "lots"}}, "quotas.defaultMemory"),
         ({"devicePlugin": {"nodeSelector": {names.LABEL_ENABLED: None}}}, names.LABEL_ENABLED),
