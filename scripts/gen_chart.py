@@ -362,9 +362,15 @@ def _scalar_with_block(key: str, expression: str) -> Block:
     return block
 
 
+_CHECKSUM = f"checksum/tls: {{{{ .Values.{TLS_MEMO} | toJson | sha256sum | trunc 16 | quote }}}}"
+
+
 def _checksum_block(column: int) -> list[str]:
-    return _if(SELF_SIGNED, ['{{- include "fracgpu.selfSigned" . }}', "annotations:",
-                             f"  checksum/tls: {{{{ .Values.{TLS_MEMO} | toJson | sha256sum | trunc 16 | quote }}}}"])
+    return _if(SELF_SIGNED, ['{{- include "fracgpu.selfSigned" . }}', "annotations:", f"  {_CHECKSUM}"])
+
+
+def _checksum_key(column: int) -> list[str]:
+    return _if(SELF_SIGNED, ['{{- include "fracgpu.selfSigned" . }}', _CHECKSUM])
 
 
 def _workload(o: Obj, mk: Markers, p: Plan) -> None:
@@ -397,12 +403,14 @@ def _workload(o: Obj, mk: Markers, p: Plan) -> None:
     spec[mk.key(_with_block("imagePullSecrets", ".Values.imagePullSecrets"))] = None
     mounted = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
     if mounted & set(p.secrets):
-        meta = o["spec"]["template"]["metadata"]
-        if "annotations" in meta:
-            raise GenerationError(f"{name_of(o)}: pod annotations of its own; teach gen_chart.py to add checksum/tls")
         # Helm issues new certificates at every upgrade in self-signed mode: restart the pods
         # that mount them (kube-scheduler reads its client certificate only at start)
-        meta[mk.key(_checksum_block)] = None
+        meta = o["spec"]["template"]["metadata"]
+        if meta.get("annotations"):
+            meta["annotations"][mk.key(_checksum_key)] = None
+        else:
+            meta.pop("annotations", None)
+            meta[mk.key(_checksum_block)] = None
 
 
 def _webhook_config(o: Obj, mk: Markers, p: Plan) -> None:
