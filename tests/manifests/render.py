@@ -51,10 +51,14 @@ def _apply_images(objs: list[Obj]) -> list[Obj]:
 
 
 def concatenated() -> list[Obj]:
-    objs: list[Obj] = []
-    for path in resource_files():
-        objs += [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    return _apply_images(objs)
+    return [o for _, objs in by_file() for o in objs]
+
+
+def by_file(directory: Path = MANIFESTS) -> list[tuple[Path, list[Obj]]]:
+    """The objects of each file the kustomization at `directory` lists, in order, with the images
+    of manifests/kustomization.yaml set (what scripts/gen_chart.py builds the Helm chart from)."""
+    return [(path, _apply_images([d for d in yaml.safe_load_all(path.read_text()) if d is not None]))
+            for path in resource_files(directory)]
 
 
 def kubectl_kustomize(directory: Path = MANIFESTS) -> list[Obj] | None:
