@@ -27,7 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S  # seconds without a byte mid-body before a 408
 
 
 @dataclass(slots=True)

@@ -2,9 +2,11 @@
 
 `json.loads` raises more than `JSONDecodeError` on hostile text: `ValueError` for an integer over
 Python's int-string conversion limit (4,300 digits by default), `RecursionError` for deep nesting,
-`UnicodeDecodeError` for bytes that are not UTF-8, and it accepts `NaN`/`Infinity`, which are not
-JSON. `loads` turns each of these into `InvalidDocument` with a message that says where, so a
-caller catches one error and answers 400 or marks the object invalid, and nothing crashes.
+`UnicodeDecodeError` for bytes that are not UTF-8. `loads` turns each of these into
+`InvalidDocument` with a message that says where, so a caller catches one error and answers 400 or
+marks the object invalid, and nothing crashes. (`NaN`/`Infinity` stay accepted, as `json.loads`
+does: the field's own check refuses them, while refusing them here would fail a whole list answer
+for one object.)
 """
 
 from __future__ import annotations
@@ -24,26 +26,16 @@ def loads(raw: str | bytes | bytearray, what: str) -> Any:
     if not isinstance(raw, str | bytes | bytearray):
         raise InvalidDocument(f"{what}: not JSON: expected text, got {type(raw).__name__}")
     try:
-        return json.loads(raw, parse_constant=_no_constant)
+        return json.loads(raw)
     except json.JSONDecodeError as e:
         raise InvalidDocument(f"{what}: not JSON: {e}") from None
     except UnicodeDecodeError as e:
         raise InvalidDocument(f"{what}: not JSON: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except RecursionError:
         raise InvalidDocument(f"{what}: nested too deeply to decode") from None
-    except _NotJson as e:
-        raise InvalidDocument(f"{what}: not JSON: {e}") from None
     except ValueError:
         # the only other ValueError of the decoder: an integer over the int-string limit
         raise InvalidDocument(f"{what}: {_oversized(raw)}") from None
-
-
-class _NotJson(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not a JSON number")
 
 
 class _Oversized:
@@ -64,7 +56,7 @@ def _oversized(raw: str | bytes | bytearray) -> str:
         return _Oversized(digits) if limit and digits > limit else int(text)
 
     try:
-        doc = json.loads(raw, parse_int=parse_int, parse_constant=_no_constant)
+        doc = json.loads(raw, parse_int=parse_int)
     except (ValueError, RecursionError) as e:
         return f"not JSON: {e}"
     for path, value in _walk(doc):
