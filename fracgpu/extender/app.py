@@ -1,14 +1,14 @@
 """The extender's HTTP surface: `make_app(deps) -> web.Application`.
 
 Handlers only decode -> call the Scheduler -> encode; one middleware maps every error to a
-response (bad input -> 400 with a message; a bug -> a 200 with `Error` in the body for the verbs,
-so kube-scheduler reports it instead of retrying a crash; never a 500 page).
+response (bad input -> 400 with a message, a body over --body-limit -> 413; a bug -> a 200 with
+`Error` in the body for the verbs, so kube-scheduler reports it instead of retrying a crash; never
+a 500 page).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.extender import (
     ExtenderArgs,
@@ -31,6 +32,7 @@ from fracgpu.extender.leader import Leadership
 from fracgpu.extender.metrics import TenantCollector
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
+from fracgpu.kube.httpbody import DEFAULT_BODY_IDLE_TIMEOUT_S, BodyError, read_body
 from fracgpu.kube.tls import certificate_names, peer_certificate
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class Deps:
     binder: Binder
     metrics: Metrics
     body_limit: int = DEFAULT_BODY_LIMIT
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
     ready: Callable[[], bool] = field(default=lambda: True)
     # HA: None = this replica binds alone (snapshot mode, --leader-elect=false)
     leadership: Leadership | None = None
@@ -111,21 +114,11 @@ class BadRequest(Exception):
     """Malformed input: answered with HTTP 400 and the message."""
 
 
-async def _json_body(request: web.Request, limit: int) -> Any:
-    if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    try:
-        raw = await request.content.read(limit + 1)
-    except (asyncio.IncompleteReadError, ConnectionError) as e:
-        raise BadRequest(f"could not read the request body: {e}") from None
-    if len(raw) > limit:
-        raise BadRequest(f"request body exceeds the limit of {limit} bytes")
+async def _json_body(request: web.Request, deps: Deps) -> Any:
+    raw = await read_body(request, deps.body_limit, deps.body_idle_timeout_s)
     if not raw:
         raise BadRequest("empty request body")
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BadRequest(f"request body is not JSON: {e}") from None
+    return jsontext.loads(raw, "request body")
 
 
 def _verb(name: str) -> Callable[[Callable[[web.Request, Deps], Awaitable[web.Response]]], Callable[
@@ -148,6 +141,12 @@ def _verb(name: str) -> Callable[[Callable[[web.Request, Deps], Awaitable[web.Re
                 deps.metrics.bad_requests.labels(name).inc()
                 log.info("bad request verb=%s error=%s", name, e)
                 return web.json_response({"Error": f"bad request: {e}"}, status=400)
+            except BodyError as e:
+                deps.metrics.bad_requests.labels(name).inc()
+                log.info("bad request verb=%s status=%d error=%s", name, e.status, e)
+                resp = web.json_response({"Error": f"bad request: {e}"}, status=e.status)
+                resp.force_close()  # a body not read to its end: this connection is not reused
+                return resp
             except Exception as e:  # a bug must not become a 500 or a crash; say it in the body
                 log.exception("internal error verb=%s", name)
                 return web.json_response({"Error": f"internal error in fracgpu extender: {type(e).__name__}: {e}"})
@@ -173,7 +172,7 @@ def _refuse_client(request: web.Request, deps: Deps) -> str | None:
 
 @_verb("filter")
 async def filter_handler(request: web.Request, deps: Deps) -> web.Response:
-    args = ExtenderArgs.from_obj(await _json_body(request, deps.body_limit))
+    args = ExtenderArgs.from_obj(await _json_body(request, deps))
     result: ExtenderFilterResult = deps.scheduler.filter(args)
     m = deps.metrics.filter_outcomes
     m.labels("kept", "").inc(len(result.node_names))
@@ -191,13 +190,13 @@ async def filter_handler(request: web.Request, deps: Deps) -> web.Response:
 
 @_verb("prioritize")
 async def prioritize_handler(request: web.Request, deps: Deps) -> web.Response:
-    args = ExtenderArgs.from_obj(await _json_body(request, deps.body_limit))
+    args = ExtenderArgs.from_obj(await _json_body(request, deps))
     return web.json_response(host_priority_list(deps.scheduler.prioritize(args)))
 
 
 @_verb("bind")
 async def bind_handler(request: web.Request, deps: Deps) -> web.Response:
-    args = ExtenderBindingArgs.from_obj(await _json_body(request, deps.body_limit))
+    args = ExtenderBindingArgs.from_obj(await _json_body(request, deps))
     lead = deps.leadership
     if lead is not None and not lead.can_bind():
         deps.metrics.bind_failures.labels("leader").inc()
@@ -266,7 +265,7 @@ async def _no_500(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 def make_app(deps: Deps) -> web.Application:
-    # aiohttp's own limit is set above ours, so that ours answers with the clear message
+    # aiohttp's own limit is set above ours, so that ours (read_body) answers with the clear message
     app = web.Application(client_max_size=deps.body_limit + 1024, middlewares=[_no_500])
     app[DEPS] = deps
     app.router.add_post("/filter", filter_handler)

@@ -9,7 +9,6 @@ connection pool, sends and returns plain JSON dicts, and turns every failure int
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +21,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from fracgpu.api.v1beta1 import jsontext
+from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.kube import errors
 from fracgpu.kube.objects import Obj
 
@@ -111,7 +112,7 @@ class WatchStream:
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        event = json.loads(line)
+                        event = jsontext.loads(line, "watch event")
                         if not isinstance(event, dict):
                             raise errors.Unavailable(0, "BadWatchEvent", f"watch event is not an object: {line!r}")
                         yield event
@@ -161,9 +162,9 @@ class Transport:
         if not data:
             return {}
         try:
-            decoded = json.loads(data)
-        except ValueError as exc:
-            raise errors.ServerError(response.status, "BadResponse", f"{method} {path}: not JSON") from exc
+            decoded = jsontext.loads(data, "answer")
+        except InvalidDocument as exc:
+            raise errors.ServerError(response.status, "BadResponse", f"{method} {path}: {exc}") from exc
         return decoded if isinstance(decoded, dict) else {"items": decoded}
 
     def watch(self, path: str, *, query: Query | None = None, read_timeout_s: float | None = None) -> WatchStream:

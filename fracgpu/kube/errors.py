@@ -6,9 +6,11 @@ errors; callers catch these instead.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from fracgpu.api.v1beta1 import jsontext
+from fracgpu.api.v1beta1.errors import InvalidDocument
 
 __all__ = [
     "AlreadyExists",
@@ -127,8 +129,8 @@ def error_from_response(code: int, body: bytes | str | None, *, http_reason: str
     status: Mapping[str, Any] | None = None
     if body:
         try:
-            decoded = json.loads(body)
-        except ValueError:
+            decoded = jsontext.loads(body, "error answer")
+        except InvalidDocument:  # a proxy's HTML page, or a body no decoder should trust
             decoded = None
         if isinstance(decoded, dict):
             status = decoded

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fracgpu.api.v1beta1 import jsontext
+from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import RESOURCE_CORE, RESOURCE_MEMORY, SCHEDULER_NAME
 from fracgpu.core.request import RequestError, parse_pod_request
 
@@ -59,9 +61,9 @@ class Decision:
 def decode(body: bytes) -> Mapping[str, Any]:
     """The `request` of an AdmissionReview body; BadReview when it is not one."""
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BadReview(f"body is not JSON: {e}") from None
+        doc = jsontext.loads(body, "body")
+    except InvalidDocument as e:
+        raise BadReview(str(e)) from None
     if not isinstance(doc, Mapping):
         raise BadReview("body is not a JSON object")
     if doc.get("kind") != "AdmissionReview":

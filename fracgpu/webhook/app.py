@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from fracgpu.kube.httpbody import DEFAULT_BODY_IDLE_TIMEOUT_S, BodyError, read_body
 from fracgpu.webhook import admission
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ DEFAULT_MAX_BODY_BYTES = 3 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class WebhookConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S  # seconds without a byte mid-body before a 408
 
 
 @dataclass(slots=True)
@@ -68,12 +70,16 @@ async def mutate(request: web.Request) -> web.Response:
     state = request.app[STATE]
     started = state.clock()
     try:
-        body = await request.read()
+        body = await read_body(request, state.config.max_body_bytes, state.config.body_idle_timeout_s)
         decision = admission.review(admission.decode(body))
-    except admission.BadReview as e:
+    except (admission.BadReview, BodyError) as e:
+        status = e.status if isinstance(e, BodyError) else 400
         state.metrics.requests.labels(outcome="bad_request").inc()
-        log.info("admission request refused status=400 reason=%r", str(e))
-        return web.json_response({"error": str(e)}, status=400)
+        log.info("admission request refused status=%d reason=%r", status, str(e))
+        resp = web.json_response({"error": str(e)}, status=status)
+        if isinstance(e, BodyError):
+            resp.force_close()  # a body not read to its end: this connection is not reused
+        return resp
     finally:
         state.metrics.seconds.observe(max(0.0, state.clock() - started))
     state.metrics.requests.labels(outcome=decision.outcome).inc()
@@ -99,7 +105,7 @@ def make_app(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     cfg = config if config is not None else WebhookConfig()
-    # aiohttp answers 413 with a message when a body is over the limit.
+    # read_body answers 413 over the limit; aiohttp's own limit only guards request.read()/post()
     app = web.Application(client_max_size=cfg.max_body_bytes)
     app[STATE] = _State(cfg, metrics_ if metrics_ is not None else WebhookMetrics.create(), clock)
     app.router.add_post("/mutate", mutate)

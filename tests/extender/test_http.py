@@ -264,7 +264,7 @@ BAD = [
             "neither a share of one GPU"),
     BadCase("negative memory", "/filter", _j(filter_args(pod_obj("x", 50, "-1Gi"), ["n"])), 200,
             "must not be negative"),
-    BadCase("body over the limit", "/filter", b" " * 5000, 400, "exceeds the limit"),
+    BadCase("body over the limit", "/filter", b" " * 5000, 413, "exceeds the limit"),
     BadCase("wrong method", "/filter", b"", 405, "Method Not Allowed"),
 ]
 

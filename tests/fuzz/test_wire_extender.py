@@ -282,10 +282,10 @@ def test_oversized_and_unreadable_bodies(extender: Served) -> None:
     big = json.dumps(filter_args(pod_obj("p0"), ["n0"] * (LIMIT // 4))).encode()
     for path in ("/filter", "/prioritize", "/bind"):
         status, out = extender.post(path, big)
-        assert status == 400 and "exceeds the limit" in out["Error"], out
+        assert status == 413 and "exceeds the limit" in out["Error"], out
         status, out = extender.post(path, b"")
         assert status == 400 and "empty request body" in out["Error"], out
-        status, out = extender.post(path, b"[" * 100_000)  # deep nesting within the limit
+        status, out = extender.post(path, b"[" * (LIMIT - 1))  # deep nesting within the limit
         assert status == 400, out
     # a GET on a verb and an unknown path keep their HTTP status, with a JSON message
     status, _ = extender.http.request("GET", "/filter")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
+from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import DEVICE_ID_SEPARATOR
 
@@ -70,10 +71,7 @@ class Assignment:
 
     @staticmethod
     def from_json(text: str) -> Assignment:
-        try:
-            raw: Any = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise InvalidDocument(f"assigned: not JSON: {e}") from None
+        raw: Any = jsontext.loads(text, "assigned")
         top = d.obj(raw, "assigned")
         version = d.integer(top, "version", "assigned", minimum=1)
         if version != FORMAT_VERSION:

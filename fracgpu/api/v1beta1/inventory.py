@@ -12,6 +12,7 @@ from enum import IntEnum
 from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
+from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 
 FORMAT_VERSION = 1
@@ -91,10 +92,7 @@ class NodeInventoryDoc:
 
     @staticmethod
     def from_json(text: str) -> NodeInventoryDoc:
-        try:
-            raw: Any = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise InvalidDocument(f"inventory: not JSON: {e}") from None
+        raw: Any = jsontext.loads(text, "inventory")
         top = d.obj(raw, "inventory")
         version = d.integer(top, "version", "inventory", minimum=1)
         if version != FORMAT_VERSION:
