@@ -40,7 +40,9 @@ LABEL_NAMESPACE_NAME: Final = "kubernetes.io/metadata.name"
 GPU_ENV_PREFIXES: Final = ("NVIDIA_", "CUDA_MPS_", "CUDA_DEVICE_MEMORY_", "FRACGPU_")
 GPU_ENV_NAMES: Final = ("CUDA_VERSION", "CUDA_DEVICE_SM_LIMIT", "GPU_CORE_UTILIZATION_POLICY",
                         "CUDA_DISABLE_CONTROL", "CUDA_OVERSUBSCRIBE", "CUDA_TASK_PRIORITY")
-GPU_ENV_ALLOWED: Final = ("NVIDIA_DISABLE_REQUIRE", "NVIDIA_TF32_OVERRIDE")  # under NVIDIA_, harmless
+# Under those prefixes but harmless: a requirement switch, a cuBLAS/cuDNN numerics switch, and the node
+# name fracgpu's controller puts in its recovery Jobs.
+GPU_ENV_ALLOWED: Final = ("NVIDIA_DISABLE_REQUIRE", "NVIDIA_TF32_OVERRIDE", "FRACGPU_NODE")
 
 # The NVIDIA container toolkit's "volume-mounts" device list: a bind mount of /dev/null at
 # <root>/<device> selects <device> (accept-nvidia-visible-devices-as-volume-mounts = true).
@@ -66,7 +68,9 @@ DEFAULT_NAMESPACE: Final = "fracgpu-system"
 # Taint of a node whose GPUs are broken as a whole (key configurable).
 TAINT_GPU_FAILED: Final = "fracgpu.io/gpu-failed"
 
-# Recovery Jobs the controller starts for a broken node (optional, user-supplied template).
+# Recovery Jobs the controller starts for a broken node (optional, user-supplied template), in a
+# namespace of their own at Pod Security "baseline": never fracgpu's, which is "privileged".
+DEFAULT_RECOVERY_NAMESPACE: Final = "fracgpu-recovery"
 LABEL_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job label: the node (hashed if > 63 chars)
 ANN_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job annotation: the node's full name
 
