@@ -20,6 +20,7 @@ from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, build_world
 from tests.manifests.render import find
 
+
 def container_env(kind: str, name: str) -> dict[str, str]:
     spec = find(kind, name)["spec"]["template"]["spec"]
     (c,) = spec["containers"]

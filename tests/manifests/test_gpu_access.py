@@ -17,8 +17,8 @@ import pytest
 
 from fracgpu.api.v1beta1 import names
 from tests.manifests.cel import Request, evaluate
-from tests.manifests.test_policies import ALICE, denials_of, policies
 from tests.manifests.render import Obj
+from tests.manifests.test_policies import ALICE, denials_of, policies
 
 POLICY = "fracgpu-gpu-access"
 DEPLOYER = "system:serviceaccount:kube-system:replicaset-controller"  # who creates a Deployment's pods
