@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, TAINT_GPU_FAILED
+from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEFAULT_RECOVERY_NAMESPACE, TAINT_GPU_FAILED
 from fracgpu.core.health import NodePolicy
 
 _QUALIFIED_NAME = re.compile(
@@ -40,6 +40,7 @@ class ControllerConfig:
     recovery_job: Mapping[str, Any] | None = None  # a validated Job template (recovery.validate_template)
     recovery_after: float = 600.0  # seconds a node must stay broken before its recovery Job starts
     recovery_cooldown: float = 3600.0  # at most one recovery Job per node in this many seconds
+    recovery_namespace: str = DEFAULT_RECOVERY_NAMESPACE  # where recovery Jobs run (Pod Security baseline)
 
     def __post_init__(self) -> None:
         positive = {
@@ -64,6 +65,13 @@ class ControllerConfig:
             raise ConfigError(f"eviction grace period: must be >= 0 seconds, got {self.eviction_grace_period}")
         if self.eviction_backoff_max < self.eviction_backoff:
             raise ConfigError("eviction backoff max: must be >= eviction backoff")
+        if self.recovery_job is not None and self.recovery_namespace in ("", self.namespace):
+            # fracgpu's namespace is Pod Security "privileged" (the device plugin's host mounts): a
+            # controller that could create Jobs there could start a privileged pod on any node.
+            raise ConfigError(
+                f"recovery namespace: {self.recovery_namespace!r} cannot hold recovery Jobs; give a "
+                f"namespace of their own with Pod Security baseline or stricter (e.g. {DEFAULT_RECOVERY_NAMESPACE})"
+            )
         if not self.renew_deadline < self.lease_duration:
             raise ConfigError(
                 f"renew deadline ({self.renew_deadline}s) must be shorter than lease duration ({self.lease_duration}s)"

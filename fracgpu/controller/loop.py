@@ -218,10 +218,10 @@ class Controller:
     def _start_recovery(self, action: reconcile.StartRecovery) -> None:
         template = self.cfg.recovery_job
         assert template is not None  # plan only asks for recovery Jobs when a template is set
-        body = recovery.build_job(template, action.node, self.cfg.namespace, self.cfg.taint_key)
+        body = recovery.build_job(template, action.node, self.cfg.recovery_namespace, self.cfg.taint_key)
         created, detail = True, ""
         try:
-            self.writer.create_job(self.cfg.namespace, body)
+            self.writer.create_job(self.cfg.recovery_namespace, body)
         except errors.KubeAPIError as e:
             created, detail = False, str(e)
         self.metrics.recovery_jobs.labels("created" if created else "error").inc()

@@ -92,6 +92,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="which pods to watch ('' = all)")  # fmt: skip
     p.add_argument("--recovery-job", default=env("FRACGPU_RECOVERY_JOB", None),
                    help="YAML file with a batch/v1 Job to run on a node broken for --recovery-after seconds")
+    p.add_argument("--recovery-namespace", default=env("FRACGPU_RECOVERY_NAMESPACE", d.recovery_namespace),
+                   help="namespace of the recovery Jobs: Pod Security baseline or stricter, never fracgpu's own")
     p.add_argument("--recovery-after", type=float, default=d.recovery_after)
     p.add_argument("--recovery-cooldown", type=float, default=d.recovery_cooldown)
     p.add_argument("--kube-api", default=None, help="API server URL (default: kubeconfig or in-cluster)")
@@ -131,6 +133,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
             recovery_job=template,
             recovery_after=args.recovery_after,
             recovery_cooldown=args.recovery_cooldown,
+            recovery_namespace=args.recovery_namespace,
         )
     except (ValueError, HealthConfigError) as e:
         raise ConfigError(str(e)) from None
@@ -188,7 +191,8 @@ def serve(opts: Options, stop: threading.Event) -> int:
     ]
     if cfg.recovery_job is not None:
         reflectors.append(
-            Reflector(transport, JOBS, feed("jobs"), namespace=cfg.namespace, label_selector=LABEL_RECOVERY_NODE)
+            Reflector(transport, JOBS, feed("jobs"), namespace=cfg.recovery_namespace,
+                      label_selector=LABEL_RECOVERY_NODE)
         )
     if opts.metrics_port:
         from prometheus_client import start_http_server

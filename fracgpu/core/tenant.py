@@ -16,6 +16,10 @@ Rules (docs/quotas.md has the full text):
 - A value that cannot be used (a bad annotation, a fractional byte count) gives a `QuotaError`
   instead of limits; the ledger refuses the tenant's new pods with its message (fail closed: a
   typo must not grant unlimited GPU memory). Running pods are not touched.
+- So does a TenantQuota whose namespaceSelector uses a label a tenant may edit (anything but
+  fracgpu.io/ labels and kubernetes.io/metadata.name, `names.protected_namespace_label`): its
+  tenants could walk out of it or into a richer one. The CRD refuses such selectors; this catches
+  objects stored before that rule.
 
 Build one `Tenants` index per change of the namespace or TenantQuota cache; it is immutable.
 """
@@ -32,6 +36,7 @@ from fracgpu.api.v1beta1.names import (
     RESOURCE_MEMORY,
     TENANT_NS_PREFIX,
     TENANT_TQ_PREFIX,
+    protected_namespace_label,
 )
 from fracgpu.api.v1beta1.tenantquota import (
     CONDITION_NAMESPACE_CONFLICT,
@@ -77,6 +82,7 @@ class QuotaError:
 
     tenant: str
     message: str
+    condition_reason: str = "InvalidQuantity"  # the reason of the TenantQuota's QuotaValid=False
 
     @property
     def reason(self) -> str:
@@ -148,6 +154,13 @@ def _amount(parse: Callable[..., int], value: str | int, where: str) -> int:
         raise QuantityError(text if text.startswith(where) else f"{where}: {text}") from None
 
 
+def unprotected_selector_keys(quota: TenantQuota) -> tuple[str, ...]:
+    """The label keys of the quota's namespaceSelector that a tenant may write on her namespace."""
+    sel = quota.spec.namespace_selector
+    keys = {k for k, _ in sel.match_labels} | {e.key for e in sel.match_expressions}
+    return tuple(sorted(k for k in keys if not protected_namespace_label(k)))
+
+
 def default_limits(memory: str | int | None, cores: str | int | None) -> Limits:
     """The cluster default from configuration; raises QuantityError (a config error, at start)."""
     return Limits(
@@ -217,6 +230,15 @@ class Tenants:
                 # Its pods were charged while it existed; with the object gone the tenant has no limit
                 # of its own, only the cluster default.
                 return self._default
+            editable = unprotected_selector_keys(quota)
+            if editable:
+                return QuotaError(
+                    tenant=tenant,
+                    message=f"TenantQuota {name} spec.namespaceSelector selects on {', '.join(editable)}, "
+                    "a label tenants may edit on their namespaces; select on fracgpu.io/ labels or "
+                    "kubernetes.io/metadata.name",
+                    condition_reason="EditableSelector",
+                )
             where = f"TenantQuota {name} spec.hard"
             return parse_limits(
                 quota.spec.hard.memory,
@@ -289,7 +311,7 @@ class Tenants:
             valid = Condition(
                 type=CONDITION_QUOTA_VALID,
                 status="False",
-                reason="InvalidQuantity",
+                reason=limits.condition_reason,
                 message=f"{limits.message}; new pods of {limits.tenant} are refused until it is fixed",
                 last_transition_time=stamp,
                 observed_generation=generation,

@@ -27,7 +27,7 @@ from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
-from fracgpu.deviceplugin.response import LimiterConfig, valid_cdi_kind
+from fracgpu.deviceplugin.response import LimiterConfig, parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import ServerConfig
 
 if TYPE_CHECKING:
@@ -77,6 +77,11 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
                         "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: "
                         "none [FRACGPU_CDI_KIND]")
+    p.add_argument("--device-list-strategy", default=env("FRACGPU_DEVICE_LIST_STRATEGY", "envvar"),
+                   help="how Allocate names a container's GPUs to the NVIDIA runtime, a comma list of: envvar "
+                        "(NVIDIA_VISIBLE_DEVICES), volume-mounts (/dev/null at /var/run/nvidia-container-devices/"
+                        "<uuid>; works with accept-nvidia-visible-devices-envvar-when-unprivileged = false) "
+                        "[FRACGPU_DEVICE_LIST_STRATEGY, envvar]")
     p.add_argument("--crosscheck-delay", type=float, default=float(env("FRACGPU_CROSSCHECK_DELAY", "1.0")),
                    help="seconds after an Allocate before checking PodResources [FRACGPU_CROSSCHECK_DELAY, 1]")
     p.add_argument("--quota-check", choices=("auto", "on", "off"), default=env("FRACGPU_QUOTA_CHECK", "auto"),
@@ -158,12 +163,16 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         raise ConfigError(f"--cdi-kind {args.cdi_kind!r} is not a CDI kind vendor/class (e.g. nvidia.com/gpu)")
     if args.crosscheck_delay < 0:
         raise ConfigError("--crosscheck-delay must be >= 0")
+    try:
+        device_list = parse_device_list(args.device_list_strategy)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
         holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
     cfg = AppConfig(
         plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
-                            crosscheck_delay=args.crosscheck_delay),
+                            crosscheck_delay=args.crosscheck_delay, device_list=device_list),
         server=ServerConfig(socket_dir=args.socket_dir),
         health=health,
     )

@@ -45,7 +45,7 @@ from fracgpu.deviceplugin.ledger import (
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.podresources import HoldingsSource
 from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
-from fracgpu.deviceplugin.response import LimiterConfig, container_response
+from fracgpu.deviceplugin.response import DEVICE_LIST_ENVVAR, LimiterConfig, container_response
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class PluginConfig:
     node: str
     limiter: LimiterConfig | None = None
     cdi_kind: str = ""  # e.g. nvidia.com/gpu: name each GPU as a CDI device too; "" = none
+    device_list: tuple[str, ...] = (DEVICE_LIST_ENVVAR,)  # response.DEVICE_LIST_STRATEGIES
     crosscheck_delay: float = 1.0  # seconds after an Allocate before asking PodResources
     write_retries: int = 5
     retry_backoff: float = 0.2
@@ -161,7 +162,7 @@ class Plugin:
             if isinstance(outcome, Refusal):
                 self._refused(outcome)
                 raise AllocateRefused(outcome)
-            response = container_response(outcome, self.cfg.limiter, self.cfg.cdi_kind)
+            response = container_response(outcome, self.cfg.limiter, self.cfg.cdi_kind, self.cfg.device_list)
             self._granted(outcome)
             return response
         finally:

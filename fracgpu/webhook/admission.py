@@ -3,7 +3,9 @@
 The API server sends `admission.k8s.io/v1` AdmissionReview objects (only v1 is declared in the
 webhook configuration). For a Pod asking for `fracgpu.io/vgpu-core` the answer is a JSONPatch that
 sets `spec.schedulerName: fracgpu-scheduler`; a pod whose GPU request is malformed is refused with
-the reason from `fracgpu.core.request`. Every answer echoes the request's uid.
+the reason from `fracgpu.core.request`, and so is a pod created with fracgpu.io/assigned or
+fracgpu.io/phase (a forged reservation; the admission policy fracgpu-protect-pod-keys refuses it too,
+with the same text). Every answer echoes the request's uid.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any, Final
 
 from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
-from fracgpu.api.v1beta1.names import RESOURCE_CORE, RESOURCE_MEMORY, SCHEDULER_NAME
+from fracgpu.api.v1beta1.names import (
+    PROTECTED_POD_ANNOTATIONS,
+    RESOURCE_CORE,
+    RESOURCE_MEMORY,
+    SCHEDULER_NAME,
+    protected_pod_keys_refusal,
+)
 from fracgpu.core.request import RequestError, parse_pod_request
 
 ADMISSION_API_VERSION: Final = "admission.k8s.io/v1"
@@ -104,6 +112,19 @@ def _mentions_gpu(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+def _forges_a_reservation(pod: Mapping[str, Any]) -> bool:
+    """Whether a new pod carries a key only fracgpu writes, and only after creation (at bind)."""
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and any(k in annotations for k in PROTECTED_POD_ANNOTATIONS)
+
+
+def _username(request: Mapping[str, Any]) -> str:
+    user = request.get("userInfo")
+    name = user.get("username") if isinstance(user, Mapping) else None
+    return name if isinstance(name, str) and name else "an unnamed user"
+
+
 def review(request: Mapping[str, Any]) -> Decision:
     """Decide one admission request (already decoded)."""
     uid = str(request["uid"])
@@ -112,6 +133,9 @@ def review(request: Mapping[str, Any]) -> Decision:
     pod = request.get("object")
     if not isinstance(pod, Mapping):
         raise BadReview("AdmissionReview request for a Pod CREATE has no object")
+    if _forges_a_reservation(pod):
+        # Defence in depth beside the admission policy; no fracgpu program creates pods, so nobody is exempt.
+        return Decision(uid, OUTCOME_REJECTED, protected_pod_keys_refusal(_username(request)))
     if not _mentions_gpu(pod):
         return Decision(uid, OUTCOME_IGNORED)
     try:

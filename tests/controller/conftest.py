@@ -99,7 +99,7 @@ class Replica:
         self.cache.replace("pods", list(self.kube.list_pods()))
         self.cache.replace("leases", list(self.kube.list_objects(LEASES, namespace=NS)))
         if self.controller.cfg.recovery_job is not None:
-            self.cache.replace("jobs", list(self.kube.list_objects(JOBS, namespace=NS)))
+            self.cache.replace("jobs", list(self.kube.list_objects(JOBS, namespace=self.controller.cfg.recovery_namespace)))
 
     def round(self) -> Plan | None:
         self.sync()

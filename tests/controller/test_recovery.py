@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from fracgpu.api.v1beta1.names import ANN_RECOVERY_NODE, LABEL_RECOVERY_NODE, TAINT_GPU_FAILED
+from fracgpu.api.v1beta1.names import (
+    ANN_RECOVERY_NODE,
+    DEFAULT_RECOVERY_NAMESPACE,
+    LABEL_RECOVERY_NODE,
+    TAINT_GPU_FAILED,
+)
 from fracgpu.controller import main as cmain
 from fracgpu.controller import reconcile as r
 from fracgpu.controller import recovery
@@ -38,6 +43,7 @@ TEMPLATE: dict[str, Any] = {
     },
 }
 JOBS = ResourceType("batch", "v1", "jobs", "Job", namespaced=True, status_subresource=True)
+RECOVERY_NS = DEFAULT_RECOVERY_NAMESPACE
 
 
 def test_build_job_pins_the_node_and_tolerates_the_taint() -> None:
@@ -97,6 +103,25 @@ def test_template_file_flag(tmp_path: Path) -> None:
         cmain.parse_options(["--recovery-job", str(bad)], {})
     with pytest.raises(ConfigError, match="cannot read"):
         cmain.parse_options(["--recovery-job", str(tmp_path / "missing.yaml")], {})
+
+
+@pytest.mark.parametrize(("argv", "environ"), [
+    (["--recovery-namespace", NS], {}),
+    ([], {"FRACGPU_RECOVERY_NAMESPACE": NS}),
+    (["--namespace", "gpu-ops", "--recovery-namespace", "gpu-ops"], {}),
+    (["--recovery-namespace", ""], {}),
+])
+def test_recovery_jobs_never_run_in_fracgpu_s_privileged_namespace(
+    tmp_path: Path, argv: list[str], environ: dict[str, str]
+) -> None:
+    """fracgpu's namespace is Pod Security privileged: a Job there could start a privileged pod on any node."""
+    job = tmp_path / "job.yaml"
+    job.write_text("apiVersion: batch/v1\nkind: Job\nspec:\n  template:\n    spec:\n      containers: [{name: r}]\n")
+    with pytest.raises(ConfigError, match="cannot hold recovery Jobs; give a namespace of their own"):
+        cmain.parse_options(["--recovery-job", str(job), *argv], environ)
+    # without a recovery Job the setting is unused, so nothing to refuse
+    assert cmain.parse_options(argv, environ).cfg.recovery_job is None
+    assert cmain.parse_options(["--recovery-job", str(job)], {}).cfg.recovery_namespace == RECOVERY_NS
 
 
 # --- the decision ---------------------------------------------------------------------------------
@@ -161,7 +186,8 @@ def test_recovery_job_created_once_on_the_broken_node(
         clock.advance(10.0)
         renew(server, "n1", clock)
         renew(server, "n2", clock)
-    jobs = server.list_objects("jobs", NS)
+    assert server.list_objects("jobs", NS) == []  # never in fracgpu's (privileged) namespace
+    jobs = server.list_objects("jobs", RECOVERY_NS)
     assert len(jobs) == 1
     pod = jobs[0]["spec"]["template"]["spec"]
     assert pod["nodeName"] == "n1"
@@ -170,12 +196,12 @@ def test_recovery_job_created_once_on_the_broken_node(
     assert ctl.metric("fracgpu_controller_recovery_jobs_total", result="created") == 1
     # the Job finishes but the node stays broken: nothing more until the cooldown (600 s)
     server.patch_object("jobs", jobs[0]["metadata"]["name"], {"status": {"conditions": [
-        {"type": "Complete", "status": "True"}]}}, NS)  # fmt: skip
+        {"type": "Complete", "status": "True"}]}}, RECOVERY_NS)  # fmt: skip
     for _ in range(3):
         clock.advance(100.0)
         renew(server, "n1", clock)
         ctl.round()
-    assert len(server.list_objects("jobs", NS)) == 1
+    assert len(server.list_objects("jobs", RECOVERY_NS)) == 1
     clock.advance(300.0)
     ctl.round()
-    assert len(server.list_objects("jobs", NS)) == 2
+    assert len(server.list_objects("jobs", RECOVERY_NS)) == 2

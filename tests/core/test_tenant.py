@@ -114,9 +114,10 @@ def test_conflict_rule_does_not_depend_on_watch_order(order: int) -> None:
 
 def test_conflict_conditions_on_both_quotas_and_none_elsewhere() -> None:
     tenants = t.Tenants(
-        [ns("n", {"t": "x"})],
-        [quota("old", labels={"t": "x"}), quota("new", created="2026-03-01T00:00:00Z", labels={"t": "x"}),
-         quota("alone", labels={"t": "y"})],
+        [ns("n", {"fracgpu.io/t": "x"})],
+        [quota("old", labels={"fracgpu.io/t": "x"}),
+         quota("new", created="2026-03-01T00:00:00Z", labels={"fracgpu.io/t": "x"}),
+         quota("alone", labels={"fracgpu.io/t": "y"})],
     )  # fmt: skip
     now = 1767225600.0  # 2026-01-01T00:00:00Z
     for name in ("old", "new"):
@@ -169,15 +170,15 @@ SOURCES = [
     ),
     Src(
         "TenantQuota beats the namespace annotations",
-        ns("a", {"team": "a"}, memory="1Gi", cores="1"),
-        [quota("team-a", labels={"team": "a"})],
+        ns("a", {"fracgpu.io/team": "a"}, memory="1Gi", cores="1"),
+        [quota("team-a", labels={"fracgpu.io/team": "a"})],
         DEFAULT,
         t.Limits(64 * GI, 400, "TenantQuota team-a", "TenantQuota team-a"),
     ),
     Src(
         "TenantQuota without cores: the default, not the annotation",
-        ns("a", {"team": "a"}, cores="1"),
-        [quota("team-a", labels={"team": "a"}, cores=None)],
+        ns("a", {"fracgpu.io/team": "a"}, cores="1"),
+        [quota("team-a", labels={"fracgpu.io/team": "a"}, cores=None)],
         DEFAULT,
         t.Limits(64 * GI, 100, "TenantQuota team-a", t.SOURCE_DEFAULT),
     ),
@@ -187,8 +188,17 @@ SOURCES = [
     Src("negative annotation", ns("a", memory="-1Gi"), [], t.UNLIMITED, "must not be negative"),
     Src("fractional cores", ns("a", cores="1.5"), [], t.UNLIMITED,
         "annotation fracgpu.io/vgpu-core-quota on namespace a must be a whole number, got '1.5'"),
-    Src("fractional bytes in a TenantQuota", ns("a", {"team": "a"}), [quota("team-a", labels={"team": "a"}, memory="0.5")],
+    Src("fractional bytes in a TenantQuota", ns("a", {"fracgpu.io/team": "a"}),
+        [quota("team-a", labels={"fracgpu.io/team": "a"}, memory="0.5")],
         t.UNLIMITED, "TenantQuota team-a spec.hard[fracgpu.io/vgpu-memory] must be a whole number of bytes"),
+    Src("a selector on a label tenants may edit", ns("a", {"team": "a"}), [quota("team-a", labels={"team": "a"})],
+        t.UNLIMITED, "TenantQuota team-a spec.namespaceSelector selects on team, a label tenants may edit"),
+    Src("an expression on one", ns("a", {"fracgpu.io/team": "a", "stage": "prod"}),
+        [quota("team-a", labels={"fracgpu.io/team": "a"}, expressions=[{"key": "stage", "operator": "Exists"}])],
+        DEFAULT, "selects on stage,"),
+    Src("namespaces by name", ns("a", {"kubernetes.io/metadata.name": "a"}),
+        [quota("team-a", expressions=[{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a"]}])],
+        t.UNLIMITED, t.Limits(64 * GI, 400, "TenantQuota team-a", "TenantQuota team-a")),
 ]  # fmt: skip
 
 
@@ -207,7 +217,7 @@ def test_limits_sources_strongest_first(case: Src) -> None:
 
 
 def test_invalid_quota_condition() -> None:
-    tenants = t.Tenants([], [quota("team-a", labels={"t": "a"}, memory="0.5")])
+    tenants = t.Tenants([], [quota("team-a", labels={"fracgpu.io/t": "a"}, memory="0.5")])
     _, valid = tenants.conditions("team-a", 0.0)
     assert (valid.status, valid.reason) == ("False", "InvalidQuantity")
     assert valid.message.endswith("new pods of tq/team-a are refused until it is fixed")
@@ -238,3 +248,17 @@ def test_allowed_zones(zones: list[str] | None, zone: str, refusal: str | None) 
     tenants = t.Tenants([ns("a", {"team": "a"})], [quota("team-a", labels={"team": "a"}, zones=zones)])
     assert tenants.zone_refusal("tq/team-a", zone) == refusal
     assert tenants.zone_refusal("ns/b", "zone-c") is None  # namespace tenants have no zone rule
+
+
+def test_a_selector_on_a_label_tenants_may_edit_fails_closed() -> None:
+    """A TenantQuota stored before the CRD's rule: its tenant is refused, the status says why."""
+    tenants = t.Tenants([ns("a", {"team": "a"})], [quota("team-a", labels={"team": "a"})], t.UNLIMITED)
+    assert tenants.tenant_of("a") == "tq/team-a"  # still its tenant: leaving would be the escape
+    limits = tenants.limits("tq/team-a")
+    assert isinstance(limits, t.QuotaError)
+    assert limits.reason == ("tenant tq/team-a: quota unusable, TenantQuota team-a spec.namespaceSelector selects on "
+                             "team, a label tenants may edit on their namespaces; select on fracgpu.io/ labels or "
+                             "kubernetes.io/metadata.name")
+    _, valid = tenants.conditions("team-a", 0.0)
+    assert (valid.status, valid.reason) == ("False", "EditableSelector")
+

@@ -86,11 +86,12 @@ class World:
         return self.clock_at
 
     def start_plugin(self, crosscheck_delay: float = 0.0, cluster: Cluster | None = None,
-                     limiter: LimiterConfig | None = None, cdi_kind: str = "") -> DevicePluginApp:
+                     limiter: LimiterConfig | None = None, cdi_kind: str = "",
+                     device_list: tuple[str, ...] = ("envvar",)) -> DevicePluginApp:
         self.metrics = PluginMetrics()
         cfg = AppConfig(
             plugin=PluginConfig(node=NODE, crosscheck_delay=crosscheck_delay, retry_backoff=0.0, write_retries=2,
-                                limiter=limiter, cdi_kind=cdi_kind),
+                                limiter=limiter, cdi_kind=cdi_kind, device_list=device_list),
             server=ServerConfig(socket_dir=self.dir, lock_timeout=5.0),
             health=HealthConfig(poll_interval=3600.0),
             watch_interval=0.05,

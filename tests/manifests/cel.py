@@ -1,7 +1,8 @@
 """A small model of how the API server runs a ValidatingAdmissionPolicy, over cel-python (celpy).
 
-It follows the documented order: matchConstraints.resourceRules (group, version, operation,
-resource or resource/subresource), then matchConditions, then variables (in order, each seeing the
+It follows the documented order: the binding's matchResources.namespaceSelector (over the labels of
+the request's namespace, or of the Namespace object itself), matchConstraints.resourceRules (group,
+version, operation, resource or resource/subresource), then matchConditions, then variables (in order, each seeing the
 ones before it), then validations; a validation that is false denies with its messageExpression,
 else its message. Only standard CEL is modelled: the policies avoid optional syntax (?.) and
 Kubernetes' library extensions, which celpy does not have. What it cannot show: the API server's
@@ -54,6 +55,20 @@ class Request:
     version: str = "v1"
     groups: tuple[str, ...] = ("system:authenticated",)
     extra: Mapping[str, list[str]] = field(default_factory=dict)
+    # labels of the request's namespace; None: only kubernetes.io/metadata.name, as the API server sets it
+    namespace_labels: Mapping[str, str] | None = None
+
+    def selector_labels(self) -> Mapping[str, str] | None:
+        """The labels a binding's namespaceSelector sees: the Namespace's own for a Namespace, the
+        request's namespace's for namespaced objects, None for other cluster-scoped objects."""
+        meta = (self.obj or self.old or {}).get("metadata", {})
+        if self.resource == "namespaces" and self.group == "":
+            return dict(meta.get("labels", {}))
+        if "namespace" not in meta:
+            return None
+        if self.namespace_labels is not None:
+            return self.namespace_labels
+        return {"kubernetes.io/metadata.name": meta["namespace"]}
 
     def as_json(self) -> dict[str, Any]:
         meta = (self.obj or self.old or {}).get("metadata", {})
@@ -124,6 +139,29 @@ def run_policy(policy: Mapping[str, Any], r: Request) -> Outcome:
             else:
                 denials.append(str(v.get("message", f"failed expression: {v['expression']}")))
     return Outcome(True, tuple(denials))
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector: every matchLabels pair and every expression holds."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def run_bound(policy: Mapping[str, Any], binding: Mapping[str, Any], r: Request) -> Outcome:
+    """The policy as its binding applies it: the binding's namespaceSelector first."""
+    selector = binding["spec"].get("matchResources", {}).get("namespaceSelector")
+    labels = r.selector_labels()
+    if selector is not None and labels is not None and not selector_matches(selector, labels):
+        return Outcome(False)
+    return run_policy(policy, r)
 
 
 def match_conditions(conditions: list[Mapping[str, Any]], r: Request) -> bool:

@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass
 
 from fracgpu.api.v1beta1 import names
-from tests.manifests.render import Obj, of_kind
+from tests.manifests.render import Obj, rendered
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,15 @@ class Grant:
 
 @functools.cache
 def grants(account: str) -> tuple[Grant, ...]:
+    return grants_in(account, rendered())
+
+
+def grants_in(account: str, objs: list[Obj]) -> tuple[Grant, ...]:
+    """The account's grants in these objects (e.g. the manifests with a component added)."""
+
+    def of_kind(kind: str) -> list[Obj]:
+        return [o for o in objs if o["kind"] == kind]
+
     roles = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
              for o in of_kind("Role") + of_kind("ClusterRole")}
     out: list[Grant] = []
@@ -63,10 +72,11 @@ def grants(account: str) -> tuple[Grant, ...]:
     return tuple(out)
 
 
-def authorized(account: str, a: Access) -> bool:
-    return any(g.allows(a) for g in grants(account))
+def authorized(account: str, a: Access, objs: list[Obj] | None = None) -> bool:
+    return any(g.allows(a) for g in (grants(account) if objs is None else grants_in(account, objs)))
 
 
-def granted(account: str) -> set[tuple[str, str, str]]:
+def granted(account: str, objs: list[Obj] | None = None) -> set[tuple[str, str, str]]:
     """Every (group, resource[/sub], verb) the account's own roles grant."""
-    return {(grp, res, verb) for g in grants(account) for grp in g.groups for res in g.resources for verb in g.verbs}
+    gs = grants(account) if objs is None else grants_in(account, objs)
+    return {(grp, res, verb) for g in gs for grp in g.groups for res in g.resources for verb in g.verbs}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,18 @@ def kubectl_kustomize(directory: Path = MANIFESTS) -> list[Obj] | None:
     out = subprocess.run([kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True,
                          timeout=60).stdout
     return [d for d in yaml.safe_load_all(out) if d is not None]
+
+
+def kubectl_kustomize_with(*components: str) -> list[Obj] | None:
+    """`kubectl kustomize` of an overlay of manifests/ that adds the named components (e.g. "recovery"),
+    as an operator's overlay would; None where kubectl is not installed."""
+    if shutil.which("kubectl") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        rel = os.path.relpath(MANIFESTS, tmp)  # kustomize refuses absolute paths
+        overlay = {"resources": [rel], "components": [f"{rel}/{c}" for c in components]}
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+        return kubectl_kustomize(Path(tmp))
 
 
 @functools.cache

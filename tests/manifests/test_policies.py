@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1 import names
-from tests.manifests.cel import Request, match_conditions, run_policy
+from tests.manifests.cel import Outcome, Request, match_conditions, run_bound, run_policy
 from tests.manifests.render import Obj, find, of_kind
 
 NS = names.DEFAULT_NAMESPACE
@@ -89,6 +89,18 @@ def with_(obj: Obj, **annotations: str) -> Obj:
     return out
 
 
+def with_labels(obj: Obj, **labels: str) -> Obj:
+    out = copy.deepcopy(obj)
+    out["metadata"].setdefault("labels", {}).update(labels)
+    return out
+
+
+def with_image(obj: Obj, image: str) -> Obj:
+    out = copy.deepcopy(obj)
+    out["spec"]["containers"][0]["image"] = image
+    return out
+
+
 PHASE = names.ANN_PHASE
 INV = names.ANN_INVENTORY
 BOUND = pod(annotations={names.ANN_ASSIGNED: ASSIGNED, PHASE: "allocating"}, node="gpu-1")
@@ -145,6 +157,19 @@ CASES = [
          Request(**plugin_on("gpu-2"), operation="UPDATE", resource="pods",
                  obj=with_(BOUND, **{PHASE: "allocated"}), old=BOUND),
          "fracgpu-plugin-own-node", "only pods bound to that node"),
+    Case("the plugin relabels a pod on its node",
+         Request(**plugin_on("gpu-1"), operation="UPDATE", resource="pods",
+                 obj=with_labels(BOUND, app="db"), old=BOUND),
+         "fracgpu-plugin-own-node", "may change only the annotations fracgpu.io/assigned and fracgpu.io/phase"),
+    Case("the plugin writes another annotation of a pod on its node",
+         Request(**plugin_on("gpu-1"), operation="UPDATE", resource="pods", obj=with_(BOUND, team="x"), old=BOUND),
+         "fracgpu-plugin-own-node", "may change only the annotations"),
+    Case("the plugin changes the image of a pod on its node",
+         Request(**plugin_on("gpu-1"), operation="UPDATE", resource="pods", obj=with_image(BOUND, "evil:1"),
+                 old=BOUND), "fracgpu-plugin-own-node", "may change only the annotations"),
+    Case("the plugin moves a reservation on its node",
+         Request(**plugin_on("gpu-1"), operation="UPDATE", resource="pods",
+                 obj=with_(BOUND, **{names.ANN_ASSIGNED: ASSIGNED.replace("GPU-1", "GPU-2")}), old=BOUND)),
     Case("the plugin writes an unbound pod",
          Request(**plugin_on("gpu-1"), operation="UPDATE", resource="pods",
                  obj=pod(annotations={PHASE: "allocated"}), old=pod()), "fracgpu-plugin-own-node"),
@@ -222,6 +247,21 @@ CASES = [
     Case("system:masters set a tenant",
          Request("root", "CREATE", "namespaces", namespace(labels={names.LABEL_TENANT: "team-a"}),
                  groups=("system:masters",))),
+    Case("a tenant exempts her namespace from the GPU admission rules",
+         Request(ALICE, "UPDATE", "namespaces", namespace(labels={names.LABEL_EXEMPT: "true"}), namespace()),
+         "fracgpu-protect-namespace-keys", f"{ALICE} tried to write {names.LABEL_EXEMPT}"),
+    Case("a tenant sets a fracgpu.io/ label a TenantQuota could select on",
+         Request(ALICE, "UPDATE", "namespaces", namespace(labels={"fracgpu.io/team": "rich"}), namespace()),
+         "fracgpu-protect-namespace-keys", "fracgpu.io/team"),
+    Case("a tenant creates a namespace in another TenantQuota's fracgpu.io/ selection",
+         Request(ALICE, "CREATE", "namespaces", namespace(labels={"fracgpu.io/team": "rich"})),
+         "fracgpu-protect-namespace-keys", "fracgpu.io/team"),
+    Case("a tenant removes the metrics-scraper label",
+         Request(ALICE, "UPDATE", "namespaces", namespace(), namespace(labels={"fracgpu.io/metrics-scraper": "true"})),
+         "fracgpu-protect-namespace-keys", "fracgpu.io/metrics-scraper"),
+    Case("a quota admin exempts the GPU operator's namespace",
+         Request("bob", "UPDATE", "namespaces", namespace(labels={names.LABEL_EXEMPT: "true"}), namespace(),
+                 groups=("fracgpu:quota-admins", "system:authenticated"))),
     Case("fracgpu's own accounts do not write quotas",
          Request(EXTENDER, "UPDATE", "namespaces", namespace(annotations={names.ANN_NS_CORE_QUOTA: "900"}),
                  namespace()), "fracgpu-protect-namespace-keys"),
@@ -247,9 +287,23 @@ def policies() -> dict[str, Obj]:
     return {p["metadata"]["name"]: p for p in of_kind("ValidatingAdmissionPolicy")}
 
 
+def bindings() -> dict[str, Obj]:
+    return {b["spec"]["policyName"]: b for b in of_kind("ValidatingAdmissionPolicyBinding")}
+
+
+def admit(r: Request) -> dict[str, Outcome]:
+    """Every policy of the manifests on one request, each as its binding applies it."""
+    bound = bindings()
+    return {name: run_bound(p, bound[name], r) for name, p in policies().items()}
+
+
+def denials_of(r: Request) -> dict[str, tuple[str, ...]]:
+    return {name: o.denials for name, o in admit(r).items() if o.denials}
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_policies(case: Case) -> None:
-    denials = {name: run_policy(p, case.request).denials for name, p in policies().items()}
+    denials = {name: o.denials for name, o in admit(case.request).items()}
     denied = {name: d for name, d in denials.items() if d}
     if case.denied_by is None:
         assert denied == {}
@@ -306,3 +360,16 @@ def test_the_policies_name_service_accounts_that_exist() -> None:
 def test_the_webhook_is_called_only_for_pods_that_name_a_fracgpu_resource(name: str, obj: Obj, called: bool) -> None:
     (hook,) = find("MutatingWebhookConfiguration", "fracgpu-webhook")["webhooks"]
     assert match_conditions(hook["matchConditions"], Request(ALICE, "CREATE", "pods", obj)) is called, name
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [Request(ALICE, "CREATE", "pods", pod(annotations={names.ANN_ASSIGNED: ASSIGNED})),
+     Request("system:serviceaccount:team-a:deployer", "UPDATE", "pods", with_(BOUND, **{PHASE: "allocated"}), BOUND)],
+    ids=["create", "update"],
+)
+def test_the_forged_key_refusal_is_the_shared_text(request_: Request) -> None:
+    """The webhook refuses forged keys with names.protected_pod_keys_refusal; the policy says the same."""
+    (message,) = denials_of(request_)["fracgpu-protect-pod-keys"]
+    assert message == names.protected_pod_keys_refusal(request_.username)
+

@@ -18,7 +18,7 @@ import pytest
 from fracgpu.api.v1beta1 import names
 from fracgpu.kube.client import Transport
 from fracgpu.kube.reflector import Reflector, WatchEvent
-from fracgpu.kube.resources import JOBS, LEASES, NODES, PODS
+from fracgpu.kube.resources import LEASES, NODES, PODS
 from fracgpu.kube.writer import KubeWriter
 from tests.fakes.apiserver import FakeApiServer
 from tests.manifests.rbac import Access, authorized, granted
@@ -144,21 +144,19 @@ def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
     def ignore(_: WatchEvent) -> None:
         return None
 
-    # the reflectors fracgpu.controller.main starts (jobs only with --recovery-job)
+    # the reflectors fracgpu.controller.main starts (jobs only with --recovery-job: the component
+    # manifests/recovery, tests/manifests/test_recovery_component.py)
     reader = _reader(server)
     _sync(
         Reflector(reader, NODES, ignore),
         Reflector(reader, PODS, ignore, field_selector=f"spec.schedulerName={names.SCHEDULER_NAME}"),
         Reflector(reader, LEASES, ignore, namespace=NS),
-        Reflector(reader, JOBS, ignore, namespace=NS, label_selector=names.LABEL_RECOVERY_NODE),
     )
     w = ControllerWriter(writer)
     w.add_taint(NODE, names.TAINT_GPU_FAILED, "NoSchedule")
     w.remove_taint(NODE, names.TAINT_GPU_FAILED)
     w.record_event(ObjectRef("Node", NODE), "Warning", "GpuFailed", "test")
     w.evict("team-a", "bound", "", None)
-    w.create_job(NS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "recover-gpu-1",
-                      "namespace": NS}, "spec": {"template": {"spec": {"containers": [], "restartPolicy": "Never"}}}})
     store = KubeLeaseStore(writer, NS, "fracgpu-controller")
     assert store.get() is None
     lease = store.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -215,6 +213,9 @@ def test_every_request_of_a_component_is_allowed_and_every_rule_used(account: st
         ("fracgpu-controller", Access("delete", "", "pods", namespace="team-a", name="x")),
         ("fracgpu-controller", Access("create", "", "pods", "binding", namespace="team-a", name="x")),
         ("fracgpu-controller", Access("create", "batch", "jobs", namespace="team-a")),
+        # fracgpu-system is Pod Security privileged: no Jobs there, recovery or not
+        ("fracgpu-controller", Access("create", "batch", "jobs", namespace=NS)),
+        ("fracgpu-controller", Access("create", "", "pods", namespace=NS)),
         ("fracgpu-webhook", Access("get", "", "pods", namespace="team-a", name="x")),
         ("fracgpu-scheduler", Access("update", "coordination.k8s.io", "leases", namespace="kube-system",
                                      name="kube-scheduler")),

@@ -11,6 +11,7 @@ from tests.manifests.render import MANIFESTS, concatenated, find, kubectl_kustom
 
 SIMULATED = MANIFESTS / "simulated"
 MONITORING = MANIFESTS / "monitoring"  # optional, applied on its own (tests/charts/test_monitoring.py)
+RECOVERY = MANIFESTS / "recovery"  # an optional component (tests/manifests/test_recovery_component.py)
 
 NAMESPACED = {
     "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "DaemonSet",
@@ -21,7 +22,8 @@ NAMESPACED = {
 def test_the_kustomizations_list_every_manifest_file_once() -> None:
     listed = [p.relative_to(MANIFESTS).as_posix() for p in resource_files()]
     on_disk = sorted(p.relative_to(MANIFESTS).as_posix() for p in MANIFESTS.rglob("*.yaml")
-                     if p.name != "kustomization.yaml" and SIMULATED not in p.parents and MONITORING not in p.parents)
+                     if p.name != "kustomization.yaml"
+                     and not {SIMULATED, MONITORING, RECOVERY} & set(p.parents))
     assert sorted(listed) == on_disk
     assert len(set(listed)) == len(listed)
 
@@ -115,7 +117,13 @@ def test_the_device_plugin_daemonset() -> None:
     assert names.DEVICE_PLUGIN_DIR.rstrip("/") in mounts
     assert names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0] in mounts
     host = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host == {names.DEVICE_PLUGIN_DIR.rstrip("/"), names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0]}
+    assert host == {names.DEVICE_PLUGIN_DIR.rstrip("/"), names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0], "/dev/null"}
+    # /dev/null is the runtime's volume-mount device list: every GPU for NVML, with the env ignored
+    (dev_null,) = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/dev/null"]
+    assert dev_null["hostPath"]["type"] == "CharDevice"
+    assert mounts[f"{names.DEVICE_LIST_MOUNT_ROOT}/all"] == {"name": dev_null["name"], "readOnly": True,
+                                                            "mountPath": f"{names.DEVICE_LIST_MOUNT_ROOT}/all"}
+    assert env["FRACGPU_DEVICE_LIST_STRATEGY"]["value"] == "envvar,volume-mounts"
 
 
 def test_every_fracgpu_image_is_the_one_image_and_commands_exist() -> None:

@@ -93,7 +93,8 @@ def test_idle_tenants_with_a_quota_of_their_own_are_listed(snapshot_two_nodes: P
         {"kind": "Namespace", "metadata": {"name": "quiet", "annotations": {"fracgpu.io/vgpu-memory-quota": "8Gi"}}},
         {"kind": "Namespace", "metadata": {"name": "plain"}},  # no quota of its own: not listed while idle
         {"apiVersion": "fracgpu.io/v1beta1", "kind": "TenantQuota", "metadata": {"name": "idle"},
-         "spec": {"namespaceSelector": {"matchLabels": {"team": "none"}}, "hard": {"fracgpu.io/vgpu-core": "300"}}},
+         "spec": {"namespaceSelector": {"matchLabels": {"fracgpu.io/team": "none"}},
+                  "hard": {"fracgpu.io/vgpu-core": "300"}}},
     ]
     snapshot_two_nodes.write_text(yaml.safe_dump(doc))
     assert cli_main(["inspect", "--snapshot", str(snapshot_two_nodes), "-o", "json"]) == 0

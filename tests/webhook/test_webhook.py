@@ -14,12 +14,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from fracgpu.api.v1beta1.names import protected_pod_keys_refusal
 from fracgpu.webhook.app import WebhookConfig, make_app
 from fracgpu.webhook.main import CertificateReloader, main, make_ssl_context
 from tests.webhook.reviews import container, pod, review
 from tests.webhook.tls import write_self_signed
 
 SCHEDULER_PATCH = [{"op": "add", "path": "/spec/schedulerName", "value": "fracgpu-scheduler"}]
+# the replicaset-controller creates the pods of reviews.review(); the admission policy says exactly this
+FORGED = protected_pod_keys_refusal("system:serviceaccount:kube-system:replicaset-controller")
 
 
 @dataclass
@@ -108,6 +111,18 @@ CASES = [
     Case("spec.nodeName at creation bypasses the scheduler",
          review(pod(container(core="50"), node_name="gpu-1"), uid="u-nodename"), False,
          message=("spec.nodeName", "'gpu-1'", "fracgpu-scheduler")),
+    Case("a forged reservation",
+         review(pod(container(core="50"), annotations={"fracgpu.io/assigned": '{"node": "gpu-1"}'}), uid="u-forged"),
+         False, message=(FORGED,)),
+    Case("a forged phase on a pod that names fracgpu-scheduler",
+         review(pod(container(core="50"), scheduler="fracgpu-scheduler", annotations={"fracgpu.io/phase": "allocated"}),
+                uid="u-phase"), False, message=(FORGED,)),
+    Case("an empty forged phase is still a forgery",
+         review(pod(container(core="100"), annotations={"fracgpu.io/phase": ""}), uid="u-empty"), False,
+         message=(FORGED,)),
+    Case("user annotations are fine",
+         review(pod(container(core="50"), annotations={"fracgpu.io/gpu-model": "A100*", "team": "x"}), uid="u-user"),
+         True, SCHEDULER_PATCH),
     Case("another scheduler is refused, not overwritten",
          review(pod(container(core="50"), scheduler="volcano"), uid="u-volcano"), False,
          message=("'volcano'", "fracgpu-scheduler")),
@@ -132,6 +147,8 @@ async def test_mutate(webhook_over_tls: Webhook, case: Case) -> None:
         assert response["status"]["code"] == 422
         for text in case.message:
             assert text in response["status"]["message"]
+        if FORGED in case.message:
+            assert response["status"]["message"] == FORGED  # not a word more than the policy's
 
 
 @pytest.mark.parametrize(

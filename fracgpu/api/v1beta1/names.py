@@ -25,8 +25,30 @@ ANN_PHASE: Final = "fracgpu.io/phase"  # Pod
 ANN_NS_MEMORY_QUOTA: Final = "fracgpu.io/vgpu-memory-quota"  # Namespace
 ANN_NS_CORE_QUOTA: Final = "fracgpu.io/vgpu-core-quota"  # Namespace
 LABEL_TENANT: Final = "fracgpu.io/tenant"  # Namespace
+LABEL_EXEMPT: Final = "fracgpu.io/exempt"  # Namespace: "true" lifts the GPU-access admission rules
 PROTECTED_POD_ANNOTATIONS: Final = (ANN_ASSIGNED, ANN_PHASE)
 PROTECTED_NAMESPACE_KEYS: Final = (ANN_NS_MEMORY_QUOTA, ANN_NS_CORE_QUOTA, LABEL_TENANT)
+# Every namespace label under this prefix is protected like LABEL_TENANT (quota admins only), so a
+# TenantQuota may select namespaces on such labels and on LABEL_NAMESPACE_NAME (set by the API
+# server, immutable) and on nothing else: a label a tenant may edit would let her leave her quota.
+LABEL_PREFIX: Final = "fracgpu.io/"
+LABEL_NAMESPACE_NAME: Final = "kubernetes.io/metadata.name"
+
+# Container env that selects GPUs or sets their limits, read by the NVIDIA container toolkit, CUDA/MPS
+# or an in-container limiter (docs/security.md says why each is in or out). Outside exempt
+# namespaces, a pod that may run on an opted-in node may not set them: only Allocate does.
+GPU_ENV_PREFIXES: Final = ("NVIDIA_", "CUDA_MPS_", "CUDA_DEVICE_MEMORY_", "FRACGPU_")
+GPU_ENV_NAMES: Final = ("CUDA_VERSION", "CUDA_DEVICE_SM_LIMIT", "GPU_CORE_UTILIZATION_POLICY",
+                        "CUDA_DISABLE_CONTROL", "CUDA_OVERSUBSCRIBE", "CUDA_TASK_PRIORITY")
+# Under those prefixes but harmless: a requirement switch, a cuBLAS/cuDNN numerics switch, and the node
+# name fracgpu's controller puts in its recovery Jobs.
+GPU_ENV_ALLOWED: Final = ("NVIDIA_DISABLE_REQUIRE", "NVIDIA_TF32_OVERRIDE", "FRACGPU_NODE")
+
+# The NVIDIA container toolkit's "volume-mounts" device list: a bind mount of /dev/null at
+# <root>/<device> selects <device> (accept-nvidia-visible-devices-as-volume-mounts = true).
+DEVICE_LIST_MOUNT_ROOT: Final = "/var/run/nvidia-container-devices"
+# CDI device requests in annotations (the runtime's modes.cdi.annotation-prefixes default).
+CDI_ANNOTATION_PREFIX: Final = "cdi.k8s.io/"
 
 # Values of ANN_PHASE.
 PHASE_ALLOCATING: Final = "allocating"
@@ -46,7 +68,9 @@ DEFAULT_NAMESPACE: Final = "fracgpu-system"
 # Taint of a node whose GPUs are broken as a whole (key configurable).
 TAINT_GPU_FAILED: Final = "fracgpu.io/gpu-failed"
 
-# Recovery Jobs the controller starts for a broken node (optional, user-supplied template).
+# Recovery Jobs the controller starts for a broken node (optional, user-supplied template), in a
+# namespace of their own at Pod Security "baseline": never fracgpu's, which is "privileged".
+DEFAULT_RECOVERY_NAMESPACE: Final = "fracgpu-recovery"
 LABEL_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job label: the node (hashed if > 63 chars)
 ANN_RECOVERY_NODE: Final = "fracgpu.io/recovery-node"  # Job annotation: the node's full name
 
@@ -80,3 +104,23 @@ def lease_name(node: str) -> str:
 
 def device_id(gpu_uuid: str, k: int) -> str:
     return f"{gpu_uuid}{DEVICE_ID_SEPARATOR}{k}"
+
+
+def protected_namespace_label(key: str) -> bool:
+    """Whether a tenant cannot write this namespace label (so a TenantQuota may select on it)."""
+    return key.startswith(LABEL_PREFIX) or key == LABEL_NAMESPACE_NAME
+
+
+def protected_pod_keys_refusal(username: str) -> str:
+    """The refusal of a pod write that sets, changes or removes fracgpu.io/assigned or fracgpu.io/phase:
+    one text for the admission policy fracgpu-protect-pod-keys and the webhook (tests/manifests checks
+    that the policy's messageExpression gives exactly this)."""
+    return (f"only fracgpu may write the pod annotations {ANN_ASSIGNED} and {ANN_PHASE} "
+            f"(they grant GPU shares); {username} tried to")
+
+
+def gpu_env(name: str) -> bool:
+    """Whether a container env name selects GPUs or sets their limits (see GPU_ENV_PREFIXES)."""
+    if name in GPU_ENV_ALLOWED:
+        return False
+    return name in GPU_ENV_NAMES or name.startswith(GPU_ENV_PREFIXES)
