@@ -239,6 +239,7 @@ class Plan:
     leaves: list[Leaf]
     secrets: dict[str, str]  # Secret name -> Certificate name, for every leaf
     quota_env: dict[str, dict[str, str]]  # command -> quotas value name -> environment variable
+    quotas: dict[str, str]  # quotas value name -> the base's default (the same on every command)
     interval: str
 
 
@@ -323,12 +324,34 @@ def plan(base: list[Obj], monitoring: list[Obj]) -> Plan:
     if len(policies) != 1:
         raise GenerationError(f"fracgpu's containers have {len(policies)} pull policies; the chart has one")
     cas, leaves = _certificates(base)
+    quota_env = _quota_env()
+    quotas = _base_quotas(base, quota_env)
     intervals = {e.get("interval", "") for o in monitoring if o["kind"] == "ServiceMonitor"
                  for e in o["spec"]["endpoints"]}
     if len(intervals) != 1:
         raise GenerationError(f"the ServiceMonitor's endpoints have {len(intervals)} intervals; the chart has one")
     return Plan(repository, image["newTag"], policies.pop(), others, components, cas, leaves,
-                {leaf.secret: leaf.certificate for leaf in leaves}, _quota_env(), intervals.pop())
+                {leaf.secret: leaf.certificate for leaf in leaves}, quota_env, quotas, intervals.pop())
+
+
+def _base_quotas(base: list[Obj], quota_env: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The default quota the base sets (unset = "" = unlimited); every command that takes it must agree."""
+    seen: dict[str, set[str]] = {value: set() for value in QUOTA_FLAGS}
+    for o in base:
+        spec = pod_spec(o)
+        if spec is None:
+            continue
+        for c in containers(spec):
+            command = (c.get("args") or [""])[0]
+            if command not in quota_env:
+                continue
+            env = {e["name"]: str(e.get("value", "")) for e in c.get("env", [])}
+            for value, variable in quota_env[command].items():
+                seen[value].add(env.get(variable, ""))
+    for value, found in seen.items():
+        if len(found) > 1:
+            raise GenerationError(f"the base's components set different default quotas for {value}: {sorted(found)}")
+    return {value: (found.pop() if found else "") for value, found in seen.items()}
 
 
 # -- templating one object ----------------------------------------------------------------------
@@ -391,10 +414,13 @@ def _workload(o: Obj, mk: Markers, p: Plan) -> None:
     c["resources"] = mk.value(f".Values.{key}.resources")
     command = (c.get("args") or [""])[0]
     if command in p.quota_env:
-        env = c.setdefault("env", [])
-        if {e["name"] for e in env} & set(p.quota_env[command].values()):
-            raise GenerationError(f"{name_of(o)} sets a default quota itself; the chart's quotas.* set it")
-        env.append(mk.item(_quota_block(p.quota_env[command])))
+        # the base's own default-quota variables become the chart's quotas.* (defaults read from them)
+        # (in the place of the first of them, so the default render keeps the base's order)
+        variables = set(p.quota_env[command].values())
+        env = c.get("env", [])
+        at = next((i for i, e in enumerate(env) if e["name"] in variables), len(env))
+        kept = [e for e in env if e["name"] not in variables]
+        c["env"] = [*kept[:at], mk.item(_quota_block(p.quota_env[command])), *kept[at:]]
     if o["kind"] == "DaemonSet":
         spec["nodeSelector"] = mk.value(f".Values.{key}.nodeSelector")
         spec["tolerations"] = mk.value(f".Values.{key}.tolerations")
@@ -553,7 +579,7 @@ def values_yaml(p: Plan) -> str:
         '#   ""      unlimited (open)',
         "#   0       nothing: only tenants with a quota of their own get GPUs (closed)",
         "#   amount  defaultMemory e.g. 64Gi (VRAM), defaultCores e.g. 400 (vgpu-core, 100 = one GPU)",
-        *_yaml_block({"quotas": {"defaultMemory": "", "defaultCores": ""}}),
+        *_yaml_block({"quotas": dict(p.quotas)}),
         "",
         "# Certificates of the admission webhook and of the scheduler <-> extender mutual TLS:",
         "#   cert-manager  Issuers and Certificates; cert-manager must be installed, it renews them",

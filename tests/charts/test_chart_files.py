@@ -94,7 +94,7 @@ def test_the_default_values_are_the_bases() -> None:
     (image,) = kustomization()["images"]
     assert (v["image"]["repository"], v["image"]["tag"]) == (image["name"], image["newTag"])
     assert v["tls"] == {"mode": "cert-manager"}
-    assert v["quotas"] == {"defaultMemory": "", "defaultCores": ""}
+    assert v["quotas"] == {"defaultMemory": "0", "defaultCores": "0"}  # closed, as the base (docs/security.md)
     assert v["devicePlugin"]["nodeSelector"] == {names.LABEL_ENABLED: "true"}
     assert v["scheduler"]["image"]["repository"] == "registry.k8s.io/kube-scheduler"
     assert set(v) >= {"extender", "controller", "webhook", "scheduler", "devicePlugin"}

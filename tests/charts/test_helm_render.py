@@ -83,9 +83,13 @@ def _limits(objs: list[Obj]) -> tuple[Limits, Limits]:
 def check_defaults(objs: list[Obj]) -> None:
     assert {o["kind"] for o in objs} >= {"Certificate", "Issuer"}
     assert not [o for o in objs if o["kind"] in ("Secret", "ServiceMonitor")]
+    check_quotas_closed(objs)  # closed by default, as the base (docs/security.md)
+
+
+def check_quotas_open(objs: list[Obj]) -> None:
     assert _quota_env(objs) == ({}, {})
     (lim, plugin) = _limits(objs)
-    assert (lim.memory, lim.cores) == (plugin.memory, plugin.cores) == (None, None)  # open
+    assert (lim.memory, lim.cores) == (plugin.memory, plugin.cores) == (None, None)
 
 
 def check_self_signed(objs: list[Obj]) -> None:
@@ -120,10 +124,10 @@ def check_quotas_amounts(objs: list[Obj]) -> None:
 def check_quota_in_bytes(objs: list[Obj]) -> None:
     # a YAML number reaches Helm as a float: printed as is it would be 6.8719476736e+10
     extender, plugin = _quota_env(objs)
-    assert extender == {"FRACGPU_EXTENDER_DEFAULT_MEMORY_QUOTA": "68719476736"}
-    assert plugin == {"FRACGPU_DEFAULT_MEMORY_QUOTA": "68719476736"}
+    assert extender == {"FRACGPU_EXTENDER_DEFAULT_MEMORY_QUOTA": "68719476736", "FRACGPU_EXTENDER_DEFAULT_CORE_QUOTA": "0"}
+    assert plugin == {"FRACGPU_DEFAULT_MEMORY_QUOTA": "68719476736", "FRACGPU_DEFAULT_CORE_QUOTA": "0"}
     for lim in _limits(objs):
-        assert (lim.memory, lim.cores) == (64 * 2**30, None)
+        assert (lim.memory, lim.cores) == (64 * 2**30, 0)
 
 
 def check_custom_images(objs: list[Obj]) -> None:
@@ -200,11 +204,11 @@ class Install:
 INSTALLS = [
     Install("defaults", {}, check_defaults),
     Install("tls-self-signed", {"tls": {"mode": "self-signed"}}, check_self_signed, namespace="gpu-ops"),
-    Install("quotas-closed", {"quotas": {"defaultMemory": 0, "defaultCores": 0}}, check_quotas_closed),
+    Install("quotas-open", {"quotas": {"defaultMemory": "", "defaultCores": ""}}, check_quotas_open),
     Install("quotas-amounts", {"quotas": {"defaultMemory": "64Gi", "defaultCores": 400}}, check_quotas_amounts),
     Install("quota-in-bytes", {"quotas": {"defaultMemory": 68719476736}}, check_quota_in_bytes),
-    Install("quotas-closed-by-set", {}, check_quotas_closed,
-            args=("--set", "quotas.defaultMemory=0", "--set", "quotas.defaultCores=0")),
+    Install("quotas-open-by-set", {}, check_quotas_open,
+            args=("--set", "quotas.defaultMemory=", "--set", "quotas.defaultCores=")),
     Install("custom-images", {"image": {"repository": "registry.example.com/fracgpu", "tag": "v0.2.0", "pullPolicy": "Always"},
                               "scheduler": {"image": {"tag": "v1.31.4"}}, "imagePullSecrets": [{"name": "regcred"}]},
             check_custom_images),
