@@ -260,7 +260,9 @@ def flag_docs(build: Callable[[Mapping[str, str]], argparse.ArgumentParser]) -> 
     for a in _actions(p):
         default = "false" if isinstance(a, argparse._StoreTrueAction) and a.default is False else _show(a.default)
         names = (*a.option_strings, *_old_names(p, a.dest)) or (a.dest,)
-        out.append(FlagDoc(tuple(names), tuple(envs.get(a.dest, ())), default, _help(a, p.prog)))
+        # a flag from a `fracgpu.startup.Flag` table names its variables (current first); others are probed
+        env = tuple(getattr(a, "env", ())) or tuple(envs.get(a.dest, ()))
+        out.append(FlagDoc(tuple(names), env, default, _help(a, p.prog)))
     return tuple(out)
 
 

@@ -152,18 +152,19 @@ def _converter(flag: Flag, prog: str) -> Callable[[str], Any]:
     def from_env_or_line(raw: str) -> Any:
         if not isinstance(raw, EnvDefault):
             return convert(raw)
-        if raw.instead is not None:
-            _warn(f"{prog}: environment variable {raw.var} is deprecated, use {raw.instead} "
-                  "(the old name is removed in the next release)")
         where = f"{raw.var}={str(raw)!r} (environment)"
         if flag.choices is not None and str(raw) not in flag.choices:
             raise argparse.ArgumentTypeError(f"{where}: one of {', '.join(flag.choices)}")
         try:
-            return convert(raw)
+            value = convert(raw)
         except argparse.ArgumentTypeError as e:
             raise argparse.ArgumentTypeError(f"{where}: {e}") from None
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"{where}: not a valid value") from None
+        if raw.instead is not None:  # after the check: a refused value is one line, not a warning and an error
+            _warn(f"{prog}: environment variable {raw.var} is deprecated, use {raw.instead} "
+                  "(the old name is removed in the next release)")
+        return value
 
     # argparse names the type in "invalid <type> value" messages
     from_env_or_line.__name__ = getattr(convert, "__name__", "value")
