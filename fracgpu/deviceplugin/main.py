@@ -166,11 +166,12 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         raise ConfigError("--crosscheck-delay must be >= 0")
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
-        holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
+        # absolute: gRPC reads "unix://rel/path" as a host name
+        holdings = PodResourcesClient(os.path.abspath(args.pod_resources_socket), RESOURCE_CORE)
     cfg = AppConfig(
         plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
                             crosscheck_delay=args.crosscheck_delay),
-        server=ServerConfig(socket_dir=args.socket_dir),
+        server=ServerConfig(socket_dir=os.path.abspath(args.socket_dir)),
         health=health,
     )
     backend = make_backend(args)
@@ -231,8 +232,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)
         while not stop.wait(1.0):
             pass
-    except OSError as e:  # e.g. a --socket-dir it may not write to
-        return _refuse(f"cannot serve in --socket-dir {args.socket_dir}: {e}")
+    except (OSError, RuntimeError) as e:  # a --socket-dir it may not write to (RuntimeError: gRPC's bind)
+        return _refuse(f"cannot serve in --socket-dir {args.socket_dir}: {' '.join(str(e).split())}")
     finally:
         _stop(app, cluster, metrics_server, started=True)
     log.info("device plugin stopped")
