@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import math
 import socket
 import sys
@@ -331,7 +330,3 @@ def no_cluster(error: object, fix: str) -> StartupError:
     """The API server cannot be found from here (no kubeconfig, not in a pod)."""
     return StartupError(f"no usable cluster configuration ({' '.join(str(error).split())}); {fix}")
 
-
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr if stream is None else stream,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
