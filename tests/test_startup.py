@@ -72,9 +72,10 @@ def test_listen_gives_a_listening_socket() -> None:
 
 
 def test_listen_on_an_address_this_machine_does_not_have() -> None:
-    with pytest.raises(StartupError, match="^cannot listen on 192.0.2.1:8888: .*; no interface of this machine has "
-                                           "that address: choose another --bind-address$"):
+    with pytest.raises(StartupError) as refused:
         listen("192.0.2.1", 8888)  # TEST-NET-1: no machine has it
+    assert str(refused.value).startswith("cannot listen on 192.0.2.1:8888: ")
+    assert str(refused.value).endswith("; no interface of this machine has that address: choose another --bind-address")
 
 
 def test_listen_on_a_busy_port_names_the_fix() -> None:

@@ -78,7 +78,8 @@ def flags() -> tuple[Flag, ...]:
              DEFAULT_NAMESPACE, env=("FRACGPU_NAMESPACE",)),
         Flag("taint-key", "NoSchedule taint put on a node whose GPUs are broken", TAINT_GPU_FAILED,
              env=("FRACGPU_TAINT_KEY",)),
-        Flag("node-policy", "when a node as a whole counts as broken (and is tainted)", d.node_policy.value, _lower,
+        Flag("node-policy", "when a node as a whole counts as broken and is tainted, beyond NVML or driver failure: "
+             "all-gpus (every GPU unhealthy), any-gpu (one is enough), never", d.node_policy.value, _lower,
              env=("FRACGPU_NODE_POLICY",), choices=tuple(m.value for m in NodePolicy)),
         Flag("taint-hold", "seconds a tainted node must stay healthy before the taint goes", _num(d.taint_hold),
              seconds, env=("FRACGPU_TAINT_HOLD",)),
