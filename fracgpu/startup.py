@@ -23,7 +23,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 CONFIG_HELP = ("YAML file with this command's settings, in its section (keys: the long flags without dashes); "
@@ -136,8 +136,8 @@ class EnvDefault(str):
         return self
 
 
-def _warn(message: str, out: TextIO | None = None) -> None:
-    print(message, file=sys.stderr if out is None else out)
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def deprecated_flag(prog: str, old: str, new: str) -> str:
