@@ -144,3 +144,17 @@ def test_a_bad_environment_value_is_a_one_line_refusal_naming_it(command: str,
                 err = capsys.readouterr().err.splitlines()
                 assert len(err) == 1 and f"{var}='bad value' (environment)" in err[0], (var, err)
             capsys.readouterr()
+
+
+def test_every_old_name_is_in_the_upgrade_notes() -> None:
+    notes = (Path(__file__).resolve().parents[1] / "docs" / "upgrade.md").read_text(encoding="utf-8")
+    rows = [line for line in notes.splitlines() if line.startswith("| ")]
+    found = 0
+    for command in COMMANDS:
+        for alias in build(command)._actions:
+            if is_deprecated(alias):
+                new = alias.deprecated_for  # type: ignore[attr-defined]
+                assert any(f"| {command} | `{alias.option_strings[0]}`" in r and f"`{new}`" in r for r in rows), (
+                    command, alias.option_strings)
+                found += 1
+    assert found == 6
