@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as e:
         print(f"fracgpu {args[0]}: {e}", file=sys.stderr)
         return 2
-    result: int = module.main(rest)
+    try:
+        result: int = module.main(rest)
+    except KeyboardInterrupt:  # Ctrl-C before a program installed its own handler (e.g. while it starts)
+        return 130
     return result
 
 

@@ -14,6 +14,9 @@ One ConfigMap can thus serve every component. Precedence, strongest first: flags
 line, the file, environment variables, built-in defaults (the file is what an operator wrote for
 this deployment; the environment is ambient). The file may also come from `$FRACGPU_CONFIG`.
 
+A flag's old name (see `--help`: "was --listen, deprecated") is accepted as a key for one release,
+with the same one-line warning as on the command line.
+
 Values go through the command's own parser (the file becomes flags placed before the command
 line's), so a bad value gets the same message as the flag would; unknown sections or keys, and
 values of the wrong shape, are refused with the file, the key and what is allowed.
@@ -104,14 +107,17 @@ def to_args(section: Mapping[str, object], parser: argparse.ArgumentParser, path
     actions: dict[str, argparse.Action] = {}
     for action in parser._actions:
         for opt in action.option_strings:
-            if opt.startswith("--") and not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            if opt.startswith("--") and opt != CONFIG_FLAG and not isinstance(action, argparse._HelpAction
+                                                                               | argparse._VersionAction):
                 actions[opt[2:]] = action
     out: list[str] = []
     for key, value in section.items():
         found = actions.get(key)
         if found is None:
+            # an old name is accepted (it warns when parsed) but not offered
+            current = sorted(k for k, a in actions.items() if a.help is not argparse.SUPPRESS)
             raise ConfigFileError(f"config {path}: {command} has no setting {key!r} "
-                                  f"(settings: {', '.join(sorted(actions))})")
+                                  f"(settings: {', '.join(current)})")
         action = found
         flag = "--" + key
         if action.nargs == 0:  # a switch such as store_true

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fracgpu.configfile import REFERENCE_DOC, parser_factory
+from fracgpu.startup import is_deprecated
 
 DOC_PATH = REFERENCE_DOC
 REGENERATE = "python scripts/gen_config_reference.py"
@@ -190,7 +191,12 @@ class _Environ(Mapping[str, str]):
 
 
 def _actions(p: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in p._actions if not isinstance(a, argparse._HelpAction)]
+    """The flags, without --help and without old names (`is_deprecated`: listed beside their new flag)."""
+    return [a for a in p._actions if not isinstance(a, argparse._HelpAction) and not is_deprecated(a)]
+
+
+def _old_names(p: argparse.ArgumentParser, dest: str) -> tuple[str, ...]:
+    return tuple(o for a in p._actions if is_deprecated(a) and a.dest == dest for o in a.option_strings)
 
 
 def _defaults(p: argparse.ArgumentParser) -> dict[str, Any]:
@@ -253,8 +259,10 @@ def flag_docs(build: Callable[[Mapping[str, str]], argparse.ArgumentParser]) -> 
     out = []
     for a in _actions(p):
         default = "false" if isinstance(a, argparse._StoreTrueAction) and a.default is False else _show(a.default)
-        out.append(FlagDoc(tuple(a.option_strings) or (a.dest,), tuple(envs.get(a.dest, ())), default,
-                           _help(a, p.prog)))
+        names = (*a.option_strings, *_old_names(p, a.dest)) or (a.dest,)
+        # a flag from a `fracgpu.startup.Flag` table names its variables (current first); others are probed
+        env = tuple(getattr(a, "env", ())) or tuple(envs.get(a.dest, ()))
+        out.append(FlagDoc(tuple(names), env, default, _help(a, p.prog)))
     return tuple(out)
 
 

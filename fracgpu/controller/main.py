@@ -24,10 +24,25 @@ from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.core.health import HealthConfigError, NodePolicy
 from fracgpu.kube import client
+from fracgpu.kube.errors import KubeConfigError
 from fracgpu.kube.leader import LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import LEASES, NODES, PODS
 from fracgpu.kube.writer import KubeWriter
+from fracgpu.startup import (
+    Flag,
+    Parser,
+    StartupError,
+    add_config_flag,
+    add_flags,
+    log_level,
+    metrics_server_error,
+    no_cluster,
+    non_negative_int,
+    port_or_off,
+    positive_int,
+    seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,58 +63,73 @@ class Options:
     environ: Mapping[str, str] = field(default_factory=dict)
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    def env(key: str, default: str | None) -> str | None:
-        return environ.get(key, default)
+def _lower(raw: str) -> str:
+    return raw.strip().lower()
 
-    p = argparse.ArgumentParser(
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def flags() -> tuple[Flag, ...]:
+    d = ControllerConfig()
+    return (
+        Flag("namespace", "fracgpu's namespace: the plugins' heartbeat Leases and the leader Lease",
+             DEFAULT_NAMESPACE, env=("FRACGPU_NAMESPACE",)),
+        Flag("taint-key", "NoSchedule taint put on a node whose GPUs are broken", TAINT_GPU_FAILED,
+             env=("FRACGPU_TAINT_KEY",)),
+        Flag("node-policy", "when a node as a whole counts as broken and is tainted, beyond NVML or driver failure: "
+             "all-gpus (every GPU unhealthy), any-gpu (one is enough), never", d.node_policy.value, _lower,
+             env=("FRACGPU_NODE_POLICY",), choices=tuple(m.value for m in NodePolicy)),
+        Flag("taint-hold", "seconds a tainted node must stay healthy before the taint goes", _num(d.taint_hold),
+             seconds, env=("FRACGPU_TAINT_HOLD",)),
+        Flag("max-evictions-per-node", "pods being evicted (terminating) on one node at once",
+             str(d.max_evictions_per_node), positive_int, env=("FRACGPU_MAX_EVICTIONS_PER_NODE",)),
+        Flag("eviction-grace-period", "seconds an evicted pod gets to stop", None, non_negative_int,
+             env=("FRACGPU_EVICTION_GRACE_PERIOD",), unset="the pod's own terminationGracePeriodSeconds"),
+        Flag("eviction-backoff", "seconds before the first retry of a refused (429) or failed eviction",
+             _num(d.eviction_backoff), seconds),
+        Flag("eviction-backoff-max", "retries of an eviction back off, doubling, up to this many seconds",
+             _num(d.eviction_backoff_max), seconds),
+        Flag("eviction-report-interval", "a blocked eviction is reported (Event) at most once in this many seconds",
+             _num(d.eviction_report_interval), seconds),
+        Flag("heartbeat-grace", "seconds without a plugin heartbeat Lease renewal (our clock) before a node is stale",
+             _num(d.heartbeat_grace), seconds, env=("FRACGPU_HEARTBEAT_GRACE",)),
+        Flag("resync", "seconds between reconcile rounds (changes also trigger one)", _num(d.resync), seconds),
+        Flag("leader-lease", "name of the leader-election Lease in --namespace", d.leader_lease),
+        Flag("lease-duration", "seconds a follower waits on an unrenewed Lease before taking over",
+             _num(d.lease_duration), seconds),
+        Flag("renew-deadline", "seconds the leader keeps leading without a successful renewal",
+             _num(d.renew_deadline), seconds),
+        Flag("retry-period", "seconds between two election rounds", _num(d.retry_period), seconds),
+        Flag("identity", "this replica's name in the leader Lease", env=("POD_NAME",), unset="hostname-pid"),
+        Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
+        Flag("pod-field-selector", "which pods to watch ('': all)", f"spec.schedulerName={SCHEDULER_NAME}"),
+        Flag("recovery-job", "YAML file with a batch/v1 Job to run on a node broken for --recovery-after seconds",
+             env=("FRACGPU_RECOVERY_JOB",), metavar="FILE", unset="no recovery Job"),
+        Flag("recovery-namespace", "namespace of the recovery Jobs: Pod Security baseline or stricter, never "
+             "fracgpu's own (manifests/recovery)", d.recovery_namespace, env=("FRACGPU_RECOVERY_NAMESPACE",)),
+        Flag("recovery-after", "seconds a node must stay broken before its recovery Job starts",
+             _num(d.recovery_after), seconds),
+        Flag("recovery-cooldown", "at most one recovery Job per node in this many seconds",
+             _num(d.recovery_cooldown), seconds),
+        Flag("kube-api", "API server URL", env=("FRACGPU_KUBE_API",), metavar="URL",
+             unset="--kubeconfig, in-cluster config, then $KUBECONFIG or ~/.kube/config"),
+        Flag("kubeconfig", "kubeconfig file", metavar="FILE", unset="in-cluster config, then $KUBECONFIG or "
+             "~/.kube/config"),
+        Flag("context", "kubeconfig context", unset="the kubeconfig's current context"),
+        Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+    )
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = Parser(
         prog="fracgpu controller",
         description="GPU health self-heal: evict pods on unhealthy GPUs, taint broken nodes, remove the "
         "taint when they recover. Leader-elected; see docs/health.md.",
     )
-    d = ControllerConfig()
-    p.add_argument("--namespace", default=env("FRACGPU_NAMESPACE", DEFAULT_NAMESPACE), help="fracgpu's namespace")
-    p.add_argument("--taint-key", default=env("FRACGPU_TAINT_KEY", TAINT_GPU_FAILED))
-    p.add_argument(
-        "--node-policy",
-        default=env("FRACGPU_NODE_POLICY", d.node_policy.value),
-        help="when a node as a whole is broken: " + " | ".join(m.value for m in NodePolicy),
-    )
-    p.add_argument("--taint-hold", type=float, default=env("FRACGPU_TAINT_HOLD", str(d.taint_hold)))
-    p.add_argument(
-        "--max-evictions-per-node",
-        type=int,
-        default=env("FRACGPU_MAX_EVICTIONS_PER_NODE", str(d.max_evictions_per_node)),
-    )
-    p.add_argument(
-        "--eviction-grace-period",
-        type=int,
-        default=env("FRACGPU_EVICTION_GRACE_PERIOD", None),
-        help="seconds (default: the pod's own terminationGracePeriodSeconds)",
-    )
-    p.add_argument("--eviction-backoff", type=float, default=d.eviction_backoff)
-    p.add_argument("--eviction-backoff-max", type=float, default=d.eviction_backoff_max)
-    p.add_argument("--eviction-report-interval", type=float, default=d.eviction_report_interval)
-    p.add_argument("--heartbeat-grace", type=float, default=env("FRACGPU_HEARTBEAT_GRACE", str(d.heartbeat_grace)))
-    p.add_argument("--resync", type=float, default=d.resync)
-    p.add_argument("--leader-lease", default=d.leader_lease)
-    p.add_argument("--lease-duration", type=float, default=d.lease_duration)
-    p.add_argument("--renew-deadline", type=float, default=d.renew_deadline)
-    p.add_argument("--retry-period", type=float, default=d.retry_period)
-    p.add_argument("--identity", default=env("POD_NAME", None), help="this replica's name in the leader Lease")
-    p.add_argument("--metrics-port", type=int, default=env("FRACGPU_METRICS_PORT", "9402"), help="0 = off")
-    p.add_argument("--pod-field-selector", default=f"spec.schedulerName={SCHEDULER_NAME}",
-                   help="which pods to watch ('' = all)")  # fmt: skip
-    p.add_argument("--recovery-job", default=env("FRACGPU_RECOVERY_JOB", None),
-                   help="YAML file with a batch/v1 Job to run on a node broken for --recovery-after seconds")
-    p.add_argument("--recovery-namespace", default=env("FRACGPU_RECOVERY_NAMESPACE", d.recovery_namespace),
-                   help="namespace of the recovery Jobs: Pod Security baseline or stricter, never fracgpu's own")
-    p.add_argument("--recovery-after", type=float, default=d.recovery_after)
-    p.add_argument("--recovery-cooldown", type=float, default=d.recovery_cooldown)
-    p.add_argument("--kube-api", default=None, help="API server URL (default: kubeconfig or in-cluster)")
-    p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--context", default=None)
-    p.add_argument("--log-level", default=env("FRACGPU_LOG_LEVEL", "INFO"))
+    add_config_flag(p, environ)
+    add_flags(p, flags(), environ)
     return p
 
 
@@ -165,9 +195,13 @@ def load_recovery_job(path: str) -> dict[str, Any]:
 def serve(opts: Options, stop: threading.Event) -> int:
     """Run until ``stop`` is set. Returns the exit code."""
     cfg = opts.cfg
-    api = client.build_api_client(
-        host=opts.kube_api, kubeconfig=opts.kubeconfig, context=opts.context, environ=opts.environ
-    )
+    try:
+        api = client.build_api_client(
+            host=opts.kube_api, kubeconfig=opts.kubeconfig, context=opts.context, environ=opts.environ
+        )
+    except KubeConfigError as e:
+        raise no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, or run it in a pod"
+                         ) from None
     transport = client.Transport(api)
     writer = KubeWriter(transport, component=COMPONENT, instance=opts.identity)
     cache = ClusterCache(cfg.taint_key, cfg.namespace)
@@ -197,7 +231,11 @@ def serve(opts: Options, stop: threading.Event) -> int:
     if opts.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(opts.metrics_port, registry=metrics.registry)
+        try:
+            start_http_server(opts.metrics_port, registry=metrics.registry)
+        except OSError as e:
+            transport.close()
+            raise metrics_server_error(e, opts.metrics_port) from None
     log.info("controller starting identity=%s namespace=%s taint_key=%s policy=%s", opts.identity,
              cfg.namespace, cfg.taint_key, cfg.node_policy.value)  # fmt: skip
     try:
@@ -234,4 +272,8 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    return serve(opts, stop)
+    try:
+        return serve(opts, stop)
+    except StartupError as e:
+        print(f"fracgpu controller: {e}", file=sys.stderr)
+        return 2

@@ -1,4 +1,4 @@
-"""The confusable-`allocating` rule (DESIGN flow step 5).
+"""The confusable-`allocating` rule (docs/architecture.md, "Flow of one pod", step 5).
 
 The kubelet asks the device plugin for a container's preferred devices without saying which pod
 it admits; it gives only the container's vgpu-core count. So the extender never leaves two pods on

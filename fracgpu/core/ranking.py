@@ -2,7 +2,7 @@
 
 A policy scores every fitting node and picks the GPUs it would use there; the ranking sorts by
 score, then by the fixed node priority (never at random: kube-scheduler's random tie-breaking is
-what collapses packing quality, see DESIGN "Decision fidelity"). Weighted policies combine
+what collapses packing quality, see docs/architecture.md "Decision fidelity"). Weighted policies combine
 normalised scores; the first policy with a GPU choice decides the GPUs.
 """
 

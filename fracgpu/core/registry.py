@@ -3,7 +3,7 @@
 One place that maps names to `Policy` objects, so the extender, the simulator and their configs
 share the names. A policy module adds itself by adding a factory to `FACTORIES`.
 
-`fracgpu` (the default, DESIGN "Decision fidelity") and `fgd` are fragmentation-aware: each follows
+`fracgpu` (the default, docs/architecture.md "Decision fidelity") and `fgd` are fragmentation-aware: each follows
 its own rolling `WorkloadHistogram` (core.workload, seeded from the bundled openb prior), which the
 caller must feed with the request shapes it places; `workload_histograms()` finds them in a parsed list.
 """

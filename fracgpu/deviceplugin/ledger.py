@@ -10,7 +10,7 @@ Two facts are kept apart:
 - *holdings*: the IDs the kubelet actually gave to a pod's containers (Allocate calls served here,
   and the kubelet's PodResources List, which survives a plugin restart).
 
-How a call is matched to a pod (DESIGN, flow step 5): the kubelet does not name the pod, so the
+How a call is matched to a pod (docs/architecture.md, flow step 5): the kubelet does not name the pod, so the
 ledger identifies it by construction. Reserved IDs belong to exactly one pod, so IDs inside one
 pod's reservation name that pod. When the kubelet chose other IDs, the pod is the one waiting
 (`allocating`, a container not served yet) whose container asks for exactly that many IDs; the

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
 from fracgpu.core.health import HealthConfig, HealthConfigError
@@ -29,6 +29,19 @@ from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
 from fracgpu.deviceplugin.response import LimiterConfig, parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import ServerConfig
+from fracgpu.kube.errors import KubeConfigError
+from fracgpu.startup import (
+    Flag,
+    Parser,
+    add_config_flag,
+    add_flags,
+    boolean,
+    log_level,
+    metrics_server_error,
+    no_cluster,
+    port_or_off,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
@@ -40,64 +53,56 @@ class ConfigError(ValueError):
     """A flag or environment value is not valid; the message names it."""
 
 
-def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    def env(key: str, default: str = "") -> str:
-        return environ.get(key, default)
+FLAGS = (
+    Flag("backend", "where GPUs come from", "nvml", env=("FRACGPU_BACKEND",), choices=("nvml", "simulated")),
+    Flag("gpus", "YAML file of simulated GPUs, with --backend simulated", env=("FRACGPU_GPUS_FILE",), metavar="FILE",
+         unset="none"),
+    Flag("node-name", "this node's name (required; in a DaemonSet from the downward API)", env=("NODE_NAME",),
+         metavar="NAME", unset="none"),
+    Flag("socket-dir", "the kubelet's device-plugins directory (must exist)", DEVICE_PLUGIN_DIR,
+         env=("FRACGPU_DEVICE_PLUGIN_DIR",), metavar="DIR"),
+    Flag("pod-resources-socket", "the kubelet's PodResources socket, 'none' to run without", POD_RESOURCES_SOCKET,
+         env=("FRACGPU_POD_RESOURCES_SOCKET",), metavar="PATH"),
+    Flag("kubeconfig", "kubeconfig file", env=("KUBECONFIG",), metavar="FILE", unset="in-cluster config"),
+    Flag("kube-api", "API server URL", env=("FRACGPU_KUBE_API", "FRACGPU_KUBE_HOST"), old=("kube-host",),
+         metavar="URL", unset="--kubeconfig, else in-cluster config"),
+    Flag("no-kube", "run without an API server (demo: no reservations, every Allocate is refused)",
+         type=boolean, env=("FRACGPU_NO_KUBE",), switch=True),
+    Flag("namespace", "namespace of the heartbeat Lease", DEFAULT_NAMESPACE, env=("FRACGPU_NAMESPACE",)),
+    Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
+    Flag("limiter-dir", "host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and configure",
+         env=("FRACGPU_LIMITER_DIR",), metavar="DIR", unset="no limiter"),
+    Flag("limiter-container-dir", "where the limiter directory appears in containers", "/usr/local/vgpu",
+         env=("FRACGPU_LIMITER_CONTAINER_DIR",), metavar="DIR"),
+    Flag("limiter-preload", "host file mounted as /etc/ld.so.preload", env=("FRACGPU_LIMITER_PRELOAD",),
+         metavar="FILE", unset="none"),
+    Flag("cdi-kind", "also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
+         "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: none", "",
+         env=("FRACGPU_CDI_KIND",), metavar="KIND"),
+    Flag("device-list-strategy", "how Allocate names a container's GPUs to the NVIDIA runtime, a comma list of: "
+         "envvar (NVIDIA_VISIBLE_DEVICES), volume-mounts (/dev/null at /var/run/nvidia-container-devices/<uuid>; "
+         "works with accept-nvidia-visible-devices-envvar-when-unprivileged = false)", "envvar",
+         env=("FRACGPU_DEVICE_LIST_STRATEGY",), metavar="LIST"),
+    Flag("crosscheck-delay", "seconds after an Allocate before checking PodResources", "1", seconds,
+         env=("FRACGPU_CROSSCHECK_DELAY",)),
+    Flag("quota-check", "re-check the pod's tenant quota at its first Allocate (TenantQuotas, namespace quota "
+         "annotations and every live pod's reservation, watched); auto: on with an API server, off with --no-kube",
+         "auto", env=("FRACGPU_QUOTA_CHECK",), choices=("auto", "on", "off")),
+    Flag("quota-sync-timeout", "seconds to wait at start for the quota caches before serving; until they sync, "
+         "pods are let through unchecked (counted, logged)", "10", seconds, env=("FRACGPU_QUOTA_SYNC_TIMEOUT",)),
+    Flag("default-memory-quota", "VRAM quota of a tenant without one (e.g. 64Gi); set it to the extender's "
+         "--default-memory-quota", env=("FRACGPU_DEFAULT_MEMORY_QUOTA",), unset="unlimited"),
+    Flag("default-core-quota", "vgpu-core quota of a tenant without one; set it to the extender's "
+         "--default-core-quota", env=("FRACGPU_DEFAULT_CORE_QUOTA",), unset="unlimited"),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+)
 
-    p = argparse.ArgumentParser(prog="fracgpu device-plugin",
-                                description="Serve fracgpu.io/vgpu-core to the kubelet (run as a DaemonSet).")
-    p.add_argument("--backend", choices=("nvml", "simulated"), default=env("FRACGPU_BACKEND", "nvml"),
-                   help="where GPUs come from [FRACGPU_BACKEND, default nvml]")
-    p.add_argument("--gpus", default=env("FRACGPU_GPUS_FILE"),
-                   help="YAML file of simulated GPUs, with --backend simulated [FRACGPU_GPUS_FILE]")
-    p.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name [NODE_NAME, downward API]")
-    p.add_argument("--socket-dir", default=env("FRACGPU_DEVICE_PLUGIN_DIR", DEVICE_PLUGIN_DIR),
-                   help=f"the kubelet's device-plugins directory [FRACGPU_DEVICE_PLUGIN_DIR, {DEVICE_PLUGIN_DIR}]")
-    p.add_argument("--pod-resources-socket", default=env("FRACGPU_POD_RESOURCES_SOCKET", POD_RESOURCES_SOCKET),
-                   help="the kubelet's PodResources socket, 'none' to run without "
-                        f"[FRACGPU_POD_RESOURCES_SOCKET, {POD_RESOURCES_SOCKET}]")
-    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
-                   help="kubeconfig file; in-cluster when unset [KUBECONFIG]")
-    p.add_argument("--kube-host", default=env("FRACGPU_KUBE_HOST"), help="API server URL [FRACGPU_KUBE_HOST]")
-    p.add_argument("--no-kube", action="store_true", default=env("FRACGPU_NO_KUBE") in ("1", "true"),
-                   help="run without an API server (demo: no reservations, every Allocate is refused) "
-                        "[FRACGPU_NO_KUBE]")
-    p.add_argument("--namespace", default=env("FRACGPU_NAMESPACE", DEFAULT_NAMESPACE),
-                   help=f"namespace of the heartbeat Lease [FRACGPU_NAMESPACE, {DEFAULT_NAMESPACE}]")
-    p.add_argument("--metrics-port", type=int, default=int(env("FRACGPU_METRICS_PORT", "9402") or 0),
-                   help="port of /metrics, 0 to disable [FRACGPU_METRICS_PORT, 9402]")
-    p.add_argument("--limiter-dir", default=env("FRACGPU_LIMITER_DIR"),
-                   help="host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and "
-                        "configure; unset: no limiter [FRACGPU_LIMITER_DIR]")
-    p.add_argument("--limiter-container-dir", default=env("FRACGPU_LIMITER_CONTAINER_DIR", "/usr/local/vgpu"),
-                   help="where the limiter directory appears in containers [FRACGPU_LIMITER_CONTAINER_DIR]")
-    p.add_argument("--limiter-preload", default=env("FRACGPU_LIMITER_PRELOAD"),
-                   help="host file mounted as /etc/ld.so.preload [FRACGPU_LIMITER_PRELOAD]")
-    p.add_argument("--cdi-kind", default=env("FRACGPU_CDI_KIND", ""),
-                   help="also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
-                        "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: "
-                        "none [FRACGPU_CDI_KIND]")
-    p.add_argument("--device-list-strategy", default=env("FRACGPU_DEVICE_LIST_STRATEGY", "envvar"),
-                   help="how Allocate names a container's GPUs to the NVIDIA runtime, a comma list of: envvar "
-                        "(NVIDIA_VISIBLE_DEVICES), volume-mounts (/dev/null at /var/run/nvidia-container-devices/"
-                        "<uuid>; works with accept-nvidia-visible-devices-envvar-when-unprivileged = false) "
-                        "[FRACGPU_DEVICE_LIST_STRATEGY, envvar]")
-    p.add_argument("--crosscheck-delay", type=float, default=float(env("FRACGPU_CROSSCHECK_DELAY", "1.0")),
-                   help="seconds after an Allocate before checking PodResources [FRACGPU_CROSSCHECK_DELAY, 1]")
-    p.add_argument("--quota-check", choices=("auto", "on", "off"), default=env("FRACGPU_QUOTA_CHECK", "auto"),
-                   help="re-check the pod's tenant quota at its first Allocate (TenantQuotas, namespace quota "
-                        "annotations and every live pod's reservation, watched); auto: on with an API server, "
-                        "off with --no-kube [FRACGPU_QUOTA_CHECK, auto]")
-    p.add_argument("--quota-sync-timeout", type=float, default=float(env("FRACGPU_QUOTA_SYNC_TIMEOUT", "10")),
-                   help="seconds to wait at start for the quota caches before serving; until they sync, pods "
-                        "are let through unchecked (counted, logged) [FRACGPU_QUOTA_SYNC_TIMEOUT, 10]")
-    p.add_argument("--default-memory-quota", default=env("FRACGPU_DEFAULT_MEMORY_QUOTA") or None,
-                   help="VRAM quota of a tenant without one (e.g. 64Gi; default unlimited); set it to the "
-                        "extender's --default-memory-quota [FRACGPU_DEFAULT_MEMORY_QUOTA]")
-    p.add_argument("--default-core-quota", default=env("FRACGPU_DEFAULT_CORE_QUOTA") or None,
-                   help="vgpu-core quota of a tenant without one (default unlimited); set it to the extender's "
-                        "--default-core-quota [FRACGPU_DEFAULT_CORE_QUOTA]")
-    p.add_argument("--log-level", default=env("FRACGPU_LOG_LEVEL", "INFO"), help="[FRACGPU_LOG_LEVEL, INFO]")
+
+def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = Parser(prog="fracgpu device-plugin", description="Serve fracgpu.io/vgpu-core to the kubelet (run as a "
+               "DaemonSet). Health thresholds come from FRACGPU_HEALTH_* (docs/health.md).")
+    add_config_flag(p, environ)
+    add_flags(p, FLAGS, environ)
     return p
 
 
@@ -119,7 +124,7 @@ def make_cluster(args: argparse.Namespace) -> Cluster:
     from fracgpu.deviceplugin.kubecluster import KubeCluster
     from fracgpu.kube import client, writer
 
-    api = client.build_api_client(host=args.kube_host or None, kubeconfig=args.kubeconfig or None)
+    api = client.build_api_client(host=args.kube_api or None, kubeconfig=args.kubeconfig or None)
     cluster = KubeCluster(writer.KubeWriter(client.Transport(api), component="fracgpu-device-plugin"),
                           args.node_name, namespace=args.namespace)
     cluster.start()
@@ -142,7 +147,7 @@ def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQu
     from fracgpu.kube import client
 
     # a connection pool of its own: three long watches must not hold up the plugin's writes
-    api = client.build_api_client(host=args.kube_host or None, kubeconfig=args.kubeconfig or None)
+    api = client.build_api_client(host=args.kube_api or None, kubeconfig=args.kubeconfig or None)
     quota = KubeTenantQuotas(client.Transport(api), default=default, metrics=metrics)
     quota.start()
     return quota
@@ -158,7 +163,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     limiter = None
     if args.limiter_dir:
         limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
-                                preload_file=args.limiter_preload)
+                                preload_file=args.limiter_preload or "")
     if args.cdi_kind and not valid_cdi_kind(args.cdi_kind):
         raise ConfigError(f"--cdi-kind {args.cdi_kind!r} is not a CDI kind vendor/class (e.g. nvidia.com/gpu)")
     if args.crosscheck_delay < 0:
@@ -169,11 +174,12 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         raise ConfigError(str(e)) from None
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
-        holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
+        # absolute: gRPC reads "unix://rel/path" as a host name
+        holdings = PodResourcesClient(os.path.abspath(args.pod_resources_socket), RESOURCE_CORE)
     cfg = AppConfig(
         plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
                             crosscheck_delay=args.crosscheck_delay, device_list=device_list),
-        server=ServerConfig(socket_dir=args.socket_dir),
+        server=ServerConfig(socket_dir=os.path.abspath(args.socket_dir)),
         health=health,
     )
     backend = make_backend(args)
@@ -193,14 +199,34 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = parser(environ).parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=str(args.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        args = parser(environ).parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
+        return e.code if isinstance(e.code, int) else 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
     try:
         app, cluster = build(args, environ)
-    except (ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
-        print(f"fracgpu device-plugin: {e}", file=sys.stderr)
-        return 2
+    except KubeConfigError as e:
+        return _refuse(no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, run it in a "
+                                     "pod, or run without a cluster with --no-kube"))
+    except BackendError as e:
+        return _refuse(f"{e}; without a GPU: --backend simulated --gpus FILE" if args.backend == "nvml" else e)
+    except (ConfigError, SimulatedConfigError, ValueError) as e:
+        return _refuse(e)
+    if not os.path.isdir(args.socket_dir):
+        _stop(app, cluster, None, started=False)
+        return _refuse(f"--socket-dir {args.socket_dir} is not a directory: give the kubelet's device-plugins "
+                       f"directory ({DEVICE_PLUGIN_DIR}), or for a demo create one (mkdir -p {args.socket_dir})")
+    metrics_server = None
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
+        except OSError as e:
+            _stop(app, cluster, None, started=False)
+            return _refuse(metrics_server_error(e, args.metrics_port))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -209,28 +235,36 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    metrics_server = None
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
     try:
         app.start()
         log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)
         while not stop.wait(1.0):
             pass
+    except (OSError, RuntimeError) as e:  # a --socket-dir it may not write to (RuntimeError: gRPC's bind)
+        return _refuse(f"cannot serve in --socket-dir {args.socket_dir}: {' '.join(str(e).split())}")
     finally:
-        app.stop()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-        stop_cluster = getattr(cluster, "stop", None)
-        if stop_cluster is not None:
-            stop_cluster()
-        stop_quota = getattr(app.plugin.quota, "stop", None)
-        if stop_quota is not None:
-            stop_quota()
+        _stop(app, cluster, metrics_server, started=True)
     log.info("device plugin stopped")
     return 0
+
+
+def _stop(app: DevicePluginApp, cluster: Cluster, metrics_server: Any, *, started: bool) -> None:
+    if started:
+        app.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    stop_cluster = getattr(cluster, "stop", None)
+    if stop_cluster is not None:
+        stop_cluster()
+    stop_quota = getattr(app.plugin.quota, "stop", None)
+    if stop_quota is not None:
+        stop_quota()
+
+
+def _refuse(error: object) -> int:
+    print(f"fracgpu device-plugin: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

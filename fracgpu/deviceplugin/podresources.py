@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -28,17 +29,34 @@ def holdings_from(response: api_pb2.ListPodResourcesResponse, resource: str) -> 
     return out
 
 
+class PodResourcesUnavailable(OSError):
+    """The kubelet's PodResources socket did not answer; one line that says which socket and why."""
+
+
 class PodResourcesClient:
     def __init__(self, socket_path: str, resource: str, timeout: float = 5.0) -> None:
+        self._path = socket_path
         self._target = f"unix://{socket_path}"
         self._resource = resource
         self._timeout = timeout
 
     def holdings(self) -> Holdings:
-        with grpc.insecure_channel(self._target) as channel:
-            stub = api_pb2_grpc.PodResourcesListerStub(channel)
-            response = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self._timeout)
+        try:
+            with grpc.insecure_channel(self._target) as channel:
+                stub = api_pb2_grpc.PodResourcesListerStub(channel)
+                response = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self._timeout)
+        except grpc.RpcError as e:  # its str() is a multi-line dump with grpc's debug string
+            raise PodResourcesUnavailable(self._why(e)) from None
         return holdings_from(response, self._resource)
+
+    def _why(self, e: grpc.RpcError) -> str:
+        code = e.code() if isinstance(e, grpc.Call) else None
+        name = code.name if code is not None else "ERROR"
+        if not os.path.exists(self._path):
+            return (f"kubelet PodResources socket {self._path}: {name}, no such file (not on a kubelet node? "
+                    "--pod-resources-socket none runs without the cross-check)")
+        details = e.details() if isinstance(e, grpc.Call) else str(e)
+        return f"kubelet PodResources socket {self._path}: {name}: {' '.join(str(details).split())}"
 
 
 class NoHoldings:

@@ -1,4 +1,4 @@
-"""The tenant-quota re-check Allocate makes (DESIGN, "Enforcement, three times", step 3).
+"""The tenant-quota re-check Allocate makes (docs/architecture.md, "Quota enforcement", step 3).
 
 The extender charges quota at bind; the plugin checks once more, at the pod's first Allocate,
 that the tenant's quota is not exceeded. ``QuotaCheck`` is the seam the ledger calls;

@@ -39,53 +39,69 @@ from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Lea
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
+from fracgpu.kube.errors import KubeConfigError
 from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.kube.writer import KubeWriter
+from fracgpu.startup import (
+    Flag,
+    Parser,
+    StartupError,
+    add_config_flag,
+    add_flags,
+    boolean,
+    listen,
+    log_level,
+    no_cluster,
+    non_negative_int,
+    port,
+    positive_int,
+    seconds,
+)
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "FRACGPU_EXTENDER_"
 
 
-@dataclass(frozen=True, slots=True)
-class Flag:
-    name: str
-    default: str | None
-    help: str
-
-
 FLAGS = (
-    Flag("listen", "0.0.0.0", "address to listen on"),
-    Flag("port", "8888", "port to listen on"),
-    Flag("kubeconfig", None, "kubeconfig file (default: in-cluster, then ~/.kube/config)"),
-    Flag("context", None, "kubeconfig context"),
-    Flag("snapshot", None, "serve from a `kubectl get -o yaml` List file instead of a cluster"),
-    Flag("namespace", DEFAULT_NAMESPACE, "fracgpu's namespace (heartbeat Leases)"),
-    Flag("k", "1", "filter keeps the best k nodes of the ranking"),
-    Flag("policies", DEFAULT_POLICIES, "weighted ranking policies, e.g. binpack=1,topology=0.5"),
-    Flag("heartbeat-stale", "40", "seconds without a heartbeat Lease renewal before a node is stale (0: off)"),
-    Flag("stuck-allocating", "300", "seconds after which a pod still 'allocating' stops blocking others"),
-    Flag("body-limit", str(DEFAULT_BODY_LIMIT), "largest request body in bytes"),
-    Flag("taint-key", TAINT_GPU_FAILED, "NoSchedule taint key of a node whose GPUs are broken"),
-    Flag("max-pods-per-gpu", "0", "most pods sharing one GPU (0: no limit)"),
-    Flag("default-memory-quota", None, "VRAM quota of a tenant without one (e.g. 64Gi; default unlimited)"),
-    Flag("default-core-quota", None, "vgpu-core quota of a tenant without one (default unlimited)"),
-    Flag("queue-head-wait", "60", "seconds a queued pod that fits may hold back later pods of its tenant"),
-    Flag("status-interval", "10", "least seconds between two status writes of one TenantQuota"),
-    Flag("leader-elect", "true", "elect one binding replica through a Lease (true/false)"),
-    Flag("leader-lease", DEFAULT_LEASE, "name of the leader-election Lease in --namespace"),
-    Flag("identity", None, "this replica's name in the Lease (default: $POD_NAME, else hostname_random)"),
-    Flag("lease-duration", "15", "seconds a follower waits on an unrenewed Lease before taking over"),
-    Flag("renew-deadline", "10", "seconds the leader keeps leading without a successful renewal"),
-    Flag("retry-period", "2", "seconds between two election rounds"),
-    Flag("bind-timeout", "5", "seconds a Binding write may take"),
-    Flag("bind-margin", "2", "a Binding write starts only with at least this much leadership left"),
-    Flag("tls-cert", None, "serve HTTPS with this certificate (PEM; with --tls-key)"),
-    Flag("tls-key", None, "private key of --tls-cert (PEM)"),
-    Flag("client-ca", None, "require a client certificate from this CA for filter/prioritize/bind"),
-    Flag("client-names", "", "comma list: a client certificate must name one (CN or DNS SAN); empty: any"),
-    Flag("cert-reload", "60", "seconds between checks for rotated certificate files (0: never)"),
-    Flag("log-level", "INFO", "DEBUG, INFO, WARNING"),
+    Flag("bind-address", "address to listen on (0.0.0.0: every IPv4 address)", "0.0.0.0", metavar="ADDRESS",
+         old=("listen",)),
+    Flag("port", "port to listen on", "8888", port),
+    Flag("kubeconfig", "kubeconfig file", metavar="FILE",
+         unset="in-cluster config, then $KUBECONFIG or ~/.kube/config"),
+    Flag("context", "kubeconfig context", unset="the kubeconfig's current context"),
+    Flag("snapshot", "serve from a `kubectl get -o yaml` List file instead of a cluster", metavar="FILE",
+         unset="a cluster"),
+    Flag("namespace", "fracgpu's namespace (heartbeat and leader Leases)", DEFAULT_NAMESPACE),
+    Flag("k", "filter keeps the best k nodes of the ranking", "1", positive_int),
+    Flag("policies", "weighted ranking policies, e.g. binpack=1,topology=0.5", DEFAULT_POLICIES),
+    Flag("heartbeat-stale", "seconds without a heartbeat Lease renewal before a node is stale (0: off)", "40",
+         seconds),
+    Flag("stuck-allocating", "seconds after which a pod still 'allocating' stops blocking others", "300", seconds),
+    Flag("max-body-bytes", "largest request body in bytes", str(DEFAULT_BODY_LIMIT), positive_int,
+         old=("body-limit",)),
+    Flag("taint-key", "NoSchedule taint key of a node whose GPUs are broken", TAINT_GPU_FAILED),
+    Flag("max-pods-per-gpu", "most pods sharing one GPU (0: no limit)", "0", non_negative_int),
+    Flag("default-memory-quota", "VRAM quota of a tenant without one, e.g. 64Gi", unset="unlimited"),
+    Flag("default-core-quota", "vgpu-core quota of a tenant without one, e.g. 400", unset="unlimited"),
+    Flag("queue-head-wait", "seconds a queued pod that fits may hold back later pods of its tenant", "60", seconds),
+    Flag("status-interval", "least seconds between two status writes of one TenantQuota", "10", seconds),
+    Flag("leader-elect", "elect one binding replica through a Lease (true/false)", "true", boolean),
+    Flag("leader-lease", "name of the leader-election Lease in --namespace", DEFAULT_LEASE),
+    Flag("identity", "this replica's name in the Lease", unset="$POD_NAME, else hostname_random"),
+    Flag("lease-duration", "seconds a follower waits on an unrenewed Lease before taking over", "15", seconds),
+    Flag("renew-deadline", "seconds the leader keeps leading without a successful renewal", "10", seconds),
+    Flag("retry-period", "seconds between two election rounds", "2", seconds),
+    Flag("bind-timeout", "seconds a Binding write may take", "5", seconds),
+    Flag("bind-margin", "a Binding write starts only with at least this many seconds of leadership left", "2",
+         seconds),
+    Flag("tls-cert", "serve HTTPS with this certificate (PEM; with --tls-key)", metavar="FILE", unset="plain HTTP"),
+    Flag("tls-key", "private key of --tls-cert (PEM)", metavar="FILE", unset="none"),
+    Flag("client-ca", "require a client certificate from this CA for filter/prioritize/bind", metavar="FILE",
+         unset="no client certificate needed"),
+    Flag("client-names", "comma list: a client certificate must name one (CN or DNS SAN); empty: any", ""),
+    Flag("cert-reload", "seconds between checks for rotated certificate files (0: never)", "60", seconds),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
 )
 
 
@@ -95,11 +111,9 @@ class ConfigError(Exception):
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command's parser (also read by fracgpu.configref for docs/configuration.md)."""
-    p = argparse.ArgumentParser(prog="fracgpu extender", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in FLAGS:
-        env = ENV_PREFIX + f.name.upper().replace("-", "_")
-        p.add_argument(f"--{f.name}", default=environ.get(env, f.default), help=f"{f.help} [env {env}]")
+    p = Parser(prog="fracgpu extender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flag(p, environ)
+    add_flags(p, FLAGS, environ, env_prefix=ENV_PREFIX)
     return p
 
 
@@ -224,13 +238,16 @@ async def _freeze_after_sync(cache: ClusterCache) -> None:
 
 
 def main(argv: list[str]) -> int:
-    ns = parse_args(argv, os.environ)
-    logging.basicConfig(level=str(ns.log_level).upper(), stream=sys.stderr,
+    try:
+        ns = parse_args(argv, os.environ)
+    except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
+        return e.code if isinstance(e.code, int) else 2
+    logging.basicConfig(level=ns.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = build_config(ns)
         port = int(_num(ns, "port", int))
-        body_limit = int(_num(ns, "body-limit", int))
+        body_limit = int(ns.max_body_bytes)
         tls = build_tls(ns)
         leader_cfg = None if ns.snapshot else build_leader_config(ns, os.environ)
     except ConfigError as e:
@@ -245,6 +262,11 @@ def main(argv: list[str]) -> int:
                   f"{tls.client_ca}: {e}", file=sys.stderr)
             return 2
     client_names = tls.client_names if tls is not None and tls.client_ca else None
+    try:  # bound before anything is loaded or logged: a busy port is one line, not a traceback after "listening"
+        sock = listen(ns.bind_address, port)
+    except StartupError as e:
+        print(f"fracgpu extender: {e}", file=sys.stderr)
+        return 2
     scheduler = new_scheduler(config)
     metrics = Metrics(scheduler)
     binder: Binder
@@ -254,6 +276,7 @@ def main(argv: list[str]) -> int:
         try:
             counts = load_file(scheduler, ns.snapshot)
         except SnapshotError as e:
+            sock.close()
             print(f"fracgpu extender: {e}", file=sys.stderr)
             return 2
         log.info("snapshot loaded file=%s %s", ns.snapshot, " ".join(f"{k}={v}" for k, v in counts.items()))
@@ -261,7 +284,14 @@ def main(argv: list[str]) -> int:
         binder = SnapshotBinder()
         deps = Deps(scheduler, binder, metrics, body_limit=body_limit, client_names=client_names)
     else:
-        api = build_api_client(kubeconfig=ns.kubeconfig, context=ns.context)
+        try:
+            api = build_api_client(kubeconfig=ns.kubeconfig, context=ns.context)
+        except KubeConfigError as e:
+            sock.close()
+            why = no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG), run it in a pod, "
+                                "or serve from a file with --snapshot FILE")
+            print(f"fracgpu extender: {why}", file=sys.stderr)
+            return 2
         transport = Transport(api)
         writer = KubeWriter(transport, component="fracgpu-extender")
         cache = ClusterCache(transport, scheduler, namespace=config.namespace)
@@ -302,9 +332,8 @@ def main(argv: list[str]) -> int:
 
         app.cleanup_ctx.append(background)
     log.info("extender listening address=%s port=%d tls=%s client_ca=%s k=%d policies=%s leader_lease=%s identity=%s",
-             ns.listen, port, tls is not None, tls is not None and tls.client_ca is not None, config.k,
+             ns.bind_address, port, tls is not None, tls is not None and tls.client_ca is not None, config.k,
              config.policies, leader_cfg.lease if leader_cfg else "-", leader_cfg.identity if leader_cfg else "-")
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(app, host=ns.listen, port=port, print=None, handle_signals=True, access_log=None,
-                    ssl_context=ssl_ctx)
+        web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None, ssl_context=ssl_ctx)
     return 0

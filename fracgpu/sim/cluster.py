@@ -1,6 +1,6 @@
 """`--protocol cluster`: GPU pods through the extender's path, CPU-only pods as kube-scheduler places them.
 
-The extender narrows every GPU pod to the core's single best node (DESIGN "Decision fidelity",
+The extender narrows every GPU pod to the core's single best node (docs/architecture.md, "Decision fidelity",
 k = 1), so a GPU pod lands exactly where `ranking.rank` puts it — as in the paper protocol. A pod
 that asks for no GPU never reaches the extender: kube-scheduler's default scoring places it
 (NodeResourcesFit LeastAllocated over CPU and memory, plus BalancedAllocation) and breaks ties at

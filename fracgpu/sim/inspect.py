@@ -33,6 +33,7 @@ from fracgpu.kube.resources import LEASES
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.sim.whatif import build_world, inspect_doc, render_inspect
+from fracgpu.startup import Parser, add_config_flag, no_cluster
 
 PROG = "fracgpu inspect"
 DEFAULT_HEARTBEAT_STALE_S = 40.0  # the extender's default (--heartbeat-stale)
@@ -46,23 +47,25 @@ EXIT_API = 1  # the API server could not be reached or refused a list
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
-    p = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flag(p, env)
     p.add_argument("--snapshot", metavar="FILE", help="read a `kubectl get -o yaml` style List of Nodes, Pods, "
-                   "Namespaces, TenantQuotas (and Leases) instead of a live cluster")
+                   "Namespaces, TenantQuotas (and Leases) instead of a live cluster (default: the live cluster)")
     p.add_argument("--kubeconfig", metavar="FILE", default=None,
                    help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster "
                         "service account)")
     p.add_argument("--context", default=None, help="kubeconfig context (default: the current context)")
     p.add_argument("--namespace", default=env.get(ENV_NAMESPACE, DEFAULT_NAMESPACE),
                    help=f"fracgpu's namespace, where the device plugins' heartbeat Leases live "
-                        f"[env {ENV_NAMESPACE}, default {DEFAULT_NAMESPACE}]")
+                        f"[env {ENV_NAMESPACE}] (default: {DEFAULT_NAMESPACE})")
     p.add_argument("--heartbeat-stale", type=float, default=DEFAULT_HEARTBEAT_STALE_S, metavar="SECONDS",
                    help="a live node whose heartbeat Lease was renewed longer ago than this is shown stale, "
-                        "0 = do not judge (default %(default)s, the extender's)")
+                        "0 = do not judge (default: %(default)s, the extender's)")
     p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="timeout of each API request (default %(default)s)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table")
+                   help="seconds each API request may take (default: %(default)s)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                   help="table for people, json for scripts (default: %(default)s)")
     return p
 
 
@@ -202,9 +205,9 @@ def _read_live(args: argparse.Namespace, environ: Mapping[str, str], err: TextIO
     try:
         api = build_api_client(kubeconfig=kubeconfig, context=args.context, environ=environ)
     except errors.KubeConfigError as e:
-        err.write(f"{PROG}: no usable cluster configuration: {_one_line(e)}\n"
-                  f"  give --kubeconfig FILE / --context NAME, set KUBECONFIG, run inside a cluster, "
-                  f"or give --snapshot FILE\n")
+        why = no_cluster(e, "give --kubeconfig FILE / --context NAME, set KUBECONFIG, run it in a pod, "
+                            "or give --snapshot FILE")
+        err.write(f"{PROG}: {why}\n")
         return EXIT_USAGE
     transport = Transport(api, timeout_s=args.request_timeout,
                           connect_timeout_s=min(10.0, args.request_timeout))

@@ -25,6 +25,7 @@ from fracgpu.core.policies import DEFAULT_POLICY, POLICIES, policy_list
 from fracgpu.sim.published import published
 from fracgpu.sim.replay import KINDS, Progress, RunResult, run_paper
 from fracgpu.sim.trace import DEFAULT_NODES, DEFAULT_TRACE, TraceError, load_nodes, load_tasks, resolve
+from fracgpu.startup import add_config_flag
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fracgpu simulate", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_config_flag(p, {})
     p.add_argument("--protocol", choices=("paper", "cluster"), default="paper",
                    help="paper: the FGD experiment (default); cluster: CPU-only pods placed as kube-scheduler would")
     p.add_argument("--policy", default=DEFAULT_POLICY,
@@ -63,14 +65,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", default=DEFAULT_NODES, help="node list: gpu_node (default), all_node, or a CSV file")
     p.add_argument("--seeds", type=parse_seeds, default=[42], help="seeds, e.g. 42 or 42-51 (default 42)")
     p.add_argument("--inflation", type=float, default=1.3, help="workload inflation ratio (default 1.3)")
-    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table")
-    p.add_argument("--plot", metavar="FILE.png", help="unallocated GPU %% vs arrived load (needs matplotlib)")
+    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",
+                   help="table for people, json or csv for scripts (default: %(default)s)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="unallocated GPU %% vs arrived load (needs matplotlib) (default: no picture)")
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel runs (default: CPU count when several runs)")
-    p.add_argument("--snapshot", metavar="FILE", help="a cluster snapshot (YAML List of Nodes/Pods/...)")
-    p.add_argument("--pending", action="store_true", help="with --snapshot: where would the pending pods fit")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
+    p.add_argument("--pending", action="store_true",
+                   help="with --snapshot: where would the pending pods fit (default: off)")
     p.add_argument("--full", action="store_true",
                    help="replay every task (default: stop just past 100%% arrived, where the report is taken)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: a bar)")
     return p
 
 

@@ -1,9 +1,9 @@
 """`fracgpu webhook`: the mutating admission webhook over TLS.
 
-Flags fall back to environment variables (FRACGPU_WEBHOOK_*). The certificate and key are files,
-normally a Secret mounted by the kubelet (written by cert-manager or by hand, see
-docs/admission.md); they are re-read when they change, so a rotated certificate is served
-without a restart.
+Flags fall back to environment variables (FRACGPU_WEBHOOK_<FLAG>, e.g. FRACGPU_WEBHOOK_TLS_CERT).
+The certificate and key are files, normally a Secret mounted by the kubelet (written by
+cert-manager or by hand, see docs/admission.md); they are re-read when they change, so a rotated
+certificate is served without a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +19,18 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
+from fracgpu.startup import (
+    Flag,
+    Parser,
+    StartupError,
+    add_config_flag,
+    add_flags,
+    listen,
+    log_level,
+    port,
+    positive_int,
+    seconds,
+)
 from fracgpu.webhook.app import DEFAULT_MAX_BODY_BYTES, WebhookConfig, make_app
 
 log = logging.getLogger(__name__)
@@ -27,6 +39,7 @@ __all__ = ["CertificateReloader", "ServerConfig", "main", "make_ssl_context", "p
 
 DEFAULT_CERT_FILE = "/etc/fracgpu/webhook-tls/tls.crt"
 DEFAULT_KEY_FILE = "/etc/fracgpu/webhook-tls/tls.key"
+ENV_PREFIX = "FRACGPU_WEBHOOK_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,50 +58,37 @@ def make_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return make_server_context(cert_file, key_file)
 
 
-def _env_float(environ: Mapping[str, str], key: str, default: float) -> float:
-    raw = environ.get(key)
-    return default if raw is None or raw == "" else float(raw)
+FLAGS = (
+    Flag("tls-cert", "TLS certificate (PEM), re-read when it changes", DEFAULT_CERT_FILE, metavar="FILE",
+         old=("cert-file",)),
+    Flag("tls-key", "TLS private key (PEM) of --tls-cert", DEFAULT_KEY_FILE, metavar="FILE", old=("key-file",)),
+    Flag("bind-address", "address to listen on (0.0.0.0: every IPv4 address)", "0.0.0.0", metavar="ADDRESS"),
+    Flag("port", "HTTPS port", "8443", port),
+    Flag("max-body-bytes", "largest request body accepted, in bytes", str(DEFAULT_MAX_BODY_BYTES), positive_int),
+    Flag("cert-reload", "seconds between checks for a rotated certificate (0: never)", "60", seconds,
+         old=("cert-reload-seconds",)),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+)
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command's parser (also read by fracgpu.configref for docs/configuration.md)."""
-    e = environ.get
-    p = argparse.ArgumentParser(prog="fracgpu webhook", description="Mutating admission webhook for GPU pods.")
-    p.add_argument("--cert-file", default=e("FRACGPU_WEBHOOK_CERT_FILE", DEFAULT_CERT_FILE),
-                   help="TLS certificate (PEM) [env FRACGPU_WEBHOOK_CERT_FILE]")
-    p.add_argument("--key-file", default=e("FRACGPU_WEBHOOK_KEY_FILE", DEFAULT_KEY_FILE),
-                   help="TLS private key (PEM) [env FRACGPU_WEBHOOK_KEY_FILE]")
-    p.add_argument("--bind-address", default=e("FRACGPU_WEBHOOK_BIND_ADDRESS", "0.0.0.0"),
-                   help="address to listen on [env FRACGPU_WEBHOOK_BIND_ADDRESS]")
-    p.add_argument("--port", type=int, default=int(e("FRACGPU_WEBHOOK_PORT") or 8443),
-                   help="HTTPS port [env FRACGPU_WEBHOOK_PORT] (default 8443)")
-    p.add_argument("--max-body-bytes", type=int,
-                   default=int(e("FRACGPU_WEBHOOK_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
-                   help="largest request body accepted [env FRACGPU_WEBHOOK_MAX_BODY_BYTES]")
-    p.add_argument("--cert-reload-seconds", type=float,
-                   default=_env_float(environ, "FRACGPU_WEBHOOK_CERT_RELOAD_SECONDS", 60.0),
-                   help="how often to look for a rotated certificate, 0 = never "
-                        "[env FRACGPU_WEBHOOK_CERT_RELOAD_SECONDS]")
-    p.add_argument("--log-level", default=e("FRACGPU_LOG_LEVEL", "INFO"),
-                   help="DEBUG, INFO, WARNING, ERROR [env FRACGPU_LOG_LEVEL]")
+    p = Parser(prog="fracgpu webhook", description="Mutating admission webhook for GPU pods.")
+    add_config_flag(p, environ)
+    add_flags(p, FLAGS, environ, env_prefix=ENV_PREFIX)
     return p
 
 
 def parse_args(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
-    p = build_parser(environ)
-    ns = p.parse_args(argv)
-    if not 0 < ns.port < 65536:
-        p.error(f"--port {ns.port} is not a TCP port")
-    if ns.max_body_bytes <= 0:
-        p.error("--max-body-bytes must be positive")
+    ns = build_parser(environ).parse_args(argv)
     return ServerConfig(
-        cert_file=ns.cert_file,
-        key_file=ns.key_file,
+        cert_file=ns.tls_cert,
+        key_file=ns.tls_key,
         bind_address=ns.bind_address,
         port=ns.port,
         max_body_bytes=ns.max_body_bytes,
-        cert_reload_seconds=ns.cert_reload_seconds,
-        log_level=ns.log_level.upper(),
+        cert_reload_seconds=ns.cert_reload,
+        log_level=ns.log_level,
     )
 
 
@@ -110,7 +110,11 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     app = make_app(WebhookConfig(max_body_bytes=cfg.max_body_bytes))
     app.cleanup_ctx.append(reload_task(CertificateReloader(ctx, cfg.cert_file, cfg.key_file),
                                        cfg.cert_reload_seconds))
+    try:
+        sock = listen(cfg.bind_address, cfg.port)  # before saying "serving": a busy port is one line
+    except StartupError as e:
+        print(f"fracgpu webhook: {e}", file=sys.stderr)
+        return 2
     log.info("webhook serving address=%s port=%d", cfg.bind_address, cfg.port)
-    web.run_app(app, host=cfg.bind_address, port=cfg.port, ssl_context=ctx, print=None,
-                access_log=None)
+    web.run_app(app, sock=sock, ssl_context=ctx, print=None, access_log=None)
     return 0

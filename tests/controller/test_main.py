@@ -41,16 +41,18 @@ def test_flags_and_env() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--node-policy", "sometimes"], "node policy: one of"), (["--renew-deadline", "20"], "renew deadline")],
+    [(["--node-policy", "sometimes"], "--node-policy: invalid choice: 'sometimes' (choose from 'all-gpus', 'any-gpu'"),
+     (["--renew-deadline", "20"], "renew deadline")],
 )
-def test_bad_flags_are_named(argv: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+def test_bad_flags_are_named(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises((ConfigError, SystemExit)) as refused:  # SystemExit: argparse refused it and said why
         cmain.parse_options(argv, {})
+    assert message in str(refused.value) + capsys.readouterr().err
 
 
 def test_main_reports_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cmain.main(["--max-evictions-per-node", "0"]) == 2
-    assert "max evictions per node" in capsys.readouterr().err
+    assert cmain.main(["--renew-deadline", "20"]) == 2
+    assert "renew deadline (20.0s) must be shorter than lease duration" in capsys.readouterr().err
 
 
 def test_main_help() -> None:

@@ -30,7 +30,7 @@ EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
      {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"}, "health settings: BAD_CHECKS"),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube", "--quota-check", "on"], {"NODE_NAME": "n"},
      "--quota-check on needs an API server"),
-    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--kube-host", "http://127.0.0.1:1"],
+    (["--backend", "simulated", "--gpus", str(EXAMPLE), "--kube-api", "http://127.0.0.1:1"],
      {"NODE_NAME": "n", "FRACGPU_DEFAULT_MEMORY_QUOTA": "lots"}, "default quota: "),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--quota-check", "maybe"], {"NODE_NAME": "n"},
      "invalid choice: 'maybe'"),
@@ -59,7 +59,7 @@ def test_the_quota_check_is_on_with_a_cluster(argv: list[str], env: dict[str, st
     d = short_tmpdir()
     environ = {"NODE_NAME": "node-a", "FRACGPU_DEFAULT_MEMORY_QUOTA": "64Gi", **env}
     args = parser(environ).parse_args(["--backend", "simulated", "--gpus", str(EXAMPLE), "--socket-dir", d,
-                                       "--kube-host", apiserver.url, "--pod-resources-socket", "none", *argv])
+                                       "--kube-api", apiserver.url, "--pod-resources-socket", "none", *argv])
     app, cluster = build(args, environ)
     quota = app.plugin.quota
     try:

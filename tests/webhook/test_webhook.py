@@ -228,13 +228,13 @@ def test_a_half_written_pair_keeps_the_old_certificate(tmp_path: Path) -> None:
 
 
 def test_main_refuses_missing_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["--cert-file", str(tmp_path / "none.crt"), "--key-file", str(tmp_path / "none.key")], environ={})
+    rc = main(["--tls-cert", str(tmp_path / "none.crt"), "--tls-key", str(tmp_path / "none.key")], environ={})
     assert rc == 2
     assert "cannot load certificate" in capsys.readouterr().err
 
 
 def test_main_reads_flags_from_the_environment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main([], environ={"FRACGPU_WEBHOOK_CERT_FILE": str(tmp_path / "env.crt")})
+    rc = main([], environ={"FRACGPU_WEBHOOK_TLS_CERT": str(tmp_path / "env.crt")})
     assert rc == 2
     assert "env.crt" in capsys.readouterr().err
 
