@@ -76,7 +76,9 @@ async def test_concurrent_binds_of_one_tenant_never_exceed_it(serve: ClientFacto
     errors = await asyncio.gather(*(_bind(client, p, "n1" if i % 2 else "n2") for i, p in enumerate(pods)))
     assert errors.count("") == 2
     assert all("ns/team-a" in e for e in errors if e)
-    assert world.scheduler.ledger.used("ns/team-a").memory == 16 * 1024**3
+    used = world.deps.metrics.registry.get_sample_value(
+        "fracgpu_tenant_used", {"tenant": "ns/team-a", "resource": "fracgpu.io/vgpu-memory"})
+    assert used == 16 * 1024**3
 
 
 def team_quota() -> dict[str, Any]:
