@@ -43,15 +43,15 @@ class TenantCollector(Collector):
                                  "(vgpu-memory in bytes, vgpu-core in units)", labels=["tenant", "resource"])
         pending = GaugeMetricFamily("fracgpu_tenant_pending", "Pods waiting in a tenant's quota queue",
                                     labels=["tenant"])
-        for snap in self.scheduler.tenant_snapshots():
-            used.add_metric([snap.tenant, RESOURCE_MEMORY], snap.used.memory)
-            used.add_metric([snap.tenant, RESOURCE_CORE], snap.used.cores)
-            if isinstance(snap.limits, Limits):
-                if snap.limits.memory is not None:
-                    hard.add_metric([snap.tenant, RESOURCE_MEMORY], snap.limits.memory)
-                if snap.limits.cores is not None:
-                    hard.add_metric([snap.tenant, RESOURCE_CORE], snap.limits.cores)
-            pending.add_metric([snap.tenant], snap.pending)
+        for use in self.scheduler.tenant_usage():
+            used.add_metric([use.tenant, RESOURCE_MEMORY], use.used.memory)
+            used.add_metric([use.tenant, RESOURCE_CORE], use.used.cores)
+            if isinstance(use.limits, Limits):
+                if use.limits.memory is not None:
+                    hard.add_metric([use.tenant, RESOURCE_MEMORY], use.limits.memory)
+                if use.limits.cores is not None:
+                    hard.add_metric([use.tenant, RESOURCE_CORE], use.limits.cores)
+            pending.add_metric([use.tenant], use.pending)
         yield used
         yield hard
         yield pending

@@ -343,8 +343,8 @@ class Scheduler:
         with self._lock:
             return self._book.status_writes(last_write, now, wall)
 
-    def tenant_snapshots(self) -> list[TenantSnapshot]:
+    def tenant_usage(self) -> list[TenantSnapshot]:
         """One consistent view of every tenant worth a metric series (extender/metrics.py), sorted."""
         with self._lock:
-            return self._book.snapshots()
+            return self._book.usage()
 

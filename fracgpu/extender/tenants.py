@@ -103,7 +103,7 @@ class TenantBook:
                 out.append((name, new.to_dict()))
         return out
 
-    def snapshots(self) -> list[TenantSnapshot]:
+    def usage(self) -> list[TenantSnapshot]:
         """Every tenant worth a metric series, sorted: those that hold something or have pods
         waiting, and those with a limit of their own (a tenant whose limit is only the cluster
         default is listed once it holds or waits)."""

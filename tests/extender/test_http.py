@@ -113,6 +113,10 @@ async def test_captured_bind_writes_reservation_and_charges_at_once(serve: Clien
     world.scheduler.apply_pod(pod_record(confirmed))
     assert (room(ask, "lab-node-2"), whole_gpus(ask, "lab-node-2")) == (100, 7)
     assert world.scheduler.stats().reservations == 1
+    # with the seven whole GPUs taken, what is left is the share's GPU: 50 vgpu-core, not 0
+    seven = pod_obj("seven", 700, None)
+    await _reserve(world, seven, "lab-node-2")
+    assert (room(ask, "lab-node-2"), whole_gpus(ask, "lab-node-2")) == (50, 0)
 
 
 async def test_bind_to_another_node_after_bind_is_refused(serve: ClientFactory) -> None:
