@@ -38,7 +38,7 @@ def run(pods: int, nodes: int, in_flight: int, seed: int) -> dict[str, Any]:
     with FakeApiServer() as apiserver:
         names, burst_pods = seed_cluster(apiserver, nodes, pods, seed)
         with LiveExtender(apiserver, heartbeat_off()) as ext:
-            eventually(lambda: ext.cached("load/") == pods, timeout_s=120)
+            eventually(lambda: ext.scheduler.stats().pods == pods, timeout_s=120)
             report = asyncio.run(burst(ext.url, burst_pods, names, binds_in_flight=in_flight,
                                        on_bound=lambda pod, node: mark_allocated(apiserver, pod)))
             eventually(lambda: ext.scheduler.stats().assumed == 0, timeout_s=60)

@@ -56,7 +56,7 @@ def slope_kib_per_min(samples: list[tuple[float, int]]) -> float:
 def wave(apiserver: FakeApiServer, ext: LiveExtender, names: list[str], n: int, seed: int) -> dict[str, Any]:
     pods = share_pods(n, seed, prefix=f"w{seed}")
     apiserver.seed(*pods)
-    eventually(lambda: ext.cached(f"load/w{seed}-") == n, timeout_s=60)
+    eventually(lambda: ext.scheduler.stats().pods == n, timeout_s=60)  # the last wave's pods are gone
 
     def allocated(pod: dict[str, Any], node: str) -> None:
         apiserver.patch_object("pods", pod["metadata"]["name"],
@@ -68,7 +68,7 @@ def wave(apiserver: FakeApiServer, ext: LiveExtender, names: list[str], n: int, 
         name = p["metadata"]["name"]
         apiserver.patch_object("pods", name, {"status": {"phase": "Succeeded"}}, namespace="load")
         apiserver.delete_object("pods", name, namespace="load")
-    eventually(lambda: ext.cached("load/") == 0, timeout_s=60)
+    eventually(lambda: ext.scheduler.stats().pods == 0, timeout_s=60)
     return {"placed": report.placed, "problems": len(problems), "errors": len(report.errors),
             "filter_p99": report.pct(report.filter_ms, 0.99), "bind_p99": report.pct(report.bind_ms, 0.99)}
 

@@ -27,7 +27,7 @@ class Reservation:
     gpus: tuple[tuple[str, int], ...]  # (uuid, VRAM bytes) per GPU, sorted by uuid
     counts: frozenset[int]  # vgpu-core counts of its GPU containers (what GetPreferredAllocation sees)
     # when it started allocating, on the caller's clock (the extender: its monotonic clock, see
-    # Scheduler._allocating_from); `of` without `assigned_at` reads the assign time (epoch seconds)
+    # extender.store.Store._allocating_from); `of` without `assigned_at` reads the assign time (epoch seconds)
     assigned_at: float = 0.0
 
     @staticmethod

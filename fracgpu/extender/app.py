@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from fracgpu.api.v1beta1 import jsontext
@@ -29,7 +29,7 @@ from fracgpu.api.v1beta1.extender import (
     host_priority_list,
 )
 from fracgpu.extender.leader import Leadership
-from fracgpu.extender.metrics import TenantCollector
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
 from fracgpu.kube.httpbody import DEFAULT_BODY_IDLE_TIMEOUT_S, BodyError, read_body
@@ -47,49 +47,6 @@ class Binder(Protocol):
         self, namespace: str, name: str, node: str, *, annotations: Mapping[str, str] | None = None,
         uid: str | None = None,
     ) -> None: ...
-
-
-class Metrics:
-    """The extender's own Prometheus registry (no process-global state)."""
-
-    def __init__(self, scheduler: Scheduler | None = None) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.latency = Histogram(
-            "fracgpu_extender_request_seconds", "Extender request latency by verb", ["verb"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
-        )
-        self.filter_outcomes = Counter(
-            "fracgpu_extender_filter_nodes_total", "Nodes per filter outcome (kept, failed, unresolvable, "
-            "error) and reason kind (fracgpu.extender.reasons.ReasonKind)", ["outcome", "reason"],
-            registry=self.registry,
-        )
-        self.bind_failures = Counter(
-            "fracgpu_extender_bind_failures_total", "Binds that failed, by stage", ["stage"], registry=self.registry,
-        )
-        self.bad_requests = Counter(
-            "fracgpu_extender_bad_requests_total", "Requests refused as malformed", ["verb"], registry=self.registry,
-        )
-        self.cache = Gauge("fracgpu_extender_cache_objects", "Objects in the extender's cache", ["kind"],
-                           registry=self.registry)
-        self.is_leader = Gauge("fracgpu_extender_is_leader",
-                               "1 while this replica may bind (holds the Lease, cache fenced)", registry=self.registry)
-        self.refused_clients = Counter(
-            "fracgpu_extender_refused_clients_total", "Verb requests refused for want of an allowed client "
-            "certificate", ["verb"], registry=self.registry,
-        )
-        self._scheduler = scheduler
-        if scheduler is not None:
-            self.registry.register(TenantCollector(scheduler))
-
-    def refresh(self, leadership: Leadership | None = None) -> None:
-        self.is_leader.set(1 if leadership is None or leadership.can_bind() else 0)
-        if self._scheduler is None:
-            return
-        s = self._scheduler.stats()
-        self.cache.labels("nodes").set(s.nodes)
-        self.cache.labels("pods").set(s.pods)
-        self.cache.labels("reservations").set(s.reservations)
-        self.cache.labels("assumed").set(s.assumed)
 
 
 @dataclass(slots=True)

@@ -90,7 +90,8 @@ class ClusterCache:
         if done and not self.synced.is_set():
             self.scheduler.mark_synced()
             self.synced.set()
-            log.info("cache synced nodes=%d pods=%d", len(self.scheduler.nodes), len(self.scheduler.pods))
+            stats = self.scheduler.stats()
+            log.info("cache synced nodes=%d pods=%d", stats.nodes, stats.pods)
 
     # ---- handlers (reflector threads) ---------------------------------------------------------
     def _on_node(self, event: WatchEvent) -> None:
@@ -98,7 +99,7 @@ class ClusterCache:
         if event.type == DELETED:
             self.scheduler.delete_node(name)
             return
-        rec = node_record(event.object, self.scheduler.nodes.get(name))
+        rec = node_record(event.object, self.scheduler.cached_node(name))
         if rec.inventory_error:
             log.warning("node inventory invalid node=%s error=%s", name, rec.inventory_error)
         self.scheduler.apply_node(rec)

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.snapshot import PodRecord, pod_record
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import errors
 from fracgpu.kube.client import Transport
@@ -82,27 +82,20 @@ class CacheFence:
         while True:
             answer = self.transport.request("GET", PODS.path(None), query={
                 "fieldSelector": "spec.nodeName!=", "limit": self.page_size, "continue": token})
+            bound: list[PodRecord] = []
             for item in answer.get("items") or []:
                 rec = pod_record(item, keep_raw=False)
                 a = rec.assignment
                 if rec.finished or a is None or a.node != rec.node:
                     continue  # holds nothing (the cache keeps no reservation for it either)
-                if not self._holds(rec.key, rec.node, rec.wants_gpu):
-                    missing.append(rec.key)
+                bound.append(rec)
+            missing += self.scheduler.not_held(bound)
             token = (answer.get("metadata") or {}).get("continue") or None
             if not token:
                 break
         if not missing:
             return None
         return f"{len(missing)} bound pod(s) not in the cache yet, e.g. {missing[0]}"
-
-    def _holds(self, key: str, node: str, wants_gpu: bool) -> bool:
-        s = self.scheduler
-        with s.lock:
-            if not wants_gpu and node not in s.nodes:
-                return True  # the cache drops such pods (not a GPU pod, not a fracgpu node)
-            held = s.held.get(key)
-            return held is not None and held.node == node
 
 
 class Leadership:

@@ -33,9 +33,10 @@ from fracgpu.core.quantity import QuantityError
 from fracgpu.core.quota import QuotaConfig
 from fracgpu.core.registry import DEFAULT_POLICIES, PolicyConfigError
 from fracgpu.core.tenant import default_limits
-from fracgpu.extender.app import DEFAULT_BODY_LIMIT, Binder, Deps, Metrics, make_app
+from fracgpu.extender.app import DEFAULT_BODY_LIMIT, Binder, Deps, make_app
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client

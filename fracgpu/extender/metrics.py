@@ -1,4 +1,6 @@
-"""Per-tenant quota gauges, read from the Scheduler's quota ledger at scrape time.
+"""The extender's Prometheus registry (`Metrics`: request latency, filter outcomes per reason kind,
+bind failures, cache objects, leadership) and the per-tenant quota gauges (`TenantCollector`),
+read from the Scheduler's quota ledger at scrape time:
 
 - `fracgpu_tenant_used{tenant,resource}`: what the tenant's bound pods hold (vgpu-memory in bytes,
   vgpu-core in units; the same numbers as TenantQuota status.used);
@@ -15,32 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from fracgpu.api.v1beta1.names import RESOURCE_CORE, RESOURCE_MEMORY
-from fracgpu.core.quota import TenantSnapshot
-from fracgpu.core.tenant import SOURCE_DEFAULT, SOURCE_NONE, Limits
+from fracgpu.core.tenant import Limits
+from fracgpu.extender.leader import Leadership
 from fracgpu.extender.scheduler import Scheduler
-
-
-def tenant_snapshots(scheduler: Scheduler) -> list[TenantSnapshot]:
-    """One consistent view (under the Scheduler's lock) of every tenant worth a series, sorted."""
-    with scheduler.lock:
-        tenants = scheduler.tenants()
-        ledger = scheduler.ledger
-        names = set(ledger.tenants())
-        for t in tenants.known_tenants():
-            limits = tenants.limits(t)
-            # tenants whose limit is only the cluster default are listed once they hold or wait
-            if not isinstance(limits, Limits) or _own_limit(limits):
-                names.add(t)
-        return [ledger.snapshot(t) for t in sorted(names)]
-
-
-def _own_limit(limits: Limits) -> bool:
-    return any(src not in (SOURCE_NONE, SOURCE_DEFAULT) and value is not None
-               for src, value in ((limits.memory_source, limits.memory), (limits.cores_source, limits.cores)))
 
 
 class TenantCollector(Collector):
@@ -59,15 +43,58 @@ class TenantCollector(Collector):
                                  "(vgpu-memory in bytes, vgpu-core in units)", labels=["tenant", "resource"])
         pending = GaugeMetricFamily("fracgpu_tenant_pending", "Pods waiting in a tenant's quota queue",
                                     labels=["tenant"])
-        for snap in tenant_snapshots(self.scheduler):
-            used.add_metric([snap.tenant, RESOURCE_MEMORY], snap.used.memory)
-            used.add_metric([snap.tenant, RESOURCE_CORE], snap.used.cores)
-            if isinstance(snap.limits, Limits):
-                if snap.limits.memory is not None:
-                    hard.add_metric([snap.tenant, RESOURCE_MEMORY], snap.limits.memory)
-                if snap.limits.cores is not None:
-                    hard.add_metric([snap.tenant, RESOURCE_CORE], snap.limits.cores)
-            pending.add_metric([snap.tenant], snap.pending)
+        for use in self.scheduler.tenant_usage():
+            used.add_metric([use.tenant, RESOURCE_MEMORY], use.used.memory)
+            used.add_metric([use.tenant, RESOURCE_CORE], use.used.cores)
+            if isinstance(use.limits, Limits):
+                if use.limits.memory is not None:
+                    hard.add_metric([use.tenant, RESOURCE_MEMORY], use.limits.memory)
+                if use.limits.cores is not None:
+                    hard.add_metric([use.tenant, RESOURCE_CORE], use.limits.cores)
+            pending.add_metric([use.tenant], use.pending)
         yield used
         yield hard
         yield pending
+
+
+class Metrics:
+    """The extender's own Prometheus registry (no process-global state)."""
+
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "fracgpu_extender_request_seconds", "Extender request latency by verb", ["verb"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry,
+        )
+        self.filter_outcomes = Counter(
+            "fracgpu_extender_filter_nodes_total", "Nodes per filter outcome (kept, failed, unresolvable, "
+            "error) and reason kind (fracgpu.extender.reasons.ReasonKind)", ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.bind_failures = Counter(
+            "fracgpu_extender_bind_failures_total", "Binds that failed, by stage", ["stage"], registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "fracgpu_extender_bad_requests_total", "Requests refused as malformed", ["verb"], registry=self.registry,
+        )
+        self.cache = Gauge("fracgpu_extender_cache_objects", "Objects in the extender's cache", ["kind"],
+                           registry=self.registry)
+        self.is_leader = Gauge("fracgpu_extender_is_leader",
+                               "1 while this replica may bind (holds the Lease, cache fenced)", registry=self.registry)
+        self.refused_clients = Counter(
+            "fracgpu_extender_refused_clients_total", "Verb requests refused for want of an allowed client "
+            "certificate", ["verb"], registry=self.registry,
+        )
+        self._scheduler = scheduler
+        if scheduler is not None:
+            self.registry.register(TenantCollector(scheduler))
+
+    def refresh(self, leadership: Leadership | None = None) -> None:
+        self.is_leader.set(1 if leadership is None or leadership.can_bind() else 0)
+        if self._scheduler is None:
+            return
+        s = self._scheduler.stats()
+        self.cache.labels("nodes").set(s.nodes)
+        self.cache.labels("pods").set(s.pods)
+        self.cache.labels("reservations").set(s.reservations)
+        self.cache.labels("assumed").set(s.assumed)

@@ -59,9 +59,9 @@ _EXACT: dict[str, ReasonKind] = {
 }
 _PATTERNS: tuple[tuple[re.Pattern[str], ReasonKind], ...] = tuple(
     (re.compile(p), kind) for p, kind in (
-        (r"^the fracgpu extender's cache is not synced yet$", ReasonKind.CACHE_NOT_SYNCED),  # scheduler.NOT_READY
-        (r"^node is not in the fracgpu extender's cache yet$", ReasonKind.NODE_NOT_IN_CACHE),  # scheduler.UNKNOWN_NODE
-        (r"^invalid GPU request: ", ReasonKind.INVALID_REQUEST),  # Scheduler._decide
+        (r"^the fracgpu extender's cache is not synced yet$", ReasonKind.CACHE_NOT_SYNCED),  # decide.NOT_READY
+        (r"^node is not in the fracgpu extender's cache yet$", ReasonKind.NODE_NOT_IN_CACHE),  # decide.UNKNOWN_NODE
+        (r"^invalid GPU request: ", ReasonKind.INVALID_REQUEST),  # decide.read_request
         (r"^node is tainted \S+:NoSchedule$", ReasonKind.NODE_TAINTED),  # snapshot.node_tainted
         (r"^node runs pod \S+ .*reservation cannot be read", ReasonKind.NODE_UNREADABLE_RESERVATION),
         (r"^no GPU of a model allowed by ", ReasonKind.GPU_MODEL),  # fit.reason_model
@@ -75,7 +75,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], ReasonKind], ...] = tuple(
         (r"^zone policy (same|spread): ", ReasonKind.ZONE_POLICY),  # zone.reason_same / reason_spread
         (r"^tenant \S+ may use only zones ", ReasonKind.TENANT_ZONES),  # zone.allowed_zones_refusal
         (r"^(a pod with containers of the same vgpu-core count|waiting for a pod still allocating: )",
-         ReasonKind.STILL_ALLOCATING),  # confusable.reason_confusable, scheduler.reason_retry_allocating
+         ReasonKind.STILL_ALLOCATING),  # confusable.reason_confusable, decide.reason_retry_allocating
         (r"^tenant \S+: quota unusable, ", ReasonKind.QUOTA_INVALID),  # tenant.QuotaError.reason
         (r"^tenant \S+: vgpu-(memory|core) ", ReasonKind.QUOTA_EXCEEDED),  # quota.refusal
         (r"^waiting behind \S+ \(priority -?\d+\) in tenant \S+'s queue$", ReasonKind.QUOTA_QUEUE),

@@ -60,11 +60,9 @@ class Loop:
 
     def extender_sees(self, healthy: set[str]) -> None:
         def seen() -> bool:
-            with self.extender.scheduler.lock:
-                state = self.extender.scheduler.state
-                row = state.index.get(NODE)
-                spec = state.specs[row] if row is not None else None
-            return spec is not None and {g.uuid for g in spec.gpus if g.healthy} == healthy
+            rec = self.extender.scheduler.cached_node(NODE)
+            inv = rec.inventory if rec is not None else None
+            return inv is not None and {g.uuid for g in inv.gpus if g.healthy} == healthy
 
         eventually(seen, 5.0, f"the extender's cache to show {sorted(healthy)} healthy")
 

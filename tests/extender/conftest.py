@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from fracgpu.core.snapshot import parse_list
-from fracgpu.extender.app import Deps, Metrics, make_app
+from fracgpu.extender.app import Deps, make_app
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import load_into
 
@@ -55,12 +56,15 @@ class World:
 
 
 def build_world(objects: list[dict[str, Any]], config: SchedulerConfig | None = None,
-                clock: FakeClock | None = None, body_limit: int | None = None, wall: FakeClock | None = None) -> World:
-    """`clock` measures durations; `wall` (default: the same clock) stamps and reads timestamps."""
+                clock: FakeClock | None = None, body_limit: int | None = None, wall: FakeClock | None = None,
+                *, synced: bool = True) -> World:
+    """`clock` measures durations; `wall` (default: the same clock) stamps and reads timestamps.
+    Not `synced`: an extender that has not seen the cluster yet (objects are not fed)."""
     clock = clock or FakeClock()
     cfg = config or SchedulerConfig(heartbeat_stale_s=0)
     scheduler = Scheduler(cfg, clock, wall=wall or clock)
-    load_into(scheduler, parse_list({"kind": "List", "items": objects}))
+    if synced:
+        load_into(scheduler, parse_list({"kind": "List", "items": objects}))
     binder = RecordingBinder()
     deps = Deps(scheduler=scheduler, binder=binder, metrics=Metrics(scheduler))
     if body_limit is not None:

@@ -10,16 +10,20 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.assignment import Assignment
+from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, DEFAULT_NAMESPACE, lease_name
 from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
-from fracgpu.extender.app import Deps, Metrics, make_app
+from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.cache import ClusterCache
+from fracgpu.extender.decide import RETRY_ALLOCATING, UNKNOWN_NODE
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.reflector import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
+from tests.extender.probe import room, scheduler_filter
 from tests.fakes.apiserver import FakeApiServer
 
 
@@ -47,14 +51,13 @@ class CacheWorld:
         self.cache = ClusterCache(self.transport, self.scheduler, namespace=DEFAULT_NAMESPACE,
                                   backoff=Backoff(initial_s=0.01, cap_s=0.05), watch_timeout_s=30)
 
-    def free(self, node: str, slot: int = 0) -> int:
-        with self.scheduler.lock:
-            return int(self.scheduler.state.free_cores[self.scheduler.state.index[node], slot])
+    def room(self, node: str) -> int:
+        return room(scheduler_filter(self.scheduler), node)
 
 
 @pytest.fixture
 def cache_world(apiserver: FakeApiServer) -> Iterator[CacheWorld]:
-    apiserver.seed(node_obj("n1", 2), node_obj("n2", 2), lease("n1"), lease("n2"),
+    apiserver.seed(node_obj("n1", 1), node_obj("n2", 1), lease("n1"), lease("n2"),
                    pod_obj("pending", 50, "8Gi"),
                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
     w = CacheWorld(apiserver)
@@ -67,9 +70,13 @@ def cache_world(apiserver: FakeApiServer) -> Iterator[CacheWorld]:
 def test_first_sync_builds_the_state(cache_world: CacheWorld) -> None:
     s = cache_world.scheduler
     assert s.synced
-    assert set(s.nodes) == {"n1", "n2"}
-    assert "default/pending" in s.pods and s.pods["default/pending"].raw is not None
-    assert s.state.specs[s.state.index["n1"]].unusable == ""  # type: ignore[union-attr]
+    stats = s.stats()
+    assert (stats.nodes, stats.pods) == (2, 1)
+    out = s.filter(_args(["n1", "n2"]))  # both nodes usable: one kept, the other simply ranked lower
+    assert (out.error, len(out.node_names), out.failed, out.unresolvable) == ("", 1, {}, {})
+    # the pending pod is cached with its object: bind can reserve it
+    a = s.reserve(ExtenderBindingArgs("pending", "default", "uid-default-pending", "n1"))
+    assert a is not None and a.node == "n1"
 
 
 def test_heartbeat_staleness_is_judged_by_receive_time(cache_world: CacheWorld) -> None:
@@ -77,13 +84,11 @@ def test_heartbeat_staleness_is_judged_by_receive_time(cache_world: CacheWorld) 
     w.clock.advance(41)
     w.apiserver.patch_object("leases", lease_name("n2"), {"spec": {"renewTime": "2026-11-23T00:00:00.000000Z"}},
                              namespace=DEFAULT_NAMESPACE)
-    eventually(lambda: w.scheduler.beats.get("n2") == w.clock.t)
-    out = w.scheduler.filter(_args(["n1", "n2"]))
-    assert out.unresolvable == {"n1": NODE_STALE_HEARTBEAT}
+    # n2's renewal is seen at the extender's own time: only n1 is stale
+    eventually(lambda: w.scheduler.filter(_args(["n1", "n2"])).unresolvable == {"n1": NODE_STALE_HEARTBEAT})
     w.apiserver.delete_object("leases", lease_name("n2"), namespace=DEFAULT_NAMESPACE)
-    eventually(lambda: "n2" not in w.scheduler.beats)
-    out = w.scheduler.filter(_args(["n1", "n2"]))
-    assert out.unresolvable == {"n1": NODE_STALE_HEARTBEAT, "n2": NODE_NO_HEARTBEAT}
+    eventually(lambda: w.scheduler.filter(_args(["n1", "n2"])).unresolvable
+               == {"n1": NODE_STALE_HEARTBEAT, "n2": NODE_NO_HEARTBEAT})
 
 
 def _args(names: list[str], pod: dict[str, Any] | None = None) -> Any:
@@ -98,24 +103,26 @@ async def test_bind_through_the_api_is_assumed_then_confirmed_once(cache_world: 
     writer = KubeWriter(w.transport)
     deps = Deps(scheduler=w.scheduler, binder=writer, metrics=Metrics(w.scheduler))
     client = await aiohttp_client(make_app(deps))
-    before = w.free("n1")
+    assert w.room("n1") == 100
     out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
     assert out == {"Error": ""}
     pod = w.apiserver.get_object("pods", "pending", namespace="default")
     assert pod is not None and pod["spec"]["nodeName"] == "n1"
     assert pod["metadata"]["annotations"][ANN_PHASE] == "allocating"
     a = Assignment.from_json(pod["metadata"]["annotations"][ANN_ASSIGNED])
-    # the watch brings the bound pod back: charged once, no longer assumed
-    eventually(lambda: w.scheduler.held["default/pending"].assumed_at is None)
-    assert w.free("n1", 0) + w.free("n1", 1) == 2 * before - 50
-    assert [(g.uuid, g.cores, g.memory, bin(g.ids).count("1")) for g in w.scheduler.held["default/pending"].gpus] == [
-        (x.uuid, x.cores, x.memory, len(x.device_ids)) for x in a.gpus]
-    # the plugin marks it allocated, later the pod ends: the share comes back
+    assert [(g.uuid, g.cores, len(g.device_ids)) for g in a.gpus] == [("GPU-n1-0", 50, 50)]
+    # the watch brings the bound pod back: no longer awaited, charged once
+    eventually(lambda: w.scheduler.stats().awaiting_watch == 0)
+    assert w.scheduler.stats().assumed == 0 and w.room("n1") == 50
+    # while it is allocating, a pod of the same vgpu-core count with another VRAM limit waits ...
+    twin = pod_obj("twin", 50, "16Gi")
+    assert w.scheduler.filter(_args(["n1"], twin)).error.startswith(RETRY_ALLOCATING)
+    # ... until the plugin marks it allocated; later the pod ends: the share comes back
     w.apiserver.patch_object("pods", "pending", {"metadata": {"annotations": {ANN_PHASE: "allocated"}}},
                              namespace="default")
-    eventually(lambda: not w.scheduler.allocating)
+    eventually(lambda: w.scheduler.filter(_args(["n1"], twin)).node_names == ("n1",))
     w.apiserver.patch_object("pods", "pending", {"status": {"phase": "Succeeded"}}, namespace="default")
-    eventually(lambda: w.free("n1", 0) + w.free("n1", 1) == 2 * before)
+    eventually(lambda: w.room("n1") == 100)
 
 
 def test_relist_after_410_gone(cache_world: CacheWorld) -> None:
@@ -131,7 +138,8 @@ def test_relist_after_410_gone(cache_world: CacheWorld) -> None:
     w.apiserver.seed(pod_obj("late", 30, None))
     w.apiserver.delete_object("nodes", "n2")
     eventually(lambda: pods.lists > lists[0] and nodes.lists > lists[1])
-    eventually(lambda: "default/late" in w.scheduler.pods and "n2" not in w.scheduler.nodes)
+    eventually(lambda: w.scheduler.stats().pods == 2 and w.scheduler.stats().nodes == 1)
+    assert w.scheduler.filter(_args(["n1", "n2"], pod_obj("late", 30, None))).failed == {"n2": UNKNOWN_NODE}
 
 
 def test_dropped_watch_resumes(cache_world: CacheWorld) -> None:
@@ -139,9 +147,9 @@ def test_dropped_watch_resumes(cache_world: CacheWorld) -> None:
     assert w.apiserver.wait_for_watches(5)
     w.apiserver.drop_watches()
     w.apiserver.seed(pod_obj("after-drop", 30, None))
-    eventually(lambda: "default/after-drop" in w.scheduler.pods)
+    eventually(lambda: w.scheduler.stats().pods == 2)
     w.apiserver.delete_object("pods", "after-drop", namespace="default")
-    eventually(lambda: "default/after-drop" not in w.scheduler.pods)
+    eventually(lambda: w.scheduler.stats().pods == 1)
 
 
 def test_not_ready_until_synced(apiserver: FakeApiServer) -> None:
@@ -169,10 +177,10 @@ async def test_a_relist_keeps_a_binding_of_unknown_outcome(cache_world: CacheWor
     def drop() -> None:
         raise ConnectionResetError("injected")
 
-    def total() -> int:
-        return sum(w.free(n, slot) for n in ("n1", "n2") for slot in (0, 1))
+    def rooms() -> tuple[int, int]:
+        return w.room("n1"), w.room("n2")
 
-    before = total()
+    assert rooms() == (100, 100)
     w.apiserver.on_next("create", "pods/binding", drop)
     out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
     assert "outcome unknown" in out["Error"], out
@@ -183,8 +191,8 @@ async def test_a_relist_keeps_a_binding_of_unknown_outcome(cache_world: CacheWor
     w.apiserver.compact()
     w.apiserver.drop_watches()
     eventually(lambda: pods.lists > lists)
-    assert w.scheduler.stats().assumed == 1 and total() == before - 50
+    assert w.scheduler.stats().assumed == 1 and rooms() == (50, 100)
     out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
     assert out == {"Error": ""}
     eventually(lambda: w.scheduler.stats().awaiting_watch == 0)
-    assert w.scheduler.stats().assumed == 0 and total() == before - 50
+    assert w.scheduler.stats().assumed == 0 and rooms() == (50, 100)

@@ -16,8 +16,9 @@ import pytest
 
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.core.snapshot import NODE_STALE_HEARTBEAT, pod_record
+from fracgpu.extender.decide import reason_already_reserved
 from fracgpu.extender.main import new_scheduler
-from fracgpu.extender.scheduler import SchedulerConfig, reason_already_reserved, rfc3339
+from fracgpu.extender.scheduler import SchedulerConfig, rfc3339
 from tests.extender.builders import GI, bind_args, bound_annotations, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, FakeClock, World, build_world
 

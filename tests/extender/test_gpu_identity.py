@@ -9,6 +9,7 @@ Over the real paths: the fake API server, the extender's list+watch cache, its H
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
 from fracgpu.core.fit import reason_capacity
 from fracgpu.core.request import parse_pod_request
+from fracgpu.extender.decide import RETRY_ALLOCATING
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.fakes.apiserver import FakeApiServer
 from tests.reliability.harness import HttpClient, LiveExtender, audit, eventually, heartbeat_off
@@ -26,10 +28,11 @@ SHARED_INVENTORY = NodeInventoryDoc(gpus=tuple(
     for i in range(2))).to_json()
 
 
-def seen_allocated(ext: LiveExtender, name: str) -> bool:
-    with ext.scheduler.lock:
-        rec = ext.scheduler.pods.get(f"default/{name}")
-        return rec is not None and rec.gpu_phase == PHASE_ALLOCATED
+def not_waiting(http: HttpClient, pod: dict[str, Any], names: list[str]) -> bool:
+    """The filter no longer answers "waiting for a pod still allocating" (kube-scheduler's retry after
+    that Error gets through): the cache has seen the previous pod `allocated`."""
+    status, out = http.post_json("/filter", filter_args(pod, names))
+    return status == 200 and not str(out["Error"]).startswith(RETRY_ALLOCATING)
 
 
 @pytest.mark.parametrize("nodes", [2, 3])
@@ -42,6 +45,7 @@ def test_nodes_reporting_the_same_gpu_uuids_are_all_filled(apiserver: FakeApiSer
     try:
         with HttpClient(ext.url) as http:
             for pod in pods:
+                eventually(functools.partial(not_waiting, http, pod, names), what="the previous pod allocated")
                 status, out = http.post_json("/filter", filter_args(pod, names))
                 assert status == 200 and out["Error"] == "" and len(out["NodeNames"]) == 1, out
                 node = out["NodeNames"][0]
@@ -51,7 +55,6 @@ def test_nodes_reporting_the_same_gpu_uuids_are_all_filled(apiserver: FakeApiSer
                 name = pod["metadata"]["name"]
                 apiserver.patch_object("pods", name, {"metadata": {"annotations": {ANN_PHASE: PHASE_ALLOCATED}}},
                                        namespace="default")
-                eventually(functools.partial(seen_allocated, ext, name), what=f"{name} allocated in the extender's cache")
             status, out = http.post_json("/filter", filter_args(extra, names))
         req = parse_pod_request(extra)
         assert req is not None

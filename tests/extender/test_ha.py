@@ -133,7 +133,8 @@ def test_only_the_leader_is_ready_and_binds(apiserver: FakeApiServer, replicas: 
     error = b.bind(p1)
     assert "does not bind" in error and "not the leader" in error
     assert bound_node(apiserver, "p1") == ""
-    assert b.ext.cached("default/p1") == 1 and not b.ext.scheduler.held
+    stats = b.ext.scheduler.stats()
+    assert (stats.pods, stats.reservations) == (1, 0)  # p1 cached, nothing reserved
     assert a.bind(p1) == ""
     assert bound_node(apiserver, "p1") == "n1"
     assert (a.metric("fracgpu_extender_is_leader"), b.metric("fracgpu_extender_is_leader")) == (1, 0)

@@ -24,6 +24,7 @@ from tests.extender.builders import (
     pod_obj,
 )
 from tests.extender.conftest import ClientFactory, World, build_world
+from tests.extender.probe import room, scheduler_filter, whole_gpus
 
 
 def lab_world(**kw: Any) -> World:
@@ -102,14 +103,20 @@ async def test_captured_bind_writes_reservation_and_charges_at_once(serve: Clien
     resp = await client.post("/bind", json=body)
     assert await resp.json() == {"Error": ""}
     assert len(world.binder.bindings) == 1
-    # the watch's confirmation (the pod with the annotations) does not charge it twice
-    row = world.scheduler.state.index["lab-node-2"]
-    before = world.scheduler.state.free_cores[row].copy()
+    # the watch's confirmation (the pod with the annotations) does not charge it twice: the node still
+    # takes a whole GPU and seven whole GPUs, one GPU holds the 50
+    ask = scheduler_filter(world.scheduler)
+    assert (room(ask, "lab-node-2"), whole_gpus(ask, "lab-node-2")) == (100, 7)
     confirmed = copy.deepcopy(fixture("filter-nodenames.json")["Pod"])
     confirmed["spec"]["nodeName"] = "lab-node-2"
     confirmed["metadata"]["annotations"] = dict(ann)
     world.scheduler.apply_pod(pod_record(confirmed))
-    assert (world.scheduler.state.free_cores[row] == before).all()
+    assert (room(ask, "lab-node-2"), whole_gpus(ask, "lab-node-2")) == (100, 7)
+    assert world.scheduler.stats().reservations == 1
+    # with the seven whole GPUs taken, what is left is the share's GPU: 50 vgpu-core, not 0
+    seven = pod_obj("seven", 700, None)
+    await _reserve(world, seven, "lab-node-2")
+    assert (room(ask, "lab-node-2"), whole_gpus(ask, "lab-node-2")) == (50, 0)
 
 
 async def test_bind_to_another_node_after_bind_is_refused(serve: ClientFactory) -> None:
@@ -125,15 +132,19 @@ async def test_failed_binding_releases_the_reservation(serve: ClientFactory) -> 
     world = lab_world()
     world.binder.fail_with = RuntimeError("apiserver said no")
     client = await serve(world)
-    row = world.scheduler.state.index["lab-node-2"]
-    before = world.scheduler.state.free_cores[row].copy()
+    ask = scheduler_filter(world.scheduler)
+    assert whole_gpus(ask, "lab-node-2") == 8
     out = await (await client.post("/bind", json=fixture("bind.json"))).json()
     assert "apiserver said no" in out["Error"]
-    assert (world.scheduler.state.free_cores[row] == before).all()
-    assert world.scheduler.held_ids == {} and world.scheduler.held == {}
+    assert whole_gpus(ask, "lab-node-2") == 8  # the GPU share is back
+    assert world.scheduler.stats().reservations == 0
     world.binder.fail_with = None
     out = await (await client.post("/bind", json=fixture("bind.json"))).json()
     assert out == {"Error": ""}
+    # ... and so are its device IDs: the bind that lands takes the very same ones
+    [(*_, ann)] = world.binder.bindings
+    a = Assignment.from_json(ann[ANN_ASSIGNED])
+    assert sorted(int(i.rsplit("::", 1)[1]) for i in a.device_ids) == list(range(50))
 
 
 async def test_hundred_concurrent_binds_for_the_last_capacity(serve: ClientFactory) -> None:
@@ -149,8 +160,7 @@ async def test_hundred_concurrent_binds_for_the_last_capacity(serve: ClientFacto
     assert len(world.binder.bindings) == 2
     ids = [i for *_, ann in world.binder.bindings for i in Assignment.from_json(ann[ANN_ASSIGNED]).device_ids]
     assert len(ids) == len(set(ids)) == 100
-    row = world.scheduler.state.index["only"]
-    assert world.scheduler.state.free_cores[row, 0] == 0
+    assert room(scheduler_filter(world.scheduler), "only") == 0
     losers = {o["Error"] for o in outs if o["Error"]}
     assert losers == {"node only: no single GPU with 50 free vgpu-core and 8Gi free vgpu-memory"}
 
@@ -294,8 +304,8 @@ async def test_health_ready_and_metrics(serve: ClientFactory) -> None:
     assert 'fracgpu_extender_request_seconds_count{verb="filter"} 1.0' in text
     assert 'fracgpu_extender_filter_nodes_total{outcome="failed",reason="capacity"} 1.0' in text
     assert 'fracgpu_extender_cache_objects{kind="nodes"} 1.0' in text
-    world.scheduler.synced = False
-    assert (await client.get("/readyz")).status == 503
+    unsynced = await serve(build_world([node_obj("n", 1)], synced=False))
+    assert (await unsynced.get("/readyz")).status == 503
 
 
 async def test_a_pod_without_gpu_request_passes_through(serve: ClientFactory) -> None:

@@ -16,12 +16,14 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED
+from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import live_default
 from fracgpu.core.policies.planned import PatternPlanner
 from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies, workload_histograms
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.snapshot import node_priority, node_record, pod_record
 from fracgpu.core.workload import shape_of
 from fracgpu.extender.scheduler import SchedulerConfig
 from tests.extender.builders import GI, bind_args, bound_annotations, filter_args, node_obj, pod_obj
@@ -45,32 +47,48 @@ async def test_http_placements_are_the_core_ranking(serve: ClientFactory) -> Non
     an independent live_default() ranking of the same state fed the same shapes."""
     rng = random.Random(7)
     pods = [pod_obj(f"p{i:02d}", rng.choice(SIZES), None) for i in range(60)]
-    world = build_world([node_obj(f"n{i}", 4) for i in range(6)] + pods)
+    nodes = [node_obj(f"n{i}", 4) for i in range(6)]
+    world = build_world(nodes + pods)
     assert world.scheduler.config.policies == "fracgpu"
     client = await serve(world)
     mine, histogram = live_default(100)
     names = [f"n{i}" for i in range(6)]
+    mirror = mirror_of(nodes)  # the same cluster, booked by this test from the Bindings written
     for pod in pods:
         req = parse_pod_request(pod)
         assert req is not None
-        expect = rank(world.scheduler.state, req, [Weighted(mine)], opts=world.scheduler.opts, limit=1).ranked
+        expect = rank(mirror, req, [Weighted(mine)], opts=FitOptions(), limit=1).ranked
         out = await (await client.post("/filter", json=filter_args(pod, names))).json()
         if not expect:
             assert out["NodeNames"] == []
             continue
-        spec = world.scheduler.state.specs[expect[0].row]
+        spec = mirror.specs[expect[0].row]
         assert spec is not None
         assert out["NodeNames"] == [expect[0].node], pod["metadata"]["name"]
         assert await (await client.post("/bind", json=bind_args(pod, expect[0].node))).json() == {"Error": ""}
         a = Assignment.from_json(world.binder.bindings[-1][3][ANN_ASSIGNED])
         assert [g.uuid for g in a.gpus] == [spec.gpus[s].uuid for s in expect[0].gpus]
+        rec = pod_record(pod)
+        mirror.add_pod(rec.key, PodUse(a.node, tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus),
+                                       rec.cpu_milli, rec.memory_bytes))
         histogram.observe(shape_of(req.cpu_milli, req.cores, 100))
         # the watch then shows the pod bound and the plugin's `allocated` (else the confusable-allocating
         # rule, which the extender applies after the ranking, would rightly move the next same-size pod)
         done = pod_obj(pod["metadata"]["name"], req.cores, None, node=a.node, phase="Running",
                        annotations=bound_annotations(a.to_json()))
         world.scheduler.apply_pod(pod_record(done))
-    assert world.scheduler.observed == len(world.binder.bindings) > 20  # the watch events did not count again
+    assert world.scheduler.stats().observed == len(world.binder.bindings) > 20  # the watch events did not count again
+
+
+def mirror_of(nodes: list[dict[str, Any]]) -> ClusterState:
+    """A ClusterState of these nodes built here, from their objects, the way any reader of them would."""
+    state = ClusterState()
+    for obj in nodes:
+        rec = node_record(obj)
+        assert rec.inventory is not None
+        state.upsert_node(NodeSpec(rec.name, rec.inventory.gpus, rec.cpu_milli, rec.memory_bytes, rec.zone,
+                                   rec.labels, rec.unusable(), node_priority(rec.name)))
+    return state
 
 
 def test_bound_pods_seen_at_sync_feed_the_histogram_once() -> None:
@@ -78,9 +96,9 @@ def test_bound_pods_seen_at_sync_feed_the_histogram_once() -> None:
     bound = pod_obj("old", 47, None, node="n0", phase="Running",
                     annotations=bound_annotations(a.to_json()))
     world = build_world([node_obj("n0", 1), bound])
-    assert world.scheduler.observed == 1
+    assert world.scheduler.stats().observed == 1
     world.scheduler.apply_pod(pod_record(bound))  # a relist / repeated event: not a new arrival
-    assert world.scheduler.observed == 1
+    assert world.scheduler.stats().observed == 1
 
 
 def _assigned(node: str, cores: int) -> str:

@@ -16,9 +16,9 @@ from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, refusal
 from fracgpu.core.request import GpuRequest, parse_pod_request
 from fracgpu.core.snapshot import pod_record
 from fracgpu.core.tenant import Limits, QuotaError
-from fracgpu.extender.app import Metrics
+from fracgpu.extender.decide import NOT_READY, UNKNOWN_NODE, reason_already_reserved, reason_retry_allocating
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
-from fracgpu.extender.scheduler import NOT_READY, UNKNOWN_NODE, reason_already_reserved, reason_retry_allocating
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, build_world
 

@@ -28,8 +28,9 @@ from aiohttp.test_utils import TestClient
 from fracgpu.core import confusable
 from fracgpu.core.fit import reason_capacity
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import node_record, pod_record
-from fracgpu.extender.scheduler import NOT_READY
+from fracgpu.core.snapshot import node_record, parse_list, pod_record
+from fracgpu.extender.decide import NOT_READY
+from fracgpu.extender.snapshot import load_into
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, World, build_world
 
@@ -73,14 +74,13 @@ async def test_a_cache_not_synced_answers_error(serve: ClientFactory) -> None:
     """Right after a start (or a hand-over) the cache syncs in seconds: Error, not failed nodes. A
     refusal that needs a cluster change (capacity: a pod must end, an event kube-scheduler acts on)
     stays a failed node."""
-    world = build_world([node_obj("n1", 1)])
-    world.scheduler.synced = False
+    world = build_world([node_obj("n1", 1)], synced=False)
     client = await serve(world)
     big = pod_obj("big", 200, None)
     out = await (await client.post("/filter", json=filter_args(big, ["n1"]))).json()
     assert out == {"Nodes": None, "NodeNames": [], "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                    "Error": NOT_READY}
-    world.scheduler.mark_synced()
+    load_into(world.scheduler, parse_list({"kind": "List", "items": [node_obj("n1", 1)]}))
     req = parse_pod_request(big)
     assert req is not None
     out = await (await client.post("/filter", json=filter_args(big, ["n1"]))).json()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fracgpu.extender.app import Deps, Metrics, make_app
+from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.main import ConfigError, build_config, main, parse_args
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
@@ -37,8 +38,11 @@ async def test_snapshot_serves_and_binds_in_memory(tmp_path: Path, aiohttp_clien
     node = out["NodeNames"][0]
     assert (await (await client.post("/bind", json=bind_args(pod, node))).json()) == {"Error": ""}
     assert binder.bindings[0][:3] == ("default", "new", node)
-    assert scheduler.pods["default/new"].node == node
-    assert scheduler.held["default/new"].assumed_at is None  # confirmed: no watch will come
+    stats = scheduler.stats()
+    assert (stats.reservations, stats.assumed, stats.awaiting_watch) == (1, 0, 1)  # confirmed: no watch will come
+    elsewhere = "n2" if node == "n1" else "n1"
+    out = await (await client.post("/bind", json=bind_args(pod, elsewhere))).json()
+    assert out == {"Error": f"pod default/new is already reserved on node {node}"}
     other = pod_obj("new", 60, None)
     out = await (await client.post("/filter", json=filter_args(other, [node]))).json()
     assert out["NodeNames"] == []

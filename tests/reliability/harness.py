@@ -24,8 +24,9 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, DEFAULT_NAMESPACE
-from fracgpu.extender.app import Deps, Metrics, make_app
+from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.cache import ClusterCache
+from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.reflector import Backoff
@@ -180,11 +181,6 @@ class LiveExtender:
     @property
     def url(self) -> str:
         return self.served.url
-
-    def cached(self, prefix: str) -> int:
-        """How many pods whose key starts with `prefix` the extender's cache holds."""
-        with self.scheduler.lock:
-            return sum(1 for k in self.scheduler.pods if k.startswith(prefix))
 
     def kill(self) -> None:
         self.served.stop()

@@ -18,19 +18,24 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, LABEL_TENANT, PHASE_ALLOCATED
 from fracgpu.core.snapshot import node_unreadable_reservation, pod_record
+from fracgpu.extender.scheduler import rfc3339
 from fracgpu.kube.errors import ServerError, Unavailable, error_from_status, outcome_unknown
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
+from tests.extender.probe import room
 from tests.fakes.apiserver import ApiError, FakeApiServer
 from tests.reliability.harness import HttpClient, LiveExtender, audit, eventually, heartbeat_off
 
 
-def free(ext: LiveExtender, node: str = "n1") -> list[int]:
-    s = ext.scheduler
-    with s.lock:
-        row = s.state.index[node]
-        gpus = len(s.nodes[node].inventory.gpus)  # type: ignore[union-attr]
-        return [int(x) for x in s.state.free_cores[row, :gpus]]
+def free(ext: LiveExtender, node: str = "n1") -> int:
+    """The vgpu-core a new pod gets on the one-GPU node, asked through /filter (tests/extender/probe.py)."""
+    with HttpClient(ext.url) as http:
+        def ask(pod: dict[str, Any], names: list[str]) -> dict[str, Any]:
+            status, out = http.post_json("/filter", filter_args(pod, names))
+            assert status == 200 and isinstance(out, dict), (status, out)
+            return out
+
+        return room(ask, node)
 
 
 def post_bind(ext: LiveExtender, pod: dict[str, Any], node: str = "n1") -> dict[str, Any]:
@@ -111,7 +116,7 @@ def test_killed_while_the_binding_is_in_flight_and_it_never_lands(one_gpu: FakeA
     ext = restart(one_gpu)
     t = bind_in_background(ext, A)
     assert held.arrived.wait(5)
-    assert "default/a" in ext.scheduler.held and free(ext) == [40]  # the reservation is taken
+    assert ext.scheduler.stats().assumed == 1 and free(ext) == 40  # the reservation is taken
     ext.kill()  # ... and the process dies before the Binding returns
     held.release.set()  # the API server then refuses the Binding
     t.join(10)
@@ -119,7 +124,7 @@ def test_killed_while_the_binding_is_in_flight_and_it_never_lands(one_gpu: FakeA
     ext2 = restart(one_gpu)
     try:
         # nothing held: the reservation died with the process, the GPU and the quota are whole
-        assert free(ext2) == [100] and not ext2.scheduler.held
+        assert free(ext2) == 100 and ext2.scheduler.stats().reservations == 0
         assert post_filter(ext2, A)["NodeNames"] == ["n1"]
         assert post_bind(ext2, A) == {"Error": ""}
         assert post_bind(ext2, B)["Error"]  # 60 + 60 > 100: refused with a reason
@@ -141,7 +146,7 @@ def test_killed_while_the_binding_is_in_flight_and_it_lands_after_the_crash(one_
     ext2 = restart(one_gpu)
     try:
         # the restarted extender charges a from its annotation, once
-        assert free(ext2) == [40]
+        assert free(ext2) == 40
         out = post_filter(ext2, B)
         assert out["NodeNames"] == [] and "n1" in out["FailedNodes"] | out["FailedAndUnresolvableNodes"]
         assert post_bind(ext2, B)["Error"]
@@ -161,9 +166,9 @@ def test_killed_after_the_binding_before_the_watch_confirms_it(one_gpu: FakeApiS
     ext.kill()
     ext2 = restart(one_gpu)
     try:
-        assert free(ext2) == [40] and ext2.scheduler.stats().assumed == 0
+        assert free(ext2) == 40 and ext2.scheduler.stats().assumed == 0
         assert post_bind(ext2, A) == {"Error": ""}  # kube-scheduler retrying the same bind: idempotent
-        assert free(ext2) == [40]
+        assert free(ext2) == 40
         assert post_bind(ext2, B)["Error"]
     finally:
         ext2.kill()
@@ -183,11 +188,11 @@ def test_a_stalled_watch_longer_than_the_assume_ttl_does_not_free_a_bound_share(
         assert stats.assumed == 0 and stats.awaiting_watch == 1
         clock.advance(ext.config.assume_ttl_s + 1)
         assert post_bind(ext, B)["Error"]  # 60 + 60 > 100: refused, a keeps its device IDs
-        assert free(ext) == [40]
+        assert free(ext) == 40
         # an event from before the Binding (a pending a) delivered late does not free the share either
         ext.scheduler.apply_pod(pod_record(A))
         clock.advance(ext.config.assume_ttl_s + 1)
-        assert post_bind(ext, WHOLE)["Error"] and free(ext) == [40]
+        assert post_bind(ext, WHOLE)["Error"] and free(ext) == 40
     finally:
         ext.kill()
     a = audit(one_gpu)
@@ -203,14 +208,14 @@ def test_a_binding_that_times_out_but_lands_is_not_double_booked(one_gpu: FakeAp
     try:
         out = post_bind(ext, A)
         assert "default/a" in out["Error"] and "outcome unknown" in out["Error"], out
-        assert free(ext) == [40] and ext.scheduler.stats().assumed == 1  # the share stays with a
+        assert free(ext) == 40 and ext.scheduler.stats().assumed == 1  # the share stays with a
         assert post_bind(ext, B)["Error"]  # ... so b is refused, not given a's device IDs
         gate.set()  # a's Binding lands after all
         eventually(lambda: (one_gpu.get_object("pods", "a", "default") or {})["spec"].get("nodeName") == "n1")
         # the watch shows a bound with its reservation: resolved, charged once
         eventually(lambda: ext.scheduler.stats().assumed == 0 and ext.scheduler.stats().awaiting_watch == 0,
                    what="the watch resolves the unknown outcome")
-        assert free(ext) == [40]
+        assert free(ext) == 40
         assert post_bind(ext, A) == {"Error": ""}  # kube-scheduler's retry: idempotent
     finally:
         gate.set()
@@ -244,16 +249,16 @@ def test_an_unknown_outcome_keeps_the_reservation_and_the_retry_resends_it(one_g
     """No definite answer: bind says so, the share stays with the pod, kube-scheduler's retry is
     steered to the same node (filter) and re-sends the very same Binding, which lands once."""
     one_gpu.seed(node_obj("n2", 1))
-    ext = LiveExtender(one_gpu, heartbeat_off(), bind_timeout_s=0.3).start()
+    wall = FakeClock()  # the assign time written into a reservation
+    ext = LiveExtender(one_gpu, heartbeat_off(), bind_timeout_s=0.3, wall=wall).start()
     try:
         UNKNOWN_OUTCOMES[fault](one_gpu)
+        first = wall.t
         out = post_bind(ext, A)
         assert "default/a" in out["Error"] and "outcome unknown" in out["Error"], out
         ext.writer.transport.timeout_s = 10.0  # later writes: no client timeout on a busy test machine
-        held = ext.scheduler.held["default/a"]
-        assert held.assumed_at is not None and held.assignment is not None
-        sent = held.assignment.to_json()
-        assert free(ext) == [40]
+        assert ext.scheduler.stats().assumed == 1 and free(ext) == 40
+        wall.advance(600)  # a reservation made again now would carry a later assign time
         # kube-scheduler's retry: filter keeps only the reserved node, the other one says why
         out = post_filter(ext, A, ["n1", "n2"])
         assert out["NodeNames"] == ["n1"], out
@@ -261,8 +266,9 @@ def test_an_unknown_outcome_keeps_the_reservation_and_the_retry_resends_it(one_g
         assert "already reserved on node n1" in post_bind(ext, A, "n2")["Error"]
         assert post_bind(ext, A) == {"Error": ""}  # the same Binding again: it lands (or is known as ours)
         pod = one_gpu.get_object("pods", "a", "default") or {}
-        assert pod["spec"]["nodeName"] == "n1" and pod["metadata"]["annotations"][ANN_ASSIGNED] == sent
-        assert ext.scheduler.stats().assumed == 0 and free(ext) == [40]
+        landed = Assignment.from_json(pod["metadata"]["annotations"][ANN_ASSIGNED])
+        assert pod["spec"]["nodeName"] == "n1" and landed.assigned_at == rfc3339(first)  # the first one's
+        assert ext.scheduler.stats().assumed == 0 and free(ext) == 40
         assert post_bind(ext, B, "n2")["Error"]  # tenant t: 60 of 100 used, b asks 60
     finally:
         ext.kill()
@@ -282,11 +288,11 @@ def test_a_refused_retry_does_not_free_a_binding_that_may_still_land(one_gpu: Fa
         one_gpu.fail_next("create", "pods/binding", 500, message="injected 500 for the retry")
         out = post_bind(ext, A)
         assert "injected 500 for the retry" in out["Error"] and "may still land" in out["Error"], out
-        assert free(ext) == [40] and post_bind(ext, B)["Error"]
+        assert free(ext) == 40 and post_bind(ext, B)["Error"]
         gate.set()  # the first Binding lands after all
         eventually(lambda: ext.scheduler.stats().assumed == 0 and ext.scheduler.stats().awaiting_watch == 0,
                    what="the watch shows the late Binding")
-        assert free(ext) == [40]
+        assert free(ext) == 40
     finally:
         gate.set()
         ext.kill()
@@ -301,10 +307,10 @@ def test_an_unknown_outcome_nothing_resolves_is_dropped_after_the_assume_ttl(one
         one_gpu.on_next("create", "pods/binding", _drop_connection)
         assert "outcome unknown" in post_bind(ext, A)["Error"]
         clock.advance(ext.config.assume_ttl_s - 1)
-        assert post_bind(ext, B)["Error"] and free(ext) == [40]  # still a's
+        assert post_bind(ext, B)["Error"] and free(ext) == 40  # still a's
         clock.advance(2)  # the TTL counts from the moment the outcome became unknown
         assert post_bind(ext, B) == {"Error": ""}
-        assert "default/a" not in ext.scheduler.held
+        assert ext.scheduler.stats().reservations == 1  # b's: a's reservation is gone
     finally:
         ext.kill()
     a = audit(one_gpu)
@@ -318,7 +324,7 @@ def test_an_unknown_outcome_ends_when_the_pod_is_gone(one_gpu: FakeApiServer) ->
         one_gpu.on_next("create", "pods/binding", _drop_connection)
         assert "outcome unknown" in post_bind(ext, A)["Error"]
         one_gpu.delete_object("pods", "a", namespace="default")  # a pending pod goes at once
-        eventually(lambda: free(ext) == [100], what="a's share back once a is gone")
+        eventually(lambda: free(ext) == 100, what="a's share back once a is gone")
         assert post_bind(ext, B) == {"Error": ""}
     finally:
         ext.kill()
@@ -367,7 +373,7 @@ def test_an_unreadable_reservation_charges_the_tenant_the_pods_request(one_gpu: 
         one_gpu.patch_object("pods", "x", {"metadata": {"annotations": {ANN_ASSIGNED: good.to_json()}}},
                              namespace="default")
         eventually(lambda: ext.scheduler.stats().unreadable == 0, what="the readable reservation seen")
-        assert free(ext) == [40]  # charged once, from the annotation
+        assert free(ext) == 40  # charged once, from the annotation
         assert set(post_filter(ext, B, ["n1", "n2"])["FailedAndUnresolvableNodes"].values()) == {quota}
     finally:
         ext.kill()
@@ -385,7 +391,7 @@ def test_a_refused_binding_fails_the_bind_with_a_reason_and_frees_the_share(one_
         one_gpu.fail_next("create", "pods/binding", code, message=f"injected {code}")
         out = post_bind(ext, A)
         assert f"injected {code}" in out["Error"] and "default/a" in out["Error"], out
-        assert free(ext) == [100] and not ext.scheduler.held  # reservation and quota released
+        assert free(ext) == 100 and ext.scheduler.stats().reservations == 0  # reservation and quota released
         assert post_bind(ext, A) == {"Error": ""}  # kube-scheduler's retry succeeds
     finally:
         ext.kill()
@@ -413,7 +419,7 @@ def test_filter_answers_from_the_cache_while_the_api_server_is_down(one_gpu: Fak
         # the API server heals: the cache relists and sees what changed meanwhile
         one_gpu.latency_s = 0.0
         one_gpu.patch_object("pods", "a", {"status": {"phase": "Succeeded"}}, namespace="default")
-        eventually(lambda: free(ext) == [100], timeout_s=15, what="a's share back after the relist")
+        eventually(lambda: free(ext) == 100, timeout_s=15, what="a's share back after the relist")
         assert post_bind(ext, WHOLE) == {"Error": ""}
     finally:
         ext.kill()

@@ -46,7 +46,7 @@ def inventory_of(apiserver: FakeApiServer) -> dict[str, tuple[str, int]]:
 async def run_burst(apiserver: FakeApiServer, nodes: int, pods: int, seed: int, in_flight: int) -> dict[str, Any]:
     names, burst_pods = seed_cluster(apiserver, nodes, pods, seed)
     with LiveExtender(apiserver, heartbeat_off()) as ext:
-        eventually(lambda: ext.cached("load/") == pods, what="pods cached")
+        eventually(lambda: ext.scheduler.stats().pods == pods, what="pods cached")
         report = await burst(ext.url, burst_pods, names, binds_in_flight=in_flight,
                              on_bound=lambda pod, node: mark_allocated(apiserver, pod))
         # every Binding answered (nothing assumed) and the watch showed every bound pod
