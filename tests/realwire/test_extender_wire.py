@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fracgpu.extender.scheduler import UNKNOWN_NODE
+from fracgpu.extender.decide import UNKNOWN_NODE
 from tests.realwire.conftest import TRANSPORTS, Serve, captured, lab_world, serve_extender, tracebacks
 from tests.realwire.gowire import GO_CHUNKED, GO_LENGTH, ONE_PIECE, Framing, sparse, wire_bytes
 
