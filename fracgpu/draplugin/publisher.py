@@ -70,8 +70,12 @@ class SlicePublisher:
         return self._owner
 
     def _live(self) -> list[ResourceSlice]:
-        raw = self.writer.list_objects(RESOURCESLICES,
-                                       field_selector=f"spec.nodeName={self.node},spec.driver={self.opts.driver}")
+        try:
+            raw = self.writer.list_objects(
+                RESOURCESLICES, field_selector=f"spec.nodeName={self.node},spec.driver={self.opts.driver}")
+        except errors.NotFound:
+            raise PublishError(f"the API server does not serve {RESOURCESLICES.api_version} resourceslices: the DRA "
+                               "path needs Kubernetes 1.34+ (1.36+ for shares)") from None
         out = []
         for obj in raw:
             try:
@@ -96,13 +100,13 @@ class SlicePublisher:
         live_devices = tuple(d for s in current for d in s.spec.devices)
         complete = bool(current) and all(s.spec.pool.resource_slice_count == len(current) for s in current)
         layout = build_slices(self.node, desired, live_gen, opts=self.opts)
-        same_layout = complete and sorted(s.name for s in current) == sorted(s.name for s in layout) and all(
-            same_devices(a.spec.devices, b.spec.devices)
-            for a, b in zip(sorted(current, key=lambda s: s.name), sorted(layout, key=lambda s: s.name), strict=True))
         if self._last is not None and same_devices(self._last[0], desired):
-            unchanged = complete and same_devices(self._last[1], live_devices)  # what the server keeps of it
-        else:
-            unchanged = same_layout and same_devices(live_devices, desired)
+            # we wrote this before: compare with what the server kept of it (it drops gated fields)
+            unchanged = complete and same_devices(self._last[1], live_devices)
+        else:  # a fresh start, or the GPUs changed: slice by slice against what should be
+            by_name = {s.name: s for s in current}
+            unchanged = complete and len(current) == len(layout) and all(
+                s.name in by_name and same_devices(by_name[s.name].spec.devices, s.spec.devices) for s in layout)
         stale = [s for s in live if s.name not in {x.name for x in layout}]
         if unchanged and not stale and len(current) == len(live):
             self.generation = live_gen

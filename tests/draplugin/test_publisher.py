@@ -13,8 +13,11 @@ from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import DRA_DRIVER, DRA_TAINT_UNHEALTHY
 from fracgpu.core.draslices import SliceOptions, node_devices
 from fracgpu.draplugin.publisher import PublishError, SlicePublisher
+from fracgpu.kube.client import Transport
+from fracgpu.kube.writer import KubeWriter
 from tests.draplugin.kubelet import FakeDraKubelet
 from tests.draplugin.world import NODE, DraWorld, gpus
+from tests.fakes.apiserver import FakeApiServer
 
 SLICE = f"{NODE}-{DRA_DRIVER}"
 
@@ -161,6 +164,12 @@ def test_an_api_error_is_a_publish_error_with_the_slice_name(world: DraWorld) ->
     world.apiserver.fail_next("create", "resourceslices", 403, message="forbidden by RBAC")
     with pytest.raises(PublishError, match=f"writing ResourceSlice {SLICE} failed: 403"):
         SlicePublisher(world.writer(), NODE, Inventory(gpus(1)).devices).sync()
+
+
+def test_an_api_server_without_resource_v1_is_named(apiserver: FakeApiServer) -> None:
+    writer = KubeWriter(Transport(apiserver.api_client()))  # the default fake serves no resource.k8s.io
+    with pytest.raises(PublishError, match=r"does not serve resource.k8s.io/v1 resourceslices: the DRA path needs"):
+        SlicePublisher(writer, NODE, Inventory(gpus(1)).devices).sync()
 
 
 def test_the_running_driver_publishes_health_changes_and_republishes_after_a_wipe(node: DraWorld) -> None:

@@ -48,6 +48,12 @@ def examples() -> list[Obj]:
     return [d for d in yaml.safe_load_all(EXAMPLES.read_text()) if d is not None]
 
 
+def test_the_dra_kustomization_lists_every_file_once() -> None:
+    listed = kustomization(DRA)["resources"]
+    assert sorted(listed) == sorted(p.name for p in DRA.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert len(set(listed)) == len(listed)
+
+
 def test_the_dra_path_is_not_in_the_default_install() -> None:
     assert "dra" not in kustomization()["resources"]
     assert {o["kind"] for o in rendered()} == {"DeviceClass", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
