@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -52,10 +53,12 @@ class Registered:
 
 class FakeDraKubelet:
     def __init__(self, registry_dir: str, services: Sequence[str] = ("v1.DRAPlugin", "v1beta1.DRAPlugin"),
-                 interval: float = 0.05) -> None:
+                 interval: float = 0.05, probe_interval: float = 1.0) -> None:
         self.registry_dir = registry_dir
         self.services = tuple(services)
         self.interval = interval
+        self.probe_interval = probe_interval
+        self._next_probe = 0.0
         self._cond = threading.Condition()
         self.plugins: dict[str, Registered] = {}  # by driver name
         self.infos: list[reg_pb2.PluginInfo] = []
@@ -112,12 +115,19 @@ class FakeDraKubelet:
             except OSError:
                 continue
         with self._cond:
-            for driver, p in list(self.plugins.items()):
-                if present.get(p.socket) != p.inode or not self._alive(p.socket):
-                    p.channel.close()
-                    del self.plugins[driver]
-                    self._known.pop(p.socket, None)
-                    self._cond.notify_all()
+            registered = list(self.plugins.items())
+        probe = time.monotonic() >= self._next_probe
+        if probe:
+            self._next_probe = time.monotonic() + self.probe_interval
+        for driver, p in registered:
+            # a socket gone or replaced (inotify), or one that stopped answering GetInfo (the periodic probe)
+            if present.get(p.socket) != p.inode or (probe and not self._alive(p.socket)):
+                with self._cond:
+                    if self.plugins.get(driver) is p:
+                        p.channel.close()
+                        del self.plugins[driver]
+                        self._known.pop(p.socket, None)
+                        self._cond.notify_all()
         for path, inode in present.items():
             if self._known.get(path) != inode:
                 self._known[path] = inode

@@ -286,10 +286,8 @@ def test_unprepare_removes_the_cdi_spec_and_unknown_claims_are_fine(node: DraWor
 def test_a_restarted_driver_answers_from_its_checkpoint_and_counts_each_share_once(node: DraWorld) -> None:
     a = node.claim("a", [(0, 60, 40)])
     first = node.kubelet.prepare(DRIVER, [("default", "a", a)])
-    node.stop_driver()
     node.apiserver.delete_object("resourceclaims", "a", "default")  # the answer must come from the checkpoint
-    node.start_driver()
-    node.kubelet.wait_registered(DRIVER)
+    node.restart_driver()
     assert node.kubelet.prepare(DRIVER, [("default", "a", a)]) == first
     b = node.claim("b", [(0, 40, 40)])
     c = node.claim("c", [(0, 1, 1)])
@@ -312,10 +310,10 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_unprepare_still_cleans_up(world
     world.start_driver()
     uid = world.claim("c", [(0, 10, 10)])
     world.kubelet.prepare(DRIVER, [("default", "c", uid)])
-    world.stop_driver()
     checkpoint = Path(world.plugin_dir) / "checkpoint.json"
+    world.stop_driver()
     checkpoint.write_text(checkpoint.read_text().replace('"cores": 10', '"cores": 1'))  # checksum no longer matches
-    world.start_driver()
+    world.restart_driver()
     assert world.app is not None and world.app.driver.prepared() == {}
     assert [p.name.startswith("checkpoint.json.corrupt-") for p in Path(world.plugin_dir).iterdir()].count(True) == 1
     assert world.kubelet.unprepare(DRIVER, [("default", "c", uid)]).claims[uid].error == ""

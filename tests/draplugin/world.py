@@ -89,6 +89,15 @@ class DraWorld:
             self.app.stop()
             self.app = None
 
+    def restart_driver(self) -> DraDriverApp:
+        """A driver restart as the kubelet sees it: the old plugin deregistered (its sockets gone), the new one
+        registered."""
+        self.stop_driver()
+        assert self.kubelet.wait_for(lambda: DRA_DRIVER not in self.kubelet.plugins)
+        app = self.start_driver()
+        self.kubelet.wait_registered(DRA_DRIVER)
+        return app
+
     def device(self, index: int) -> str:
         inventory = self.backend.inventory()
         return device_names(inventory)[inventory[index].uuid]
