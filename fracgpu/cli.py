@@ -11,6 +11,7 @@ from fracgpu.configfile import ConfigFileError, apply, parser_factory
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module with main(argv) -> int, one-line help)
     "device-plugin": ("fracgpu.deviceplugin.main", "serve fracgpu.io/vgpu-core to the kubelet (DaemonSet)"),
+    "dra-driver": ("fracgpu.draplugin.main", "publish GPUs to DRA and prepare their claims (DaemonSet, 1.36+)"),
     "extender": ("fracgpu.extender.main", "kube-scheduler extender: filter, prioritize, bind"),
     "controller": ("fracgpu.controller.main", "GPU health self-heal: evict, taint, recover"),
     "webhook": ("fracgpu.webhook.main", "mutating admission webhook for GPU pods"),

@@ -68,6 +68,10 @@ def _settings(command: str) -> tuple[type[Any], ...]:
         from fracgpu.deviceplugin.app import AppConfig
 
         return (AppConfig,)
+    if command == "dra-driver":
+        from fracgpu.draplugin.app import AppConfig as DraAppConfig
+
+        return (DraAppConfig,)
     if command == "controller":
         from fracgpu.controller.config import ControllerConfig
 
@@ -80,7 +84,7 @@ def _settings(command: str) -> tuple[type[Any], ...]:
 
 
 def _env_readers(command: str) -> tuple[EnvReader, ...]:
-    if command == "device-plugin":
+    if command in ("device-plugin", "dra-driver"):
         from fracgpu.core.health import HealthConfig
 
         return (EnvReader("GPU health (environment only)", HealthConfig.from_env,
@@ -134,6 +138,7 @@ def _files(command: str) -> tuple[FileFormat, ...]:
     snapshot = FileFormat("--snapshot", "cluster snapshot", _snapshot_file)
     return {
         "device-plugin": (FileFormat("--gpus", "simulated GPUs", _gpus_file),),
+        "dra-driver": (FileFormat("--gpus", "simulated GPUs", _gpus_file),),
         "controller": (FileFormat("--recovery-job", "recovery Job template", _recovery_job),),
         "extender": (snapshot,),
         "simulate": (snapshot,),

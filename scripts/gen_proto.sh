@@ -7,7 +7,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root}"
 cd "$root"
-for pkg in fracgpu/api/v1beta1/deviceplugin fracgpu/api/v1beta1/podresources; do
+for pkg in fracgpu/api/v1beta1/deviceplugin fracgpu/api/v1beta1/podresources fracgpu/api/v1beta1/pluginregistration \
+           fracgpu/api/v1beta1/dra/kubeletv1 fracgpu/api/v1beta1/dra/kubeletv1beta1; do
     mkdir -p "$out/$pkg"
     python3 -m grpc_tools.protoc -I . \
         --python_out="$out" --grpc_python_out="$out" \

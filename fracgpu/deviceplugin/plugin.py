@@ -30,6 +30,7 @@ from fracgpu.api.v1beta1.names import (
     PHASE_FAILED_PREFIX,
 )
 from fracgpu.core.inventory import device_ids
+from fracgpu.core.shareenv import DEVICE_LIST_ENVVAR
 from fracgpu.deviceplugin.cluster import Cluster, PodEvent
 from fracgpu.deviceplugin.health import DeviceState
 from fracgpu.deviceplugin.ledger import (
@@ -45,7 +46,7 @@ from fracgpu.deviceplugin.ledger import (
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.podresources import HoldingsSource
 from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
-from fracgpu.deviceplugin.response import DEVICE_LIST_ENVVAR, LimiterConfig, container_response
+from fracgpu.deviceplugin.response import LimiterConfig, container_response
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class PluginConfig:
     node: str
     limiter: LimiterConfig | None = None
     cdi_kind: str = ""  # e.g. nvidia.com/gpu: name each GPU as a CDI device too; "" = none
-    device_list: tuple[str, ...] = (DEVICE_LIST_ENVVAR,)  # response.DEVICE_LIST_STRATEGIES
+    device_list: tuple[str, ...] = (DEVICE_LIST_ENVVAR,)  # core.shareenv.DEVICE_LIST_STRATEGIES
     crosscheck_delay: float = 1.0  # seconds after an Allocate before asking PodResources
     write_retries: int = 5
     retry_backoff: float = 0.2

@@ -10,6 +10,7 @@ from fracgpu.api.v1beta1 import names
 
 __all__ = [
     "CONFIGMAPS",
+    "DEVICECLASSES",
     "EVENTS",
     "JOBS",
     "LEASES",
@@ -17,6 +18,8 @@ __all__ = [
     "NODES",
     "PODDISRUPTIONBUDGETS",
     "PODS",
+    "RESOURCECLAIMS",
+    "RESOURCESLICES",
     "TENANTQUOTAS",
     "Resource",
 ]
@@ -67,3 +70,6 @@ PODDISRUPTIONBUDGETS: Final = Resource("policy", "v1", "poddisruptionbudgets", "
 JOBS: Final = Resource("batch", "v1", "jobs", "Job", namespaced=True)
 TENANTQUOTAS: Final = Resource(names.GROUP, names.VERSION, names.TENANTQUOTA_PLURAL, names.TENANTQUOTA_KIND,
                                namespaced=False)
+RESOURCESLICES: Final = Resource("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False)
+RESOURCECLAIMS: Final = Resource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", namespaced=True)
+DEVICECLASSES: Final = Resource("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False)

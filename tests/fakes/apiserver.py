@@ -504,6 +504,7 @@ class FakeApiServer:
         self._stopping = False
         self._failures: list[_Failure] = []
         self._actions: list[_Action] = []
+        self._droppers: dict[str, Callable[[Obj], None]] = {}
         self._requests: list[RequestRecord] = []
         self._connections: set[socket.socket] = set()
         self._clients: list[kubernetes.client.ApiClient] = []
@@ -698,6 +699,13 @@ class FakeApiServer:
         """
         with self._cond:
             self._actions.append(_Action(verb, resource, action, times))
+
+    def drop_on_write(self, resource: str, drop: Callable[[Obj], None]) -> None:
+        """``drop`` removes fields from every ``resource`` object created or updated through the API, before it is
+        stored, as kube-apiserver's registry strategies do for fields whose feature gate is off
+        (``dropDisabledFields``: e.g. ResourceSlice device taints without DRADeviceTaints)."""
+        with self._cond:
+            self._droppers[resource] = drop
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -1027,6 +1035,8 @@ class FakeApiServer:
                 raise ApiError(404, f'namespaces "{target.namespace}" not found',
                                details={"name": target.namespace, "kind": "namespaces"})
             key = self._key(rtype, target.namespace, meta["name"])
+            if rtype.plural in self._droppers:
+                self._droppers[rtype.plural](obj)
             if key in self._store:
                 res = rtype.plural if not rtype.group else f"{rtype.plural}.{rtype.group}"
                 raise ApiError(409, f'{res} "{meta["name"]}" already exists', reason="AlreadyExists",
@@ -1066,6 +1076,8 @@ class FakeApiServer:
                     raise ApiError(422, f'Pod "{target.name}" is invalid: spec: Forbidden: pod updates may '
                                    "not change fields other than `spec.containers[*].image`, ... "
                                    "(spec.nodeName is set through pods/binding)")
+        if rtype.plural in self._droppers and target.subresource != "status":
+            self._droppers[rtype.plural](new)
         key = self._key(rtype, target.namespace, target.name)
         written = self._write(rtype, key, self._keep_identity(old, new), old)
         self._finish_if_finalized(rtype, key)

@@ -12,6 +12,7 @@ from tests.manifests.render import MANIFESTS, concatenated, find, kubectl_kustom
 SIMULATED = MANIFESTS / "simulated"
 MONITORING = MANIFESTS / "monitoring"  # optional, applied on its own (tests/charts/test_monitoring.py)
 RECOVERY = MANIFESTS / "recovery"  # an optional component (tests/manifests/test_recovery_component.py)
+DRA = MANIFESTS / "dra"  # a kustomization of its own, tests/manifests/test_dra.py
 
 NAMESPACED = {
     "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment", "DaemonSet",
@@ -23,7 +24,7 @@ def test_the_kustomizations_list_every_manifest_file_once() -> None:
     listed = [p.relative_to(MANIFESTS).as_posix() for p in resource_files()]
     on_disk = sorted(p.relative_to(MANIFESTS).as_posix() for p in MANIFESTS.rglob("*.yaml")
                      if p.name != "kustomization.yaml"
-                     and not {SIMULATED, MONITORING, RECOVERY} & set(p.parents))
+                     and not {SIMULATED, MONITORING, RECOVERY, DRA} & set(p.parents))
     assert sorted(listed) == on_disk
     assert len(set(listed)) == len(listed)
 

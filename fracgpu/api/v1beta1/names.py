@@ -124,3 +124,25 @@ def gpu_env(name: str) -> bool:
     if name in GPU_ENV_ALLOWED:
         return False
     return name in GPU_ENV_NAMES or name.startswith(GPU_ENV_PREFIXES)
+
+
+# DRA (resource.k8s.io/v1) driver: docs/dra.md.
+LABEL_DRA: Final = "fracgpu.io/dra"  # set by the operator: the node opts into the DRA path (not with LABEL_ENABLED)
+DRA_DRIVER: Final = "gpu.fracgpu.io"  # ResourceSlice.spec.driver, allocation results, CEL device.driver
+DRA_CAPACITY_CORES: Final = "cores"  # per device: 100 = the whole GPU's compute, like vgpu-core
+DRA_CAPACITY_MEMORY: Final = "memory"  # per device: VRAM bytes, like vgpu-memory
+DRA_TAINT_UNHEALTHY: Final = "gpu.fracgpu.io/unhealthy"  # device taint of a failed GPU (NoSchedule)
+DRA_DEVICE_CLASS: Final = "gpu.fracgpu.io"  # whole GPUs (claims without capacity requests)
+DRA_DEVICE_CLASS_SHARED: Final = "vgpu.fracgpu.io"  # shares of a GPU (claims with capacity requests)
+DRA_CDI_KIND: Final = "k8s.gpu.fracgpu.io/claim"  # CDI vendor/class of the per-claim spec files
+DRA_PLUGINS_DIR: Final = "/var/lib/kubelet/plugins"  # <dir>/<driver>/dra.sock, same path in the pod
+DRA_REGISTRY_DIR: Final = "/var/lib/kubelet/plugins_registry"  # <dir>/<driver>-reg.sock
+DRA_SOCKET: Final = "dra.sock"
+CDI_DIR: Final = "/var/run/cdi"  # the runtimes' directory for generated CDI specs
+# kubelet DRA gRPC services the plugin serves, most preferred first ("<proto package tail>.<service>").
+DRA_SERVICES: Final = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+PLUGIN_TYPE_DRA: Final = "DRAPlugin"
+
+
+def dra_registration_socket(driver: str = DRA_DRIVER) -> str:
+    return f"{driver}-reg.sock"

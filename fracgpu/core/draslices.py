@@ -1,0 +1,401 @@
+"""The ResourceSlices that publish one node's GPUs to DRA (driver gpu.fracgpu.io). Pure: inventory in, objects out.
+
+One device per GPU, in a pool named after the node. Each device:
+
+- attributes: ``uuid``, ``model``, ``index``, ``healthy`` (the driver's domain), ``nvlinkDomain`` (GPUs joined by
+  NVLink on this node share the value; absent without NVLink), and the standard
+  ``resource.kubernetes.io/pciBusID`` / ``pcieRoot`` / ``numaNode`` where known (so claims can align a GPU with a
+  NIC or CPUs of another driver through ``matchAttribute``);
+- capacity ``cores`` (100) and ``memory`` (bytes), ``allowMultipleAllocations: true`` and a request policy that
+  mirrors vgpu-core / vgpu-memory: cores in steps of 1 from 1 to 100, default 100; memory any amount from 1 MiB,
+  default the whole GPU (the proportional default of vgpu-memory cannot be expressed: docs/dra.md);
+- a failed GPU is tainted ``gpu.fracgpu.io/unhealthy:NoSchedule`` (device taints: beta and on by default since
+  1.36) or, with ``unhealthy="omit"``, left out of the pool.
+
+``validate_slice`` checks the rules of kube-apiserver's ResourceSlice validation that these objects can break, so
+a bad inventory is refused here with a reason instead of by the API server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final, Literal
+
+from fracgpu.api.v1beta1.dra.resource import (
+    TAINT_NO_EXECUTE,
+    TAINT_NO_SCHEDULE,
+    TAINT_NONE,
+    Attribute,
+    Capacity,
+    CapacityRange,
+    Device,
+    DeviceTaint,
+    OwnerReference,
+    Pool,
+    RequestPolicy,
+    ResourceSlice,
+    ResourceSliceSpec,
+)
+from fracgpu.api.v1beta1.inventory import GpuInfo, LinkClass
+from fracgpu.api.v1beta1.names import (
+    CORES_PER_GPU,
+    DRA_CAPACITY_CORES,
+    DRA_CAPACITY_MEMORY,
+    DRA_DRIVER,
+    DRA_TAINT_UNHEALTHY,
+)
+from fracgpu.core.quantity import QuantityError, format_bytes, parse_quantity
+from fracgpu.core.shareenv import MIB
+
+STANDARD_PREFIX: Final = "resource.kubernetes.io/"
+ATTR_PCI_BUS_ID: Final = STANDARD_PREFIX + "pciBusID"
+ATTR_PCIE_ROOT: Final = STANDARD_PREFIX + "pcieRoot"
+ATTR_NUMA_NODE: Final = STANDARD_PREFIX + "numaNode"
+
+# Limits of kube-apiserver's validation (k8s.io/api/resource/v1/types.go constants).
+MAX_DEVICES: Final = 128
+MAX_DEVICES_ADVANCED: Final = 64  # when any device has taints (or consumes counters)
+MAX_ATTRIBUTES_AND_CAPACITIES: Final = 32
+MAX_ATTRIBUTE_VALUE: Final = 64
+MAX_TAINTS: Final = 16
+MAX_VALID_VALUES: Final = 10
+MAX_POOL_NAME: Final = 253
+
+Unhealthy = Literal["taint", "omit"]
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_BDF = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-9a-f])")
+_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class SliceOptions:
+    driver: str = DRA_DRIVER  # ResourceSlice.spec.driver
+    unhealthy: Unhealthy = "taint"  # a failed GPU: tainted NoSchedule, or left out of the pool ("omit")
+    # 64, not 128, so that a GPU becoming tainted never changes how the pool is cut into slices
+    devices_per_slice: int = MAX_DEVICES_ADVANCED
+
+
+def dns_subdomain(name: str) -> bool:
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.fullmatch(part) for part in name.split("."))
+
+
+def dns_label(name: str) -> bool:
+    return len(name) <= 63 and _DNS_LABEL.fullmatch(name) is not None
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def device_names(gpus: Iterable[GpuInfo]) -> dict[str, str]:
+    """uuid -> device name: the lowercased UUID when that is a DNS label (NVIDIA's are), else a sanitised
+    prefix and a hash of the UUID. Stable across restarts and GPU re-enumeration, unlike the index."""
+    names: dict[str, str] = {}
+    for g in gpus:
+        lower = g.uuid.lower()
+        if dns_label(lower):
+            names[g.uuid] = lower
+        else:
+            names[g.uuid] = _hashed_name(g.uuid)
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {uuid: (_hashed_name(uuid) if counts[name] > 1 else name) for uuid, name in names.items()}
+
+
+def _hashed_name(uuid: str) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", uuid.lower()).strip("-")[:50].strip("-") or "gpu"
+    return f"{stem}-{_short_hash(uuid)}"
+
+
+def nvlink_domains(gpus: Sequence[GpuInfo]) -> dict[str, int]:
+    """uuid -> NVLink domain: connected components of the NVLink graph, numbered by their lowest GPU index.
+    GPUs without an NVLink peer get none (a shared sentinel would make unrelated GPUs "match")."""
+    by_uuid = {g.uuid: g for g in gpus}
+    peers: dict[str, set[str]] = {g.uuid: set() for g in gpus}
+    for g in gpus:
+        for lk in g.links:
+            if lk.link is LinkClass.NVLINK and lk.peer in by_uuid and lk.peer != g.uuid:
+                peers[g.uuid].add(lk.peer)
+                peers[lk.peer].add(g.uuid)
+    components: list[set[str]] = []
+    seen: set[str] = set()
+    for g in sorted(gpus, key=lambda x: x.index):
+        if g.uuid in seen or not peers[g.uuid]:
+            continue
+        stack, component = [g.uuid], set()
+        while stack:
+            u = stack.pop()
+            if u in component:
+                continue
+            component.add(u)
+            stack.extend(peers[u] - component)
+        seen |= component
+        components.append(component)
+    return {u: i for i, component in enumerate(components) for u in component}
+
+
+def normalise_bdf(pci_bus_id: str) -> str:
+    """NVML's ``00000000:07:00.0`` (8-digit domain, upper case) as the kernel's ``0000:07:00.0``; "" if not a BDF."""
+    bus = pci_bus_id.strip().lower()
+    head, _, rest = bus.partition(":")
+    if len(head) == 8 and head.startswith("0000"):
+        bus = f"{head[4:]}:{rest}"
+    return bus if _BDF.fullmatch(bus) else ""
+
+
+def taint_value(reason: str) -> str:
+    """The failure reason as a taint value (a label value: 63 characters of [A-Za-z0-9._-])."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", reason)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def cores_capacity() -> Capacity:
+    one = "1"
+    whole = str(CORES_PER_GPU)
+    return Capacity(whole, RequestPolicy(default=whole, valid_range=CapacityRange(min=one, max=whole, step=one)))
+
+
+def memory_capacity(memory: int) -> Capacity:
+    value = format_bytes(memory)
+    return Capacity(value, RequestPolicy(default=value,
+                                         valid_range=CapacityRange(min=format_bytes(min(MIB, memory)),
+                                                                   max=value)))
+
+
+def gpu_device(gpu: GpuInfo, name: str, *, nvlink_domain: int | None = None, pcie_root: str = "",
+               unhealthy: Unhealthy = "taint") -> Device | None:
+    """The device of one GPU; None when it is unhealthy and unhealthy GPUs leave the pool."""
+    if not gpu.healthy and unhealthy == "omit":
+        return None
+    attributes = {
+        "uuid": Attribute.of(gpu.uuid),
+        "model": Attribute.of(gpu.model[:MAX_ATTRIBUTE_VALUE]),
+        "index": Attribute.of(gpu.index),
+        "healthy": Attribute.of(gpu.healthy),
+    }
+    if nvlink_domain is not None:
+        attributes["nvlinkDomain"] = Attribute.of(nvlink_domain)
+    bdf = normalise_bdf(gpu.pci_bus_id)
+    if bdf:
+        attributes[ATTR_PCI_BUS_ID] = Attribute.of(bdf)
+    if pcie_root:
+        attributes[ATTR_PCIE_ROOT] = Attribute.of(pcie_root)
+    if gpu.numa >= 0:  # -1 (no affinity) is not published: it would match every other NUMA-less device
+        attributes[ATTR_NUMA_NODE] = Attribute.of(gpu.numa)
+    taints: tuple[DeviceTaint, ...] = ()
+    if not gpu.healthy:
+        taints = (DeviceTaint(DRA_TAINT_UNHEALTHY, TAINT_NO_SCHEDULE, taint_value(gpu.reason or "unhealthy")),)
+    return Device(
+        name=name,
+        attributes=attributes,
+        capacity={DRA_CAPACITY_CORES: cores_capacity(), DRA_CAPACITY_MEMORY: memory_capacity(gpu.memory)},
+        allow_multiple_allocations=True,
+        taints=taints,
+    )
+
+
+def node_devices(gpus: Sequence[GpuInfo], *, pcie_roots: Mapping[str, str] | None = None,
+                 unhealthy: Unhealthy = "taint") -> tuple[Device, ...]:
+    """The node's devices, in GPU index order."""
+    names = device_names(gpus)
+    domains = nvlink_domains(gpus)
+    roots = pcie_roots or {}
+    out = []
+    for g in sorted(gpus, key=lambda x: x.index):
+        dev = gpu_device(g, names[g.uuid], nvlink_domain=domains.get(g.uuid), pcie_root=roots.get(g.uuid, ""),
+                         unhealthy=unhealthy)
+        if dev is not None:
+            out.append(dev)
+    return tuple(out)
+
+
+def slice_names(node: str, count: int, driver: str = DRA_DRIVER) -> list[str]:
+    """Deterministic object names (so a restarted driver finds and updates its own slices)."""
+    base = f"{node}-{driver}"
+    if len(base) > 240:  # leave room for "-<i>"; node names may be 253 characters long
+        base = f"{node[:200].rstrip('.-')}-{_short_hash(base)}"
+    return [base if count == 1 else f"{base}-{i}" for i in range(count)]
+
+
+def build_slices(node: str, devices: Sequence[Device], generation: int, *, owner: OwnerReference | None = None,
+                 opts: SliceOptions | None = None) -> list[ResourceSlice]:
+    """The pool's slices; a pool without devices is still one (empty) slice, so consumers see it is empty."""
+    opts = opts or SliceOptions()
+    per = max(1, opts.devices_per_slice)
+    chunks = [tuple(devices[i:i + per]) for i in range(0, len(devices), per)] or [()]
+    names = slice_names(node, len(chunks), opts.driver)
+    pool = Pool(name=node, generation=generation, resource_slice_count=len(chunks))
+    return [ResourceSlice(name=n, owner=owner,
+                          spec=ResourceSliceSpec(driver=opts.driver, pool=pool, node_name=node, devices=chunk))
+            for n, chunk in zip(names, chunks, strict=True)]
+
+
+# -- comparing what is published with what should be ------------------------------------------------------
+
+
+def _q(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        return parse_quantity(text)
+    except QuantityError:
+        return None
+
+
+def _device_key(dev: Device) -> tuple[object, ...]:
+    """A device in canonical form: quantities by value ("80Gi" == "85899345920"), taints without the
+    timeAdded the API server fills in."""
+    capacity = []
+    for name, cap in sorted(dev.capacity.items()):
+        policy = cap.request_policy
+        pkey: tuple[object, ...] | None = None
+        if policy is not None:
+            rng = policy.valid_range
+            pkey = (_q(policy.default), None if rng is None else (_q(rng.min), _q(rng.max), _q(rng.step)),
+                    tuple(_q(v) for v in policy.valid_values))
+        capacity.append((name, _q(cap.value), pkey))
+    return (dev.name, tuple(sorted((k, v.kind, v.value) for k, v in dev.attributes.items())), tuple(capacity),
+            bool(dev.allow_multiple_allocations), tuple(sorted((t.key, t.value, t.effect) for t in dev.taints)))
+
+
+def same_devices(a: Sequence[Device], b: Sequence[Device]) -> bool:
+    return sorted(map(_device_key, a), key=repr) == sorted(map(_device_key, b), key=repr)
+
+
+def dropped_fields(sent: Sequence[Device], stored: Sequence[Device]) -> list[str]:
+    """Fields the API server dropped from what was written: that happens when their feature gate is off
+    (kube-apiserver's dropDisabledFields), e.g. device taints without DRADeviceTaints."""
+    stored_by_name = {d.name: d for d in stored}
+    dropped: set[str] = set()
+    for dev in sent:
+        got = stored_by_name.get(dev.name)
+        if got is None:
+            continue
+        if dev.taints and not got.taints:
+            dropped.add("taints")
+        if dev.allow_multiple_allocations and not got.allow_multiple_allocations:
+            dropped.add("allowMultipleAllocations")
+        if any(c.request_policy is not None for c in dev.capacity.values()) and not any(
+                c.request_policy is not None for c in got.capacity.values()):
+            dropped.add("requestPolicy")
+    return sorted(dropped)
+
+
+# -- validation (the rules of kube-apiserver's ResourceSlice validation these objects can break) ----------
+
+
+def _qualified_name(name: str) -> str:
+    domain, sep, ident = name.rpartition("/")
+    if sep and (not domain or not dns_subdomain(domain) or len(domain) > 63):
+        return "the domain must be a DNS subdomain of at most 63 characters"
+    if not _C_IDENTIFIER.fullmatch(ident) or len(ident) > 32:
+        return "must be a C identifier of at most 32 characters, optionally with a domain"
+    return ""
+
+
+def _policy_errors(where: str, value: Decimal, multiple: bool, policy: RequestPolicy) -> list[str]:
+    errs: list[str] = []
+    if not multiple:
+        return [f"{where}.requestPolicy: allowMultipleAllocations must be true"]
+    default = _q(policy.default)
+    if policy.valid_values and policy.valid_range is not None:
+        return [f"{where}.requestPolicy: validValues and validRange are exclusive"]
+    if policy.valid_values:
+        values = [_q(v) for v in policy.valid_values]
+        if any(v is None for v in values) or default is None:
+            return [f"{where}.requestPolicy: validValues and default must be quantities"]
+        nums = [v for v in values if v is not None]
+        if nums != sorted(nums) or len(set(nums)) != len(nums) or len(nums) > MAX_VALID_VALUES:
+            errs.append(f"{where}.requestPolicy.validValues: at most {MAX_VALID_VALUES}, unique, ascending")
+        if any(v > value for v in nums):
+            errs.append(f"{where}.requestPolicy.validValues: larger than the capacity {value}")
+        if default not in nums:
+            errs.append(f"{where}.requestPolicy.default: not one of validValues")
+    elif policy.valid_range is not None:
+        rng = policy.valid_range
+        lo, hi, step = _q(rng.min), _q(rng.max), _q(rng.step)
+        if lo is None or default is None:
+            return [f"{where}.requestPolicy: validRange.min and default are required quantities"]
+        if lo < 0 or lo > value:
+            errs.append(f"{where}.requestPolicy.validRange.min: must be within 0..{value}")
+        if default < lo:
+            errs.append(f"{where}.requestPolicy.default: less than min")
+        if hi is not None and (hi < lo or hi > value or default > hi):
+            errs.append(f"{where}.requestPolicy.validRange.max: must be >= min and default, <= capacity")
+        if step is not None:
+            if step <= 0 or lo + step > value:
+                errs.append(f"{where}.requestPolicy.validRange.step: min + step must be <= capacity")
+            else:
+                for v, what in ((default, "default"), (hi, "max")):
+                    if v is not None and (v - lo) % step != 0:
+                        errs.append(f"{where}.requestPolicy.{what}: not min + a multiple of step")
+    return errs
+
+
+def validate_slice(s: ResourceSlice) -> list[str]:
+    """What kube-apiserver would refuse in this slice (the subset of its rules fracgpu's slices touch)."""
+    errs: list[str] = []
+    spec = s.spec
+    if not dns_subdomain(s.name):
+        errs.append(f"metadata.name {s.name!r}: must be a DNS subdomain")
+    if not dns_subdomain(spec.driver) or len(spec.driver) > 63:
+        errs.append(f"spec.driver {spec.driver!r}: must be a DNS subdomain of at most 63 characters")
+    if (len(spec.pool.name) > MAX_POOL_NAME or not spec.pool.name
+            or not all(dns_subdomain(p) for p in spec.pool.name.split("/"))):
+        errs.append(f"spec.pool.name {spec.pool.name!r}: DNS subdomains separated by '/', at most 253 characters")
+    if spec.pool.generation < 0 or spec.pool.resource_slice_count < 1:
+        errs.append("spec.pool: generation must be >= 0 and resourceSliceCount > 0")
+    advanced = any(dev.taints for dev in spec.devices)
+    limit = MAX_DEVICES_ADVANCED if advanced else MAX_DEVICES
+    if len(spec.devices) > limit:
+        errs.append(f"spec.devices: at most {limit} devices{' when a device has taints' if advanced else ''}")
+    seen: set[str] = set()
+    for i, dev in enumerate(spec.devices):
+        where = f"spec.devices[{i}]"
+        if not dns_label(dev.name):
+            errs.append(f"{where}.name {dev.name!r}: must be a DNS label")
+        if dev.name in seen:
+            errs.append(f"{where}.name {dev.name!r}: duplicate")
+        seen.add(dev.name)
+        if len(dev.attributes) + len(dev.capacity) > MAX_ATTRIBUTES_AND_CAPACITIES:
+            errs.append(f"{where}: at most {MAX_ATTRIBUTES_AND_CAPACITIES} attributes and capacities")
+        for name, attr in dev.attributes.items():
+            bad = _qualified_name(name)
+            if bad:
+                errs.append(f"{where}.attributes[{name}]: {bad}")
+            if attr.kind in ("string", "version") and len(str(attr.value)) > MAX_ATTRIBUTE_VALUE:
+                errs.append(f"{where}.attributes[{name}]: longer than {MAX_ATTRIBUTE_VALUE} characters")
+            if attr.kind == "version" and not _SEMVER.fullmatch(str(attr.value)):
+                errs.append(f"{where}.attributes[{name}]: not a semantic version")
+        for name, cap in dev.capacity.items():
+            bad = _qualified_name(name)
+            if bad:
+                errs.append(f"{where}.capacity[{name}]: {bad}")
+            value = _q(cap.value)
+            if value is None or value < 0:
+                errs.append(f"{where}.capacity[{name}].value: not a quantity")
+                continue
+            if cap.request_policy is not None:
+                errs += _policy_errors(f"{where}.capacity[{name}]", value, bool(dev.allow_multiple_allocations),
+                                       cap.request_policy)
+        if len(dev.taints) > MAX_TAINTS:
+            errs.append(f"{where}.taints: at most {MAX_TAINTS}")
+        for j, t in enumerate(dev.taints):
+            prefix, sep, tname = t.key.rpartition("/")
+            if (not _LABEL_NAME.fullmatch(tname) or len(tname) > 63
+                    or (sep and not dns_subdomain(prefix))):
+                errs.append(f"{where}.taints[{j}].key {t.key!r}: must be a label name")
+            if len(t.value) > 63 or not _LABEL_VALUE.fullmatch(t.value):
+                errs.append(f"{where}.taints[{j}].value {t.value!r}: must be a label value")
+            if t.effect not in (TAINT_NONE, TAINT_NO_SCHEDULE, TAINT_NO_EXECUTE):
+                errs.append(f"{where}.taints[{j}].effect {t.effect!r}: None, NoSchedule or NoExecute")
+    return errs

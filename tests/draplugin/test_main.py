@@ -1,0 +1,87 @@
+"""`fracgpu dra-driver` as a command: flags, one clear line for bad configuration, a real process end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fracgpu.api.v1beta1.names import DRA_DRIVER
+from fracgpu.draplugin.main import main, parser
+from tests.draplugin.kubelet import FakeDraKubelet
+from tests.draplugin.world import NODE, api_server, short_tmpdir
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
+SIM = ["--backend", "simulated", "--gpus", str(EXAMPLE)]
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (SIM, {}, "--node-name (or NODE_NAME"),
+    (["--backend", "simulated"], {"NODE_NAME": "n"}, "needs --gpus FILE"),
+    ([*SIM, "--kube-host", "http://127.0.0.1:1", "--gpus", "/nonexistent.yaml"], {"NODE_NAME": "n"},
+     "/nonexistent.yaml"),
+    ([*SIM, "--plugin-dir", "relative/dir"], {"NODE_NAME": "n"}, "--plugin-dir must be an absolute path"),
+    ([*SIM, "--kube-host", "http://127.0.0.1:1"], {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"},
+     "health settings: BAD_CHECKS"),
+    (SIM, {"NODE_NAME": "n", "KUBECONFIG": "/nonexistent/kubeconfig"}, "no API server: kubeconfig"),
+    ([*SIM, "--unhealthy", "hide"], {"NODE_NAME": "n"}, "invalid choice: 'hide'"),
+    (SIM, {"NODE_NAME": "n", "FRACGPU_DRA_RESYNC_INTERVAL": "soon"}, "--resync-interval: not a number: 'soon'"),
+    ([*SIM, "--resync-interval", "0"], {"NODE_NAME": "n"}, "must be a number of seconds > 0"),
+], ids=["no node", "no gpus file", "missing gpus file", "relative dir", "bad health env", "no kubeconfig",
+        "bad unhealthy", "bad resync env", "zero resync"])
+def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(argv, environ=env)
+    except SystemExit as e:  # argparse refuses a bad value itself, exit 2
+        code = int(e.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_every_flag_has_help_and_an_environment_variable() -> None:
+    p = parser({})
+    for action in p._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "[" in action.help, action.option_strings
+
+
+def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:
+    d = short_tmpdir()
+    registry = os.path.join(d, "registry")
+    os.makedirs(registry)
+    kubelet = FakeDraKubelet(registry)
+    kubelet.start()
+    apiserver = api_server()
+    env = dict(os.environ, NODE_NAME=NODE, PYTHONPATH=str(ROOT), FRACGPU_DRA_PLUGIN_DIR=os.path.join(d, "p"),
+               FRACGPU_DRA_REGISTRY_DIR=registry, FRACGPU_CDI_DIR=os.path.join(d, "cdi"),
+               FRACGPU_KUBE_HOST=apiserver.url, FRACGPU_SYSFS=os.path.join(d, "sys"))
+    proc = subprocess.Popen([sys.executable, "-m", "fracgpu.cli", "dra-driver", *SIM], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        kubelet.wait_registered(DRA_DRIVER, timeout=30)
+        deadline = time.monotonic() + 10
+        while not apiserver.list_objects("resourceslices") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (s,) = apiserver.list_objects("resourceslices")
+        assert len(s["spec"]["devices"]) == 8
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert "dra driver stopped" in err
+        assert kubelet.wait_for(lambda: DRA_DRIVER not in kubelet.plugins)
+        assert apiserver.list_objects("resourceslices")  # kept: a restarted driver takes them over
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        kubelet.stop()
+        apiserver.stop()
