@@ -96,7 +96,8 @@ def share_env(limits: Sequence[ShareLimit], limiter: LimiterConfig | None = None
     }
     mounts: list[MountSpec] = []
     if DEVICE_LIST_VOLUME_MOUNTS in device_list:
-        mounts += [MountSpec(container_path=f"{DEVICE_LIST_MOUNT_ROOT}/{uuid}", host_path="/dev/null") for uuid in uuids]
+        mounts += [MountSpec(container_path=f"{DEVICE_LIST_MOUNT_ROOT}/{uuid}", host_path="/dev/null")
+                   for uuid in uuids]
     if limiter is not None:
         for i, lim in enumerate(limits):
             envs[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] = f"{max(1, lim.memory // MIB)}m"
