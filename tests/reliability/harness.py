@@ -28,7 +28,7 @@ from fracgpu.extender.app import Deps, Metrics, make_app
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
-from fracgpu.kube.reflector import Backoff
+from fracgpu.kube.retry import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.fakes.apiserver import FakeApiServer
 
