@@ -213,8 +213,9 @@ def _default(flag: Flag, envs: tuple[str, ...], environ: Mapping[str, str]) -> A
     return flag.default
 
 
-def _help(flag: Flag, envs: tuple[str, ...]) -> str:
-    parts = [flag.help.replace("%", "%%")]
+def help_text(flag: Flag, envs: tuple[str, ...]) -> str:
+    """What --help says of a flag: its help, old names, environment variable and default."""
+    parts = [flag.help]
     if flag.old:
         parts.append("(was " + ", ".join(f"--{o}" for o in flag.old) + ", deprecated)")
     if envs:
@@ -224,9 +225,13 @@ def _help(flag: Flag, envs: tuple[str, ...]) -> str:
     elif flag.default is None:
         shown = flag.unset
     else:
-        shown = flag.default.replace("%", "%%") if flag.default != "" else '""'
+        shown = flag.default if flag.default != "" else '""'
     parts.append(f"(default: {shown})")
     return " ".join(parts)
+
+
+def _help(flag: Flag, envs: tuple[str, ...]) -> str:
+    return help_text(flag, envs).replace("%", "%%")  # argparse formats help with %
 
 
 _METAVARS: dict[Callable[[str], Any], str] = {

@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
 
 import yaml  # noqa: E402
 
-from fracgpu import configref  # noqa: E402
 from fracgpu.api.v1beta1 import names  # noqa: E402
+from scripts import gen_config_reference as configref  # noqa: E402
 from tests.manifests.render import MANIFESTS, by_file, kubectl_kustomize, kustomization  # noqa: E402
 
 Obj = dict[str, Any]
@@ -275,7 +275,7 @@ def _certificates(objs: list[Obj]) -> tuple[dict[str, tuple[str, int]], list[Lea
 
 
 def _quota_env() -> dict[str, dict[str, str]]:
-    """The environment variables of --default-*-quota, from the code (fracgpu/configref.py)."""
+    """The environment variables of --default-*-quota, from the flag tables (scripts/gen_config_reference.py)."""
     docs = {d.name: d for d in configref.commands()}
     out: dict[str, dict[str, str]] = {}
     for command in QUOTA_COMMANDS:

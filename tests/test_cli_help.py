@@ -13,8 +13,8 @@ import pytest
 
 from fracgpu.cli import COMMANDS
 from fracgpu.configfile import apply, parser_factory
-from fracgpu.configref import env_fallbacks
 from fracgpu.startup import is_deprecated
+from tests.test_config_reference import Recording
 
 
 def build(command: str, environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -133,17 +133,17 @@ def test_a_bad_environment_value_is_a_one_line_refusal_naming_it(command: str,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Every variable a parser reads, set to something no flag takes: the parser is still built (no int()
     while building it), and parsing either accepts the text or refuses it in one line naming the variable."""
-    module = COMMANDS[command][0]
-    for variables in env_fallbacks(parser_factory(module)).values():
-        for var in variables:
-            p = build(command, {var: "bad value"})
-            try:
-                p.parse_args([])
-            except SystemExit as e:
-                assert e.code == 2
-                err = capsys.readouterr().err.splitlines()
-                assert len(err) == 1 and f"{var}='bad value' (environment)" in err[0], (var, err)
-            capsys.readouterr()
+    environ = Recording()
+    build(command, environ)
+    for var in sorted(environ.asked):
+        p = build(command, {var: "bad value"})
+        try:
+            p.parse_args([])
+        except SystemExit as e:
+            assert e.code == 2
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1 and f"{var}='bad value' (environment)" in err[0], (var, err)
+        capsys.readouterr()
 
 
 def test_every_old_name_is_in_the_upgrade_notes() -> None:

@@ -1,17 +1,19 @@
-"""docs/configuration.md is generated from the code (fracgpu/configref.py) and must not go stale."""
+"""docs/configuration.md is generated from the flag tables (scripts/gen_config_reference.py) and must not go
+stale."""
 
 from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from fracgpu import configref
 from fracgpu.cli import COMMANDS
 from fracgpu.configfile import parser_factory
+from fracgpu.startup import Flag, add_flags, positive_int
+from scripts import gen_config_reference as configref
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,47 +42,72 @@ def test_every_command_and_flag_is_documented(reference: tuple[configref.Command
         assert {o for f in d.flags for o in f.flags} >= options, d.name
 
 
+class Recording(Mapping[str, str]):
+    """An empty environment that records which variables a parser looks up while it is built."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
 def test_env_vars_named_in_help_are_the_ones_the_code_reads(reference: tuple[configref.CommandDoc, ...]) -> None:
-    """A help text that declares a fallback ("[env X]", "[X, default ...]") names one the parser really reads."""
+    """A help text that declares a fallback ("[env X]") names one the table declares, or (a parser not built
+    from a table yet) one the parser reads."""
     declared_somewhere = False
     for d in reference:
+        environ = Recording()
+        parser_factory(d.module)(environ)
         for f in d.flags:
             named = set(re.findall(r"\[(?:env )?([A-Z][A-Z0-9_]+)\b", f.help))
             declared_somewhere |= bool(named)
-            assert named <= set(f.env), (d.name, f.flags, named, f.env)
+            assert named <= (set(f.env) or environ.asked), (d.name, f.flags, named, f.env)
     assert declared_somewhere
+
+
+TOY_FLAGS = (
+    Flag("port", "port to listen on", "80", positive_int, old=("listen-port",)),
+    Flag("name", "a name", "a", choices=("a", "b"), env=("TOY_NAME",)),
+    Flag("dry-run", "change nothing", switch=True),
+    Flag("plain", "no default", unset="none"),
+)
 
 
 def _toy_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toy")
-    p.add_argument("--port", type=int, default=int(environ.get("TOY_PORT") or 80), help="port (default %(default)s)")
-    p.add_argument("--name", default=environ.get("TOY_NAME", "a"), choices=("a", "b"))
-    p.add_argument("--dry-run", action="store_true", default=environ.get("TOY_DRY") in ("1", "true"))
-    p.add_argument("--ratio", type=float, default=float(environ.get("TOY_RATIO", "0.5")))
-    p.add_argument("--plain", default=None, help="no environment")
+    add_flags(p, TOY_FLAGS, environ, env_prefix="TOY_")
+    p.add_argument("--ratio", type=float, default=0.5, help="not from a table (default %(default)s)")
     return p
 
 
-def test_flag_docs_find_env_fallbacks_by_probing() -> None:
-    docs = {f.flags[-1]: f for f in configref.flag_docs(_toy_parser)}
-    assert [(k, f.env, f.default) for k, f in docs.items()] == [
-        ("--port", ("TOY_PORT",), "80"),
-        ("--name", ("TOY_NAME",), "a"),
-        ("--dry-run", ("TOY_DRY",), "false"),
-        ("--ratio", ("TOY_RATIO",), "0.5"),
-        ("--plain", (), ""),
+def test_flag_docs_read_the_table() -> None:
+    docs = {f.flags[0]: f for f in configref.flag_docs(_toy_parser({"TOY_PORT": "8080"}))}
+    assert [(k, f.flags, f.env, f.default) for k, f in docs.items()] == [
+        ("--port", ("--port", "--listen-port"), ("TOY_PORT", "TOY_LISTEN_PORT"), "80"),  # the table's, not the env's
+        ("--name", ("--name",), ("TOY_NAME",), "a"),
+        ("--dry-run", ("--dry-run",), ("TOY_DRY_RUN",), "false"),
+        ("--plain", ("--plain",), ("TOY_PLAIN",), ""),
+        ("--ratio", ("--ratio",), (), "0.5"),
     ]
-    assert docs["--port"].help == "port (default 80)"
-    assert docs["--name"].help == "(one of: a, b)"
+    assert docs["--port"].help == "port to listen on (was --listen-port, deprecated) [env TOY_PORT] (default: 80)"
+    assert docs["--name"].help == "a name [env TOY_NAME] (default: a) (one of: a, b)"
+    assert docs["--ratio"].help == "not from a table (default 0.5)"
 
 
-def test_health_environment_settings_map_to_their_fields(reference: tuple[configref.CommandDoc, ...]) -> None:
+def test_the_health_thresholds_are_flags_with_their_variables(reference: tuple[configref.CommandDoc, ...]) -> None:
     plugin = next(d for d in reference if d.name == "device-plugin")
-    ((_, settings),) = plugin.env_only
-    by_env = {s.env[0]: s for s in settings}
-    assert by_env["FRACGPU_HEALTH_MAX_TEMPERATURE"].name == "thresholds.max_temperature_c"
-    assert by_env["FRACGPU_HEALTH_NODE_POLICY"].name == "node_policy"
-    assert all(s.name != "(none)" for s in settings), [s.env for s in settings if s.name == "(none)"]
+    by_env = {e: f for f in plugin.flags for e in f.env}
+    assert by_env["FRACGPU_HEALTH_MAX_TEMPERATURE"].flags == ("--health-max-temperature",)
+    assert by_env["FRACGPU_HEALTH_NODE_POLICY"].flags == ("--health-node-policy",)
+    assert by_env["DP_DISABLE_HEALTHCHECKS"].flags == ("--disable-healthchecks",)
 
 
 def test_check_mode_says_the_command_to_fix_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

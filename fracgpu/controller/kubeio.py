@@ -8,12 +8,10 @@ from typing import Any
 
 from fracgpu.kube.leader import KubeLeaseStore
 from fracgpu.kube.objects import ObjectRef
-from fracgpu.kube.resources import PODS, Resource
+from fracgpu.kube.resources import JOBS
 from fracgpu.kube.writer import KubeWriter
 
 __all__ = ["JOBS", "ControllerWriter", "KubeLeaseStore"]
-
-JOBS = Resource("batch", "v1", "jobs", "Job", namespaced=True)
 
 
 class ControllerWriter:
@@ -24,19 +22,7 @@ class ControllerWriter:
 
     def evict(self, namespace: str, name: str, uid: str, grace_period_s: int | None) -> None:
         """policy/v1 Eviction of exactly this pod instance (uid precondition: never its successor)."""
-        options: dict[str, Any] = {}
-        if uid:
-            options["preconditions"] = {"uid": uid}
-        if grace_period_s is not None:
-            options["gracePeriodSeconds"] = grace_period_s
-        body: dict[str, Any] = {
-            "apiVersion": "policy/v1",
-            "kind": "Eviction",
-            "metadata": {"name": name, "namespace": namespace},
-        }
-        if options:
-            body["deleteOptions"] = options
-        self.writer.transport.request("POST", PODS.path(namespace, name, "eviction"), body=body)
+        self.writer.evict_pod(namespace, name, grace_period_s=grace_period_s, uid=uid or None)
 
     def add_taint(self, node: str, key: str, effect: str) -> None:
         self.writer.add_node_taint(node, key, effect=effect)
@@ -48,4 +34,4 @@ class ControllerWriter:
         self.writer.create_event(ref, reason=reason, message=message, type=type_)
 
     def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
-        self.writer.transport.request("POST", JOBS.path(namespace), body=dict(body))
+        self.writer.create_object(JOBS, body, namespace=namespace)

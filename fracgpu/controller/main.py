@@ -19,7 +19,7 @@ import yaml
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, LABEL_RECOVERY_NODE, SCHEDULER_NAME, TAINT_GPU_FAILED
 from fracgpu.controller import recovery
 from fracgpu.controller.config import ConfigError, ControllerConfig
-from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
+from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.core.health import HealthConfigError, NodePolicy
@@ -27,7 +27,7 @@ from fracgpu.kube import client
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.kube.leader import LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.reflector import Reflector, WatchEvent
-from fracgpu.kube.resources import LEASES, NODES, PODS
+from fracgpu.kube.resources import JOBS, LEASES, NODES, PODS
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.startup import (
     Flag,
@@ -192,6 +192,26 @@ def load_recovery_job(path: str) -> dict[str, Any]:
         raise ConfigError(f"{e} ({path})") from None
 
 
+def watches(transport: client.Transport, cache: ClusterCache, cfg: ControllerConfig,
+            pod_field_selector: str | None) -> list[Reflector]:
+    """The list+watch of every kind the cache holds, feeding it (not started)."""
+
+    def feed(handler: Callable[[str, Mapping[str, Any]], None]) -> Callable[[WatchEvent], None]:
+        return lambda event: handler(event.type, event.object)
+
+    reflectors = [
+        Reflector(transport, NODES, feed(cache.node)),
+        Reflector(transport, PODS, feed(cache.pod), field_selector=pod_field_selector),
+        Reflector(transport, LEASES, feed(cache.lease), namespace=cfg.namespace),
+    ]
+    if cfg.recovery_job is not None:
+        reflectors.append(
+            Reflector(transport, JOBS, feed(cache.job), namespace=cfg.recovery_namespace,
+                      label_selector=LABEL_RECOVERY_NODE)
+        )
+    return reflectors
+
+
 def serve(opts: Options, stop: threading.Event) -> int:
     """Run until ``stop`` is set. Returns the exit code."""
     cfg = opts.cfg
@@ -213,21 +233,7 @@ def serve(opts: Options, stop: threading.Event) -> int:
         timing, clock,
     )  # fmt: skip
     controller = Controller(cfg, cache, ControllerWriter(writer), elector, clock, metrics)
-
-    def feed(kind: str) -> Callable[[WatchEvent], None]:
-        handler = {"nodes": cache.node, "pods": cache.pod, "leases": cache.lease, "jobs": cache.job}[kind]
-        return lambda event: handler(event.type, event.object)
-
-    reflectors = [
-        Reflector(transport, NODES, feed("nodes")),
-        Reflector(transport, PODS, feed("pods"), field_selector=opts.pod_field_selector),
-        Reflector(transport, LEASES, feed("leases"), namespace=cfg.namespace),
-    ]
-    if cfg.recovery_job is not None:
-        reflectors.append(
-            Reflector(transport, JOBS, feed("jobs"), namespace=cfg.recovery_namespace,
-                      label_selector=LABEL_RECOVERY_NODE)
-        )
+    reflectors = watches(transport, cache, cfg, opts.pod_field_selector)
     if opts.metrics_port:
         from prometheus_client import start_http_server
 

@@ -30,6 +30,7 @@ from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.views import NodeView, PodView, World
 from fracgpu.core.health import node_verdict
 from fracgpu.kube.objects import ObjectRef
+from fracgpu.kube.retry import Backoff
 
 # Event reasons (CamelCase, as Kubernetes components write them).
 EV_EVICTED: Final = "GPUUnhealthyEvicted"
@@ -171,7 +172,7 @@ def victims(node: NodeView, pods: Iterable[PodView]) -> list[tuple[PodView, tupl
 
 def backoff(attempts: int, cfg: ControllerConfig) -> float:
     """Seconds before retry number ``attempts`` (>= 1): base, 2 x base, ... capped."""
-    return min(cfg.eviction_backoff * 2.0 ** min(max(attempts - 1, 0), 32), cfg.eviction_backoff_max)
+    return Backoff(cfg.eviction_backoff, 2.0, cfg.eviction_backoff_max).delay(attempts - 1)
 
 
 def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Plan:

@@ -1,6 +1,8 @@
 """Optional recovery Jobs: a user-supplied Job (e.g. a GPU reset) started for a node broken too long.
 
-Pure: validate the template once at start, build one Job per node from it, read Jobs back.
+Pure: validate the template once at start (``TEMPLATE_CHECKS``), build one Job per node from it, read
+Jobs back.
+
 The Job runs on the broken node (``spec.template.spec.nodeName``), tolerates the controller's
 taint, gets the node's name in ``FRACGPU_NODE`` in every container, and is labelled
 ``fracgpu.io/recovery-node`` so that the controller sees it and starts no second one while it runs.
@@ -19,21 +21,32 @@ ENV_NODE: Final = "FRACGPU_NODE"
 _MAX_LABEL: Final = 63
 
 
+# What a template must be, in the order it is checked; the refusal is "recovery job: <check>".
+_NOT_A_JOB: Final = "expected a Job object"
+_NOT_KIND_JOB: Final = "expected kind Job (batch/v1), got {kind!r}"
+_NO_CONTAINER: Final = "spec.template.spec.containers must list at least one container"
+_PINNED: Final = "leave nodeName/nodeSelector/affinity out; the controller pins the node"
+TEMPLATE_CHECKS: Final = (_NOT_A_JOB, _NOT_KIND_JOB, _NO_CONTAINER, _PINNED)
+
+
 class TemplateError(ValueError):
     """The recovery Job template is not usable; the message says what is wrong."""
+
+    def __init__(self, check: str, **values: object) -> None:
+        super().__init__("recovery job: " + check.format(**values))
 
 
 def validate_template(obj: Any) -> dict[str, Any]:
     """A batch/v1 Job with at least one container; returns a private copy."""
     if not isinstance(obj, Mapping):
-        raise TemplateError("recovery job: expected a Job object")
+        raise TemplateError(_NOT_A_JOB)
     if obj.get("kind") != "Job" or str(obj.get("apiVersion", "batch/v1")) != "batch/v1":
-        raise TemplateError(f"recovery job: expected kind Job (batch/v1), got {obj.get('kind')!r}")
+        raise TemplateError(_NOT_KIND_JOB, kind=obj.get("kind"))
     pod = ((obj.get("spec") or {}).get("template") or {}).get("spec")
     if not isinstance(pod, Mapping) or not isinstance(pod.get("containers"), list) or not pod["containers"]:
-        raise TemplateError("recovery job: spec.template.spec.containers must list at least one container")
+        raise TemplateError(_NO_CONTAINER)
     if pod.get("nodeName") or pod.get("nodeSelector") or pod.get("affinity"):
-        raise TemplateError("recovery job: leave nodeName/nodeSelector/affinity out; the controller pins the node")
+        raise TemplateError(_PINNED)
     return copy.deepcopy(dict(obj))
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1.assignment import Assignment
 
 DEFAULT_STUCK_TIMEOUT_S = 300.0
@@ -41,10 +41,7 @@ class Reservation:
 
 def parse_time(text: str) -> float:
     """RFC 3339 -> seconds since the epoch; 0.0 when unreadable (so it counts as long stuck)."""
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    return rfc3339.parse_or_zero(text)
 
 
 def confusable(a: Reservation, b: Reservation) -> bool:

@@ -4,7 +4,7 @@ No I/O and no clock reads here: every function takes ``now`` (seconds, any monot
 
 How the device plugin wires it (one ``HealthTracker`` per node, fed by the poll loop)::
 
-    cfg = HealthConfig.from_env(os.environ)        # or HealthConfig(...) built from flags
+    cfg = HealthConfig(...)                        # the plugin's --health-* flags (deviceplugin/healthflags.py)
     tracker = HealthTracker(cfg)
     # every cfg.poll_interval seconds (and at once when an XID event arrives):
     for uuid, sample in backend_samples():         # GpuSample per GPU; xids = XIDs since last sample
@@ -38,9 +38,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final, Protocol, TypeVar
-
-_E = TypeVar("_E", bound=StrEnum)
+from typing import Final, Protocol
 
 
 class HealthConfigError(ValueError):
@@ -201,54 +199,6 @@ class HealthConfig:
             )
         if self.flap_window < 0:
             raise HealthConfigError(f"flap window: must be >= 0 seconds, got {self.flap_window}")
-
-    @staticmethod
-    def from_env(environ: Mapping[str, str], prefix: str = "FRACGPU_HEALTH_") -> HealthConfig:
-        """Settings from environment-style strings; unset keys keep the defaults.
-
-        Keys (after ``prefix``): POLL_INTERVAL, BAD_CHECKS, RECOVERY_CHECKS, MAX_RECOVERY_CHECKS,
-        FLAP_WINDOW, NODE_POLICY, FATAL_XIDS, IGNORED_XIDS, UNKNOWN_XIDS, MAX_TEMPERATURE,
-        MAX_POWER_RATIO, MAX_ECC_UNCORRECTABLE, MAX_RETIRED_PAGES, MAX_MEMORY_USED_RATIO (``off``
-        disables a limit), and ``DP_DISABLE_HEALTHCHECKS`` (no prefix, NVIDIA's meaning).
-        """
-
-        def get(key: str) -> str | None:
-            return environ.get(prefix + key)
-
-        base = HealthConfig()
-        t = base.thresholds
-        thresholds = Thresholds(
-            max_temperature_c=_opt_float(get("MAX_TEMPERATURE"), t.max_temperature_c, "MAX_TEMPERATURE"),
-            max_power_ratio=_opt_float(get("MAX_POWER_RATIO"), t.max_power_ratio, "MAX_POWER_RATIO"),
-            max_ecc_uncorrectable=_opt_int(
-                get("MAX_ECC_UNCORRECTABLE"), t.max_ecc_uncorrectable, "MAX_ECC_UNCORRECTABLE"
-            ),
-            max_retired_pages=_opt_int(get("MAX_RETIRED_PAGES"), t.max_retired_pages, "MAX_RETIRED_PAGES"),
-            max_memory_used_ratio=_opt_float(
-                get("MAX_MEMORY_USED_RATIO"), t.max_memory_used_ratio, "MAX_MEMORY_USED_RATIO"
-            ),
-        )
-        xids = XidPolicy.parse(
-            environ.get("DP_DISABLE_HEALTHCHECKS", ""), fatal=get("FATAL_XIDS"), ignored=get("IGNORED_XIDS")
-        )
-        unknown = get("UNKNOWN_XIDS")
-        if unknown is not None:
-            xids = replace(xids, unknown=_enum(UnknownXids, unknown, "UNKNOWN_XIDS"))
-        policy = get("NODE_POLICY")
-        recovery = _int(get("RECOVERY_CHECKS"), base.recovery_checks, "RECOVERY_CHECKS")
-        return HealthConfig(
-            thresholds=thresholds,
-            xids=xids,
-            poll_interval=_float(get("POLL_INTERVAL"), base.poll_interval, "POLL_INTERVAL"),
-            bad_checks=_int(get("BAD_CHECKS"), base.bad_checks, "BAD_CHECKS"),
-            recovery_checks=recovery,
-            # unset: the default cap, raised to the recovery run when that is longer
-            max_recovery_checks=_int(
-                get("MAX_RECOVERY_CHECKS"), max(base.max_recovery_checks, recovery), "MAX_RECOVERY_CHECKS"
-            ),
-            flap_window=_float(get("FLAP_WINDOW"), base.flap_window, "FLAP_WINDOW"),
-            node_policy=base.node_policy if policy is None else _enum(NodePolicy, policy, "NODE_POLICY"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,48 +415,3 @@ def node_verdict(node_ok: bool, node_reason: str, gpus: Iterable[HasHealth], pol
 
 def _first_reason(sick: list[HasHealth]) -> str:
     return next((g.reason for g in sick if g.reason), "unknown")
-
-
-def _enum(kind: type[_E], text: str, key: str) -> _E:
-    value = text.strip().lower()
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = " | ".join(m.value for m in kind)
-        raise HealthConfigError(f"{key}: one of {allowed}, got {text!r}") from None
-
-
-def _float(text: str | None, default: float, key: str) -> float:
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise HealthConfigError(f"{key}: expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise HealthConfigError(f"{key}: expected a finite number, got {text!r}")
-    return value
-
-
-def _int(text: str | None, default: int, key: str) -> int:
-    if text is None:
-        return default
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise HealthConfigError(f"{key}: expected an integer, got {text!r}") from None
-
-
-def _opt_float(text: str | None, default: float | None, key: str) -> float | None:
-    if text is None:
-        return default
-    return None if text.strip().lower() in _OFF else _float(text, 0.0, key)
-
-
-def _opt_int(text: str | None, default: int | None, key: str) -> int | None:
-    if text is None:
-        return default
-    return None if text.strip().lower() in _OFF else _int(text, 0, key)
-
-
-_OFF = ("off", "none", "")

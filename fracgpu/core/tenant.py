@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1.names import (
     ANN_NS_CORE_QUOTA,
     ANN_NS_MEMORY_QUOTA,
@@ -43,7 +44,6 @@ from fracgpu.api.v1beta1.tenantquota import (
     CONDITION_QUOTA_VALID,
     Condition,
     TenantQuota,
-    format_timestamp,
 )
 from fracgpu.core.quantity import QuantityError, parse_bytes, parse_count
 from fracgpu.core.zone import allowed_zones_refusal
@@ -286,7 +286,7 @@ class Tenants:
         lastTransitionTime is `now`; merge with the stored ones (quota.merge_conditions) so that it
         only moves when a condition's status changes.
         """
-        stamp = format_timestamp(now)
+        stamp = rfc3339.format_time(now)
         mine = self.conflicts_of(quota_name)
         if mine:
             conflict = Condition(

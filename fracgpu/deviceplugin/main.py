@@ -1,7 +1,7 @@
 """`fracgpu device-plugin`: flags (with environment fallbacks), wiring, signals.
 
-Precedence: command line > environment > default. Health thresholds come from the
-``FRACGPU_HEALTH_*`` environment (see fracgpu.core.health.HealthConfig.from_env).
+Precedence: command line > environment > default. Health thresholds: the ``--health-*`` flags
+(fracgpu.deviceplugin.healthflags).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
-from fracgpu.core.health import HealthConfig, HealthConfigError
+from fracgpu.core.health import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
 from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
+from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
@@ -100,9 +101,10 @@ FLAGS = (
 
 def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = Parser(prog="fracgpu device-plugin", description="Serve fracgpu.io/vgpu-core to the kubelet (run as a "
-               "DaemonSet). Health thresholds come from FRACGPU_HEALTH_* (docs/health.md).")
+               "DaemonSet). GPU health: the --health-* flags (docs/health.md).")
     add_config_flag(p, environ)
     add_flags(p, FLAGS, environ)
+    add_flags(p, HEALTH_FLAGS, environ)
     return p
 
 
@@ -157,7 +159,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     if not args.node_name:
         raise ConfigError("--node-name (or NODE_NAME from the downward API) is required")
     try:
-        health = HealthConfig.from_env(environ)
+        health = health_config(args)
     except HealthConfigError as e:
         raise ConfigError(f"health settings: {e}") from None
     limiter = None

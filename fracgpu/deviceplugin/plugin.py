@@ -121,11 +121,16 @@ class Plugin:
     def recover(self) -> None:
         with self._lock:
             self._sync()
+            repairs = []
             try:
-                repairs = self.ledger.reconcile(self.holdings.holdings())
+                holdings = self.holdings.holdings()
             except Exception as e:  # grpc.RpcError, OSError: the kubelet is not answering yet
                 log.warning("podresources unavailable at start error=%s", e)
-                repairs = []
+            else:
+                try:
+                    repairs = self.ledger.reconcile(holdings)
+                except Exception:  # a bug: say where, and start from the pods' own record
+                    log.exception("reconciling with the kubelet's podresources failed at start")
         self._apply_repairs(repairs)
         self._refresh_metrics()
 

@@ -20,8 +20,9 @@ from fracgpu.core.snapshot import namespace_record, node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import objects
 from fracgpu.kube.client import Transport
-from fracgpu.kube.reflector import DELETED, Backoff, Reflector, WatchEvent
+from fracgpu.kube.reflector import DELETED, Reflector, WatchEvent
 from fracgpu.kube.resources import LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+from fracgpu.kube.retry import Backoff
 
 log = logging.getLogger(__name__)
 

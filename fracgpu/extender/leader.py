@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from fracgpu.core.snapshot import PodRecord, pod_record
 from fracgpu.extender.scheduler import Scheduler
-from fracgpu.kube import errors
+from fracgpu.kube import errors, pager
 from fracgpu.kube.client import Transport
 from fracgpu.kube.leader import LeaderElector, LeaseTiming
 from fracgpu.kube.resources import PODS
@@ -71,28 +71,22 @@ class CacheFence:
     """Does the cache hold every reservation the API server has committed? (a consistent list of the
     bound pods, compared with the Scheduler's reservations). Returns None when it does, else why not."""
 
-    def __init__(self, transport: Transport, scheduler: Scheduler, *, page_size: int = 500) -> None:
+    def __init__(self, transport: Transport, scheduler: Scheduler, *, page_size: int = pager.PAGE_SIZE) -> None:
         self.transport = transport
         self.scheduler = scheduler
         self.page_size = page_size
 
     def __call__(self) -> str | None:
         missing: list[str] = []
-        token: str | None = None
-        while True:
-            answer = self.transport.request("GET", PODS.path(None), query={
-                "fieldSelector": "spec.nodeName!=", "limit": self.page_size, "continue": token})
+        for page in pager.pages(self.transport, PODS, field_selector="spec.nodeName!=", page_size=self.page_size):
             bound: list[PodRecord] = []
-            for item in answer.get("items") or []:
+            for item in page.items:
                 rec = pod_record(item, keep_raw=False)
                 a = rec.assignment
                 if rec.finished or a is None or a.node != rec.node:
                     continue  # holds nothing (the cache keeps no reservation for it either)
                 bound.append(rec)
             missing += self.scheduler.not_held(bound)
-            token = (answer.get("metadata") or {}).get("continue") or None
-            if not token:
-                break
         if not missing:
             return None
         return f"{len(missing)} bound pod(s) not in the cache yet, e.g. {missing[0]}"

@@ -111,7 +111,7 @@ class ConfigError(Exception):
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The command's parser (also read by fracgpu.configref for docs/configuration.md)."""
+    """The command's parser (also read by scripts/gen_config_reference.py for docs/configuration.md)."""
     p = Parser(prog="fracgpu extender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flag(p, environ)
     add_flags(p, FLAGS, environ, env_prefix=ENV_PREFIX)

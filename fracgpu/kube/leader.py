@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fracgpu.api.rfc3339 import format_micro_time
 from fracgpu.kube import errors
 from fracgpu.kube.resources import LEASES
-from fracgpu.kube.writer import KubeWriter, format_micro_time
+from fracgpu.kube.writer import KubeWriter
 
 
 class LeaseConflict(Exception):
@@ -188,12 +189,12 @@ class KubeLeaseStore:
 
     def create(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
-            return self.writer.transport.request("POST", LEASES.path(self.namespace), body=dict(body))
+            return self.writer.create_object(LEASES, body, namespace=self.namespace)
         except errors.Conflict as e:  # AlreadyExists is a Conflict
             raise LeaseConflict(str(e)) from e
 
     def replace(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
         try:
-            return self.writer.transport.request("PUT", LEASES.path(self.namespace, self.name), body=dict(body))
+            return self.writer.replace_object(LEASES, body, namespace=self.namespace)
         except errors.Conflict as e:
             raise LeaseConflict(str(e)) from e

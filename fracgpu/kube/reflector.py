@@ -25,12 +25,13 @@ import threading
 from collections.abc import Callable
 from typing import Final, Literal
 
-from fracgpu.kube import errors, objects
+from fracgpu.kube import errors, objects, pager
 from fracgpu.kube.client import Transport, WatchStream
 from fracgpu.kube.objects import Obj
 from fracgpu.kube.resources import Resource
+from fracgpu.kube.retry import Backoff
 
-__all__ = ["ADDED", "DELETED", "MODIFIED", "Backoff", "EventType", "Reflector", "WatchEvent"]
+__all__ = ["ADDED", "DELETED", "MODIFIED", "EventType", "Reflector", "WatchEvent"]
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,7 @@ class WatchEvent:
         return objects.key(self.object)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before retry ``attempt`` (0-based): ``initial_s * factor**attempt``, at most ``cap_s``."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    cap_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return float(min(self.cap_s, self.initial_s * self.factor ** min(attempt, 64)))
+_BACKOFF: Final = Backoff()
 
 
 class _Expired(Exception):
@@ -73,8 +65,8 @@ class Reflector:
 
     def __init__(self, transport: Transport, resource: Resource, handler: Callable[[WatchEvent], None], *,
                  namespace: str | None = None, label_selector: str | None = None,
-                 field_selector: str | None = None, watch_timeout_s: int = 300, page_size: int = 500,
-                 backoff: Backoff = Backoff(), sleep: Callable[[float], None] | None = None,
+                 field_selector: str | None = None, watch_timeout_s: int = 300, page_size: int = pager.PAGE_SIZE,
+                 backoff: Backoff = _BACKOFF, sleep: Callable[[float], None] | None = None,
                  on_synced: Callable[[], None] | None = None, name: str | None = None,
                  transform: Callable[[Obj], Obj] | None = None) -> None:
         if namespace and not resource.namespaced:
@@ -201,23 +193,14 @@ class Reflector:
 
     def _relist(self) -> None:
         listed: dict[tuple[str, str], Obj] = {}
-        token: str | None = None
         list_rv = ""
-        while True:
-            answer = self.transport.request("GET", self.resource.path(self.namespace), query={
-                "labelSelector": self.label_selector, "fieldSelector": self.field_selector,
-                "limit": self.page_size, "continue": token})
-            meta = answer.get("metadata") or {}
-            if not list_rv:
-                list_rv = str(meta.get("resourceVersion") or "")
-            for item in answer.get("items") or []:
-                item.setdefault("apiVersion", self.resource.api_version)
-                item.setdefault("kind", self.resource.kind)
+        for page in pager.pages(self.transport, self.resource, namespace=self.namespace,
+                                label_selector=self.label_selector, field_selector=self.field_selector,
+                                page_size=self.page_size):
+            list_rv = list_rv or page.resource_version
+            for item in page.items:
                 kept = self.transform(item) if self.transform is not None else item
                 listed[objects.key(kept)] = kept
-            token = meta.get("continue") or None
-            if not token:
-                break
         events: list[WatchEvent] = []
         with self._lock:
             for k, obj in listed.items():

@@ -7,40 +7,26 @@ Errors are ``fracgpu.kube.errors`` exceptions.
 
 from __future__ import annotations
 
-import copy
 import logging
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-from fracgpu.kube import errors, objects
+from fracgpu.api.rfc3339 import format_micro_time, format_time, utc_now
+from fracgpu.kube import errors, objects, pager
 from fracgpu.kube.client import MERGE_PATCH, Transport
 from fracgpu.kube.objects import Obj, ObjectRef
 from fracgpu.kube.resources import EVENTS, LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+from fracgpu.kube.retry import retry_on_conflict
 
-__all__ = ["EVENT_NORMAL", "EVENT_WARNING", "KubeWriter", "format_micro_time", "format_time", "utc_now"]
+__all__ = ["EVENT_NORMAL", "EVENT_WARNING", "KubeWriter"]
 
 log = logging.getLogger(__name__)
 
 EVENT_NORMAL: Final = "Normal"
 EVENT_WARNING: Final = "Warning"
-_PAGE_SIZE: Final = 500
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def format_micro_time(moment: datetime) -> str:
-    """metav1.MicroTime: RFC 3339 in UTC with microseconds (Lease renewTime, acquireTime)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def format_time(moment: datetime) -> str:
-    """metav1.Time: RFC 3339 in UTC, whole seconds (Event timestamps)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class KubeWriter:
@@ -62,19 +48,8 @@ class KubeWriter:
     def list_objects(self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None,
              field_selector: str | None = None) -> list[Obj]:
         """All items (paginated under the hood), each with ``apiVersion``/``kind`` filled in."""
-        items: list[Obj] = []
-        token: str | None = None
-        while True:
-            answer = self.transport.request("GET", resource.path(namespace), query={
-                "labelSelector": label_selector, "fieldSelector": field_selector,
-                "limit": _PAGE_SIZE, "continue": token})
-            for item in answer.get("items") or []:
-                item.setdefault("apiVersion", resource.api_version)
-                item.setdefault("kind", resource.kind)
-                items.append(item)
-            token = (answer.get("metadata") or {}).get("continue") or None
-            if not token:
-                return items
+        return pager.list_all(self.transport, resource, namespace=namespace, label_selector=label_selector,
+                              field_selector=field_selector)
 
     def create_object(self, resource: Resource, body: Mapping[str, Any], *, namespace: str | None = None) -> Obj:
         """POST; ``AlreadyExists`` if the name is taken."""
@@ -147,7 +122,7 @@ class KubeWriter:
         return self._update_taints(name, change)
 
     def _update_taints(self, name: str, change: Callable[[list[Obj]], list[Obj] | None]) -> Obj:
-        for attempt in range(self.conflict_retries + 1):
+        def update() -> Obj:
             node = self.get_node(name)
             spec = node.setdefault("spec", {})
             taints = change(list(spec.get("taints") or []))
@@ -157,13 +132,9 @@ class KubeWriter:
                 spec["taints"] = taints
             else:
                 spec.pop("taints", None)
-            try:
-                return self.transport.request("PUT", NODES.path(None, name), body=node)
-            except errors.Conflict:
-                if attempt == self.conflict_retries:
-                    raise
-                log.info("node taint update conflicted, retrying node=%s attempt=%d", name, attempt + 1)
-        raise AssertionError("unreachable")
+            return self.replace_object(NODES, node)
+
+        return retry_on_conflict(update, retries=self.conflict_retries, what=f"taints of node {name}")
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -172,22 +143,19 @@ class KubeWriter:
 
     def renew_lease(self, namespace: str, name: str, *, holder: str, duration_s: int) -> Obj:
         """Create the Lease or renew it (holder, leaseDurationSeconds, renewTime); retried on 409."""
-        for attempt in range(self.conflict_retries + 1):
+
+        def update() -> Obj:
             now = format_micro_time(self.clock())
             try:
                 lease = self.get_lease(namespace, name)
             except errors.NotFound:
-                body: Obj = {
+                return self.create_object(LEASES, {
                     "apiVersion": LEASES.api_version,
                     "kind": LEASES.kind,
                     "metadata": {"name": name, "namespace": namespace},
                     "spec": {"holderIdentity": holder, "leaseDurationSeconds": duration_s,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0},
-                }
-                try:
-                    return self.transport.request("POST", LEASES.path(namespace), body=body)
-                except errors.AlreadyExists:
-                    continue
+                }, namespace=namespace)  # AlreadyExists (a Conflict): another writer created it, read it
             spec = lease.setdefault("spec", {})
             if spec.get("holderIdentity") != holder:
                 spec["holderIdentity"] = holder
@@ -195,13 +163,9 @@ class KubeWriter:
                 spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             spec["leaseDurationSeconds"] = duration_s
             spec["renewTime"] = now
-            try:
-                return self.transport.request("PUT", LEASES.path(namespace, name), body=lease)
-            except errors.Conflict:
-                if attempt == self.conflict_retries:
-                    raise
-                log.info("lease renew conflicted, retrying lease=%s/%s", namespace, name)
-        raise errors.Conflict(409, "Conflict", f"lease {namespace}/{name}: too many conflicts")
+            return self.replace_object(LEASES, lease, namespace=namespace)
+
+        return retry_on_conflict(update, retries=self.conflict_retries, what=f"lease {namespace}/{name}")
 
     # -- pods -------------------------------------------------------------------------------
 
@@ -309,20 +273,18 @@ class KubeWriter:
         With ``resource_version`` the write is conditional (``Conflict`` if the object moved on);
         without, it reads the current object and retries on conflict.
         """
-        for attempt in range(self.conflict_retries + 1):
-            if resource_version is None:
-                current = self.get_tenant_quota(name)
-            else:
-                current = {"apiVersion": TENANTQUOTAS.api_version, "kind": TENANTQUOTAS.kind,
-                           "metadata": {"name": name, "resourceVersion": resource_version}}
-            body = copy.deepcopy(current)
+        if resource_version is not None:
+            return self.replace_object(TENANTQUOTAS, {
+                "apiVersion": TENANTQUOTAS.api_version, "kind": TENANTQUOTAS.kind,
+                "metadata": {"name": name, "resourceVersion": resource_version}, "status": dict(status)},
+                subresource="status")
+
+        def update() -> Obj:
+            body = self.get_tenant_quota(name)
             body["status"] = dict(status)
-            try:
-                return self.transport.request("PUT", TENANTQUOTAS.path(None, name, "status"), body=body)
-            except errors.Conflict:
-                if resource_version is not None or attempt == self.conflict_retries:
-                    raise
-        raise AssertionError("unreachable")
+            return self.replace_object(TENANTQUOTAS, body, subresource="status")
+
+        return retry_on_conflict(update, retries=self.conflict_retries, what=f"status of TenantQuota {name}")
 
     # -- namespaces -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1 import tenantquota as tq
 from fracgpu.api.v1beta1.errors import InvalidDocument
 
@@ -175,4 +176,4 @@ def test_empty_status_reads_as_zero_use() -> None:
 )
 def test_timestamps(text: str, seconds: float) -> None:
     assert tq.parse_timestamp(text, "t") == seconds
-    assert tq.format_timestamp(seconds) == text.replace("T01:00:00+01:00", "T00:00:00Z")
+    assert rfc3339.format_time(seconds) == text.replace("T01:00:00+01:00", "T00:00:00Z")

@@ -81,7 +81,8 @@ def test_the_kubelet_choosing_another_gpu_with_room_moves_the_reservation(node: 
     a = node.assignment("p")
     assert [g.uuid for g in a.gpus] == [gpu_uuid(3)] and a.gpus[0].memory == 40 * GiB
     assert any(e.reason == "FracgpuReservationMoved" for e in node.cluster.events)
-    assert node.metrics.repairs.labels(kind="moved-at-allocate")._value.get() == 1
+    assert node.metrics.registry.get_sample_value("fracgpu_deviceplugin_reservation_repairs_total",
+                                               {"kind": "moved-at-allocate"}) == 1
 
 
 def test_the_kubelet_choosing_a_gpu_without_room_is_refused_with_an_event(node: World) -> None:

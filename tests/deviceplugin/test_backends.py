@@ -121,6 +121,8 @@ class Ns:
 class FakeNvml:
     """The pynvml calls NvmlBackend makes, over a list of FakeGpu."""
 
+    NVMLError = NVMLError
+
     def __init__(self, gpus: list[FakeGpu], fail_init: bool = False, topology: dict[tuple[int, int], int] | None = None):
         self.gpus = gpus
         self.fail_init = fail_init
@@ -278,6 +280,35 @@ def test_nvml_samples_for_the_health_policy() -> None:
     assert (s.ecc_uncorrectable, s.retired_pages, s.remapped_rows_failed, s.error) == (2, None, True, "")
     b.close()
     b.close()  # twice is fine
+
+
+class Buggy(FakeNvml):
+    """A pynvml whose answers this backend misreads (e.g. a changed struct): not NVML errors, our bugs."""
+
+    def __init__(self, gpus: list[FakeGpu], broken: str) -> None:
+        super().__init__(gpus)
+        self.broken = broken
+
+    def nvmlDeviceGetName(self, h: int) -> bytes:
+        if self.broken == "name":
+            raise AttributeError("'c_nvmlDevice_t' object has no attribute 'name'")
+        return super().nvmlDeviceGetName(h)
+
+    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
+        if self.broken == "temperature":
+            raise TypeError("an integer is required")
+        return super().nvmlDeviceGetTemperature(h, sensor)
+
+
+@pytest.mark.parametrize(("broken", "call"), [
+    ("name", lambda b: b.inventory()),
+    ("temperature", lambda b: b.sample("GPU-h0")),
+], ids=["inventory", "sample"])
+def test_a_bug_is_raised_not_blamed_on_the_gpu(broken: str, call: Any) -> None:
+    """Only NVMLError is a GPU fault: anything else would mark healthy GPUs unhealthy and evict their pods."""
+    nvml = Buggy(four_h100().gpus, broken)
+    with pytest.raises((AttributeError, TypeError)):
+        call(NvmlBackend(nvml, numa_of=lambda bus: -1))  # inventory: the constructor's scan raises already
 
 
 def test_a_lost_gpu_samples_as_lost() -> None:

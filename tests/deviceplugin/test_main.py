@@ -27,7 +27,7 @@ EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
     (["--backend", "simulated"], {"NODE_NAME": "n"}, "needs --gpus FILE"),
     (["--backend", "simulated", "--gpus", "/nonexistent.yaml"], {"NODE_NAME": "n"}, "/nonexistent.yaml"),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube"],
-     {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"}, "health settings: BAD_CHECKS"),
+     {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"}, "FRACGPU_HEALTH_BAD_CHECKS='many' (environment)"),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--no-kube", "--quota-check", "on"], {"NODE_NAME": "n"},
      "--quota-check on needs an API server"),
     (["--backend", "simulated", "--gpus", str(EXAMPLE), "--kube-api", "http://127.0.0.1:1"],

@@ -113,7 +113,7 @@ class QuotaWorld:
         return self.world.admit(name, namespace=ns)
 
     def checks(self, outcome: str) -> float:
-        return float(self.metrics.quota_checks.labels(outcome=outcome)._value.get())
+        return self.metrics.registry.get_sample_value("fracgpu_deviceplugin_quota_checks_total", {"outcome": outcome}) or 0.0
 
     def events(self, name: str, ns: str) -> list[dict[str, Any]]:
         return [e for e in self.api.list_objects("events", ns) if e["involvedObject"]["name"] == name]
@@ -265,11 +265,11 @@ def test_before_the_caches_sync_pods_pass_unchecked_and_are_counted(qw: QuotaWor
         qw.local_pod("p", "team-a-1", tenant="tq/team-a")
         assert qw.admit("p", "team-a-1").error is None  # fail open: a refusal would be final
         assert qw.checks("unchecked") == 1 and qw.checks("refused") == 0
-        assert qw.metrics.quota_synced._value.get() == 0
+        assert qw.metrics.registry.get_sample_value("fracgpu_deviceplugin_quota_synced") == 0
     finally:
         gate.set()  # the list answers: the check is enforced from then on
     assert quota.wait_synced(10)
-    assert qw.metrics.quota_synced._value.get() == 1
+    assert qw.metrics.registry.get_sample_value("fracgpu_deviceplugin_quota_synced") == 1
     qw.local_pod("q", "team-a-1", tenant="tq/team-a", cores=20, gpu=1)
     assert "tenant tq/team-a: vgpu-memory 48Gi of 1Gi used, pod asks 8Gi" in refused(qw.admit("q", "team-a-1"))
 

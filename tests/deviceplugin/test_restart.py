@@ -40,7 +40,7 @@ def test_restart_rebuilds_holdings_and_repairs_what_was_not_written(node: World)
     # rebuilt from PodResources: d's reservation follows the kubelet, and it is marked allocated
     assert [g.uuid for g in node.assignment("d").gpus] == [gpu_uuid(3)]
     assert node.annotations("d")[ANN_PHASE] == PHASE_ALLOCATED
-    assert node.metrics.repairs.labels(kind="moved")._value.get() == 1
+    assert node.metrics.registry.get_sample_value("fracgpu_deviceplugin_reservation_repairs_total", {"kind": "moved"}) == 1
     # a stale kubelet offering a's devices again is refused: they are held
     with pytest.raises(grpc.RpcError) as err:
         node.kubelet.allocate_raw(sorted(node.assignment("a").device_ids))

@@ -19,7 +19,7 @@ from fracgpu.extender.decide import RETRY_ALLOCATING, UNKNOWN_NODE
 from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
-from fracgpu.kube.reflector import Backoff
+from fracgpu.kube.retry import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock

@@ -9,8 +9,9 @@ import pytest
 
 from fracgpu.kube import client, objects
 from fracgpu.kube.objects import Obj
-from fracgpu.kube.reflector import Backoff, Reflector, WatchEvent
+from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import NODES, PODS
+from fracgpu.kube.retry import Backoff
 from tests.fakes.apiserver import FakeApiServer
 
 WAIT_S = 10.0  # upper bound for a condition to become true; never asserted on
@@ -219,16 +220,6 @@ def test_expired_lists_back_off_too(apiserver: FakeApiServer, recorder: Recorder
 
     assert reflector.wait_synced(WAIT_S)
     assert sleep.delays == [0.5, 1.0]
-
-
-@pytest.mark.parametrize(("backoff", "delays"), [
-    (Backoff(initial_s=0.5, factor=2.0, cap_s=30.0), [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]),
-    (Backoff(initial_s=1.0, factor=3.0, cap_s=10.0), [1.0, 3.0, 9.0, 10.0, 10.0, 10.0, 10.0, 10.0]),
-    (Backoff(initial_s=0.1, factor=1.0, cap_s=1.0), [0.1] * 8),
-], ids=["default", "factor-3", "constant"])
-def test_backoff_delays(backoff: Backoff, delays: list[float]) -> None:
-    assert [backoff.delay(attempt) for attempt in range(8)] == pytest.approx(delays)
-    assert backoff.delay(10_000) == backoff.cap_s or backoff.factor == 1.0
 
 
 def test_stop_cuts_a_long_watch(apiserver: FakeApiServer, make_reflector: Callable[..., Reflector]) -> None:

@@ -193,6 +193,17 @@ def test_lease_renew_retries_on_conflict(apiserver: FakeApiServer, kube_writer: 
     assert out["spec"]["holderIdentity"] == "n1"
 
 
+def test_a_lease_created_by_another_writer_first_is_read_and_renewed(apiserver: FakeApiServer,
+                                                                    kube_writer: KubeWriter) -> None:
+    """Two writers create the same Lease at once: ours gets AlreadyExists, reads theirs and takes it over."""
+    theirs = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l", "namespace": "ns"},
+              "spec": {"holderIdentity": "n2", "leaseDurationSeconds": 10, "leaseTransitions": 0}}
+    apiserver.on_next("create", "leases", lambda: apiserver.seed(theirs))
+    out = kube_writer.renew_lease("ns", "l", holder="n1", duration_s=10)
+    assert (out["spec"]["holderIdentity"], out["spec"]["leaseTransitions"]) == ("n1", 1)
+    assert [r.verb for r in apiserver.requests if "leases" in r.path] == ["get", "create", "get", "update"]
+
+
 def test_get_missing_lease_is_not_found(kube_writer: KubeWriter) -> None:
     with pytest.raises(errors.NotFound):
         kube_writer.get_lease("ns", "nope")

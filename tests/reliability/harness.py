@@ -29,7 +29,7 @@ from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
-from fracgpu.kube.reflector import Backoff
+from fracgpu.kube.retry import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.fakes.apiserver import FakeApiServer
 

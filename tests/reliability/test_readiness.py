@@ -12,7 +12,7 @@ from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube.client import Transport
-from fracgpu.kube.reflector import Backoff
+from fracgpu.kube.retry import Backoff
 from tests.extender.builders import node_obj, pod_obj
 from tests.extender.conftest import FakeClock
 from tests.fakes.apiserver import FakeApiServer

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1 import _decode as d
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import API_VERSION, RESOURCE_CORE, RESOURCE_MEMORY, TENANTQUOTA_KIND
@@ -183,17 +183,9 @@ def parse_timestamp(value: Any, where: str) -> float:
     if not isinstance(value, str):
         raise InvalidDocument(f"{where}: expected an RFC 3339 timestamp, got {type(value).__name__}")
     try:
-        parsed = datetime.fromisoformat(value)
+        return rfc3339.parse(value)
     except ValueError:
-        raise InvalidDocument(f"{where}: {value!r} is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise InvalidDocument(f"{where}: {value!r} has no time zone")
-    return parsed.timestamp()
-
-
-def format_timestamp(seconds: float) -> str:
-    """Unix seconds as RFC 3339 in UTC, to the second, as Kubernetes writes them."""
-    return datetime.fromtimestamp(int(seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise InvalidDocument(f"{where}: {value!r} is not an RFC 3339 timestamp with a time zone") from None
 
 
 def _only(o: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:

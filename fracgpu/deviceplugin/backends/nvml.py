@@ -1,22 +1,19 @@
 """The NVML backend, through ``pynvml`` (nvidia-ml-py).
 
-The constructor takes the nvml module so that tests inject a fake of the pynvml calls it uses:
-nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetUUID,
-nvmlDeviceGetName, nvmlDeviceGetMemoryInfo, nvmlDeviceGetPciInfo, nvmlDeviceGetNumaNodeId,
-nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkRemotePciInfo, nvmlDeviceGetTopologyCommonAncestor,
-nvmlEventSetCreate, nvmlDeviceRegisterEvents, nvmlEventSetWait, nvmlEventSetFree and the
-readings of ``sample``. A GPU whose handle or UUID cannot be read is reported unhealthy with
-the NVML error, not dropped (NVIDIA's plugin does the same); NVML failing as a whole raises
-BackendError.
+The constructor takes the nvml module (``Nvml``: the pynvml calls it makes) so that tests inject a
+fake of it. A GPU whose handle or UUID cannot be read is reported unhealthy with the NVML error, not
+dropped (NVIDIA's plugin does the same); NVML failing as a whole raises BackendError. Only NVML's
+own errors (``NVMLError``) count as GPU or driver faults: anything else is a bug here, and is raised
+rather than blamed on a GPU (which would evict its pods).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.core.health import GpuSample
@@ -57,10 +54,43 @@ def sysfs_numa(pci_bus_id: str) -> int:
         return -1
 
 
+class Nvml(Protocol):
+    """The pynvml calls this backend makes. Handles, event sets and structs are NVML's opaque objects.
+    (``nvmlDeviceGetNumaNodeId`` is used when present: older pynvml releases lack it.)"""
+
+    @property
+    def NVMLError(self) -> type[Exception]:
+        """Every NVML failure; ``.value`` is the nvmlReturn_t code."""
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> Any: ...
+    def nvmlDeviceGetUUID(self, handle: Any, /) -> str | bytes: ...
+    def nvmlDeviceGetName(self, handle: Any, /) -> str | bytes: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetPciInfo(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetNvLinkState(self, handle: Any, link: int, /) -> int: ...
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: Any, link: int, /) -> Any: ...
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: Any, b: Any, /) -> int: ...
+    def nvmlEventSetCreate(self) -> Any: ...
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any, /) -> None: ...
+    def nvmlEventSetWait(self, event_set: Any, timeout_ms: int, /) -> Any: ...
+    def nvmlEventSetFree(self, event_set: Any, /) -> None: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetUtilizationRates(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int, /) -> int: ...
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int, /) -> int: ...
+    def nvmlDeviceGetRetiredPages(self, handle: Any, cause: int, /) -> Sequence[int]: ...
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetRemappedRows(self, handle: Any, /) -> tuple[int, int, int, int]: ...
+
+
 class NvmlBackend:
     name = "nvml"
 
-    def __init__(self, nvml: Any, numa_of: Callable[[str], int] = sysfs_numa) -> None:
+    def __init__(self, nvml: Nvml, numa_of: Callable[[str], int] = sysfs_numa) -> None:
         self._nvml = nvml
         self._numa_of = numa_of
         self._lock = threading.Lock()
@@ -69,7 +99,7 @@ class NvmlBackend:
         self._lost: dict[str, str] = {}  # uuid -> reason, GPUs NVML lost since start
         try:
             nvml.nvmlInit()
-        except Exception as e:  # NVMLError or a missing library
+        except nvml.NVMLError as e:  # also a missing library (NVMLError_LibraryNotFound)
             raise BackendError(f"NVML unavailable: {e}") from None
         self._handles: dict[str, Any] = {}
         self._scan()
@@ -81,7 +111,7 @@ class NvmlBackend:
         nv = self._nvml
         try:
             count = int(nv.nvmlDeviceGetCount())
-        except Exception as e:
+        except self._nvml.NVMLError as e:
             raise BackendError(f"NVML cannot count GPUs: {e}") from None
         gpus: list[GpuInfo] = []
         handles: dict[str, Any] = {}
@@ -90,7 +120,7 @@ class NvmlBackend:
             try:
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 uuid = _text(nv.nvmlDeviceGetUUID(h))
-            except Exception as e:
+            except self._nvml.NVMLError as e:
                 # a GPU we cannot even name: keep a placeholder so that indexes stay stable
                 gpus.append(GpuInfo(uuid=f"GPU-index-{i}", index=i, model="unknown", memory=1, numa=-1,
                                     healthy=False, reason=self._error(e)))
@@ -101,7 +131,7 @@ class NvmlBackend:
                 model = normalise_model(_text(nv.nvmlDeviceGetName(h)))
                 memory = int(nv.nvmlDeviceGetMemoryInfo(h).total)
                 bus = _text(nv.nvmlDeviceGetPciInfo(h).busId)
-            except Exception as e:
+            except self._nvml.NVMLError as e:
                 model, memory, bus, reason = "unknown", 1, "", self._error(e)
             bus_to_uuid[bus.lower()] = uuid
             numa = self._numa(h, bus)
@@ -123,7 +153,7 @@ class NvmlBackend:
         if getter is not None:
             try:
                 return int(getter(handle))
-            except Exception:
+            except self._nvml.NVMLError:
                 pass
         return self._numa_of(bus) if bus else -1
 
@@ -136,7 +166,7 @@ class NvmlBackend:
                     if int(nv.nvmlDeviceGetNvLinkState(h, link)) != 1:  # NVML_FEATURE_ENABLED
                         continue
                     peer_bus = _text(nv.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId).lower()
-                except Exception:
+                except self._nvml.NVMLError:
                     break  # not supported / no more links
                 peer = bus_to_uuid.get(peer_bus)
                 if peer is not None and peer != uuid:
@@ -154,7 +184,7 @@ class NvmlBackend:
                 try:
                     level = int(nv.nvmlDeviceGetTopologyCommonAncestor(handles[a], handles[b]))
                     out[a].append(GpuLink(peer=b, link=_TOPOLOGY_LINK.get(level, LinkClass.SYSTEM)))
-                except Exception:
+                except self._nvml.NVMLError:
                     continue  # unknown: consumers fall back to NUMA facts
         return out
 
@@ -172,7 +202,7 @@ class NvmlBackend:
                     self._event_set = nv.nvmlEventSetCreate()
                     for h in self._handles.values():
                         nv.nvmlDeviceRegisterEvents(h, _XID_CRITICAL, self._event_set)
-                except Exception as e:
+                except self._nvml.NVMLError as e:
                     log.warning("nvml events unavailable error=%s", e)
             event_set = self._event_set
         if event_set is None:
@@ -180,7 +210,7 @@ class NvmlBackend:
             return []
         try:
             data = nv.nvmlEventSetWait(event_set, int(timeout * 1000))
-        except Exception as e:
+        except self._nvml.NVMLError as e:
             if getattr(e, "value", None) == _ERROR_TIMEOUT:
                 return []
             if getattr(e, "value", None) == _ERROR_GPU_IS_LOST:
@@ -188,7 +218,7 @@ class NvmlBackend:
             return [GpuEvent(EventKind.UNHEALTHY, "", f"NVML event wait failed: {e}")]
         try:
             uuid = _text(nv.nvmlDeviceGetUUID(data.device))
-        except Exception:
+        except self._nvml.NVMLError:
             uuid = ""
         return [GpuEvent(EventKind.XID, uuid, f"XID {int(data.eventData)}", xid=int(data.eventData))]
 
@@ -198,7 +228,7 @@ class NvmlBackend:
             for uuid, h in self._handles.items():
                 try:
                     self._nvml.nvmlDeviceGetUUID(h)
-                except Exception:
+                except self._nvml.NVMLError:
                     self._lost[uuid] = f"GPU is lost: {reason}"
                     events.append(GpuEvent(EventKind.GONE, uuid, self._lost[uuid]))
         return events
@@ -211,7 +241,7 @@ class NvmlBackend:
         def read(fn: Callable[[], Any]) -> Any:
             try:
                 return fn()
-            except Exception as e:
+            except self._nvml.NVMLError as e:
                 if getattr(e, "value", None) == _ERROR_GPU_IS_LOST:
                     raise
                 if getattr(e, "value", None) != _ERROR_NOT_SUPPORTED:
@@ -230,7 +260,7 @@ class NvmlBackend:
             dbe = read(lambda: nv.nvmlDeviceGetRetiredPages(h, 1))
             pending = read(lambda: nv.nvmlDeviceGetRetiredPagesPendingStatus(h))
             remap = read(lambda: nv.nvmlDeviceGetRemappedRows(h))  # (corr, unc, pending, failure)
-        except Exception as e:
+        except self._nvml.NVMLError as e:
             return GpuSample(lost=True, error=str(e))
         return GpuSample(
             temperature_c=None if temp is None else float(temp),
@@ -256,5 +286,5 @@ class NvmlBackend:
                 if self._event_set is not None:
                     self._nvml.nvmlEventSetFree(self._event_set)
                 self._nvml.nvmlShutdown()
-            except Exception as e:
+            except self._nvml.NVMLError as e:
                 log.warning("nvml shutdown failed error=%s", e)
