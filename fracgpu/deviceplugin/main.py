@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
+from fracgpu.api.v1beta1.names import (
+    DEFAULT_NAMESPACE,
+    DEVICE_PLUGIN_DIR,
+    DEVICE_PLUGIN_LOCK,
+    POD_RESOURCES_SOCKET,
+    RESOURCE_CORE,
+)
 from fracgpu.core.health import HealthConfig, HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
@@ -28,7 +34,7 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
 from fracgpu.deviceplugin.response import LimiterConfig, valid_cdi_kind
-from fracgpu.deviceplugin.server import ServerConfig
+from fracgpu.deviceplugin.server import LockError, ServerConfig
 
 if TYPE_CHECKING:
     from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
@@ -53,6 +59,10 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name [NODE_NAME, downward API]")
     p.add_argument("--socket-dir", default=env("FRACGPU_DEVICE_PLUGIN_DIR", DEVICE_PLUGIN_DIR),
                    help=f"the kubelet's device-plugins directory [FRACGPU_DEVICE_PLUGIN_DIR, {DEVICE_PLUGIN_DIR}]")
+    p.add_argument("--lock-file", default=env("FRACGPU_LOCK_FILE", DEVICE_PLUGIN_LOCK),
+                   help="restart lock: a second plugin on the node waits for the first to let go; must be outside "
+                        "the socket directory, which the kubelet empties when it starts "
+                        f"[FRACGPU_LOCK_FILE, {DEVICE_PLUGIN_LOCK}]")
     p.add_argument("--pod-resources-socket", default=env("FRACGPU_POD_RESOURCES_SOCKET", POD_RESOURCES_SOCKET),
                    help="the kubelet's PodResources socket, 'none' to run without "
                         f"[FRACGPU_POD_RESOURCES_SOCKET, {POD_RESOURCES_SOCKET}]")
@@ -100,7 +110,7 @@ def make_backend(args: argparse.Namespace) -> GpuBackend:
     if args.backend == "simulated":
         if not args.gpus:
             raise ConfigError("--backend simulated needs --gpus FILE (or FRACGPU_GPUS_FILE)")
-        return SimulatedBackend.from_file(args.gpus)
+        return SimulatedBackend.from_file(args.gpus, node=args.node_name)
     import pynvml
 
     from fracgpu.deviceplugin.backends.nvml import NvmlBackend
@@ -158,13 +168,23 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         raise ConfigError(f"--cdi-kind {args.cdi_kind!r} is not a CDI kind vendor/class (e.g. nvidia.com/gpu)")
     if args.crosscheck_delay < 0:
         raise ConfigError("--crosscheck-delay must be >= 0")
+    lock_dir = os.path.dirname(os.path.abspath(args.lock_file))
+    if os.path.realpath(lock_dir) == os.path.realpath(args.socket_dir):
+        raise ConfigError(f"--lock-file {args.lock_file} is in the kubelet's device-plugins directory, which the "
+                          "kubelet empties when it starts: give a path outside it (the DaemonSet: /var/lib/fracgpu)")
+    try:  # found out now, not after the wait for the cluster
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        os.close(os.open(args.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise ConfigError(f"--lock-file {args.lock_file}: {e.strerror}; give a path this process may write, "
+                          "outside the socket directory") from None
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
         holdings = PodResourcesClient(args.pod_resources_socket, RESOURCE_CORE)
     cfg = AppConfig(
         plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
                             crosscheck_delay=args.crosscheck_delay),
-        server=ServerConfig(socket_dir=args.socket_dir),
+        server=ServerConfig(socket_dir=args.socket_dir, lock_file=args.lock_file),
         health=health,
     )
     backend = make_backend(args)
@@ -206,7 +226,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
     try:
-        app.start()
+        try:
+            app.start()
+        except LockError as e:
+            print(f"fracgpu device-plugin: {e}", file=sys.stderr)
+            return 1
         log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)
         while not stop.wait(1.0):
             pass

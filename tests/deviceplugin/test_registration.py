@@ -38,7 +38,7 @@ def test_the_socket_is_owner_only_whatever_the_umask(world: World) -> None:
         sock = os.path.join(world.dir, "fracgpu-vgpu-core.sock")
         assert stat.S_ISSOCK(os.stat(sock).st_mode)
         assert _mode(sock) == 0o600
-        assert _mode(os.path.join(world.dir, ".fracgpu-vgpu-core.lock")) == 0o600
+        assert _mode(world.lock_file) == 0o600
         world.kubelet.restart()  # the plugin serves a new socket and registers again
         world.kubelet.wait_connected(registrations=2)
         assert _mode(sock) == 0o600
