@@ -62,7 +62,7 @@ class DevicePluginApp:
     def start(self) -> None:
         """Take the restart lock, recover state, serve and register; returns once registered (or the kubelet
         is absent). The lock comes first: a second plugin must not repair reservations the first still serves."""
-        self.server.lock()
+        self.server.lock(cancel=self.stopping)
         self.plugin.start()
         self.plugin.publish_node()
         self.monitor.start()

@@ -342,7 +342,8 @@ class Ledger:
         if isinstance(placed, Refusal):
             if before is not None:
                 entry.served[container.name] = before
-            return placed
+            # a running pod's refusal names no pod: a phase `failed:` on it would be false
+            return replace(placed, pods=()) if again else placed
         new_assignment, moved = placed
         # commit
         entry.served[container.name] = tuple(ids)

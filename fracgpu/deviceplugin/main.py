@@ -217,6 +217,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal received signum=%d; shutting down", signum)
         stop.set()
+        app.stopping.set()  # also ends a wait for the restart lock
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -229,6 +230,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         try:
             app.start()
         except LockError as e:
+            if stop.is_set():
+                return 0  # told to stop while it waited
             print(f"fracgpu device-plugin: {e}", file=sys.stderr)
             return 1
         log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)

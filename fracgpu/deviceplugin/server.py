@@ -114,10 +114,11 @@ class PluginServer:
 
     # --- lifecycle ---
 
-    def lock(self) -> None:
-        """Take the restart lock (waits for an old plugin to let go); raises LockError. Idempotent."""
+    def lock(self, cancel: threading.Event | None = None) -> None:
+        """Take the restart lock (waits for an old plugin to let go, or until `cancel` is set); raises
+        LockError. Idempotent."""
         if self._lock_fd is None:
-            self._take_lock()
+            self._take_lock(cancel or threading.Event())
 
     def start(self) -> None:
         self.lock()
@@ -182,7 +183,7 @@ class PluginServer:
 
     # --- parts ---
 
-    def _take_lock(self) -> None:
+    def _take_lock(self, cancel: threading.Event) -> None:
         """flock the lock file, waiting up to lock_timeout for another plugin to let go; records our pid in it."""
         path = self.cfg.lock_file
         deadline = time.monotonic() + self.cfg.lock_timeout
@@ -205,7 +206,8 @@ class PluginServer:
                 if not waiting:
                     log.info("waiting for another device plugin to let go lock=%s holder_pid=%s", path, holder)
                     waiting = True
-                time.sleep(0.1)
+                if cancel.wait(0.1):
+                    raise LockError(f"stopped while waiting for {path} (held by pid {holder})") from None
                 continue
             # the file we locked must still be the one at the path (not removed and made anew meanwhile)
             try:

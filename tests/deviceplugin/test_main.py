@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
 from fracgpu.deviceplugin.main import build, main, parser
 from fracgpu.deviceplugin.quota import AllowAll
 from tests.deviceplugin.kubelet import FakeKubelet
-from tests.deviceplugin.world import lock_path, short_tmpdir
+from tests.deviceplugin.world import World, lock_path, remove_dirs, short_tmpdir
 from tests.fakes.apiserver import FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,7 @@ def test_the_quota_check_is_on_with_a_cluster(argv: list[str], env: dict[str, st
         stop = getattr(cluster, "stop", None)
         if stop is not None:
             stop()
+        remove_dirs(d)
 
 
 def test_runs_registers_and_stops_cleanly_on_sigterm() -> None:
@@ -107,3 +109,27 @@ def test_runs_registers_and_stops_cleanly_on_sigterm() -> None:
             proc.kill()
             proc.communicate()
         kubelet.stop()
+        remove_dirs(d)
+
+
+def test_a_second_plugin_process_waits_for_the_lock_and_stops_on_sigterm(node: World) -> None:
+    """A second `fracgpu device-plugin` on the node (a replacement pod started early) serves nothing while the
+    first holds the lock, and a SIGTERM ends its wait at once."""
+    env = dict(os.environ, NODE_NAME="node-a", FRACGPU_DEVICE_PLUGIN_DIR=node.dir, FRACGPU_LOCK_FILE=node.lock_file,
+               FRACGPU_METRICS_PORT="0", FRACGPU_POD_RESOURCES_SOCKET="none", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "fracgpu.cli", "device-plugin", "--backend", "simulated",
+                             "--gpus", str(EXAMPLE), "--no-kube"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 20
+        while "waiting for another device plugin" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert f"holder_pid={os.getpid()}" in line  # the first plugin (this process) wrote its pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
+        assert len(node.kubelet.registrations) == 1 and node.app is not None and node.app.server.generation == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
