@@ -111,6 +111,10 @@ class PluginServer:
         self._register_backoff = 0.5
         self._retake_at = 0.0  # monotonic time before which a socket of another process is left alone
         self._retake_backoff = 1.0
+        # watch_once and stop exclude each other: a watch tick that sees the socket stop() just removed
+        # must not serve again after stop() (a server left running would outlive the plugin)
+        self._mu = threading.Lock()
+        self._closed = False
 
     # --- lifecycle ---
 
@@ -126,15 +130,17 @@ class PluginServer:
         self._register_or_wait()
 
     def stop(self, grace: float = 1.0) -> None:
-        self._stop_server(grace)
-        try:
-            if _stamp(self.cfg.socket_path) == self._own_stamp:
-                os.unlink(self.cfg.socket_path)
-        except OSError:
-            pass
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        with self._mu:
+            self._closed = True
+            self._stop_server(grace)
+            try:
+                if _stamp(self.cfg.socket_path) == self._own_stamp:
+                    os.unlink(self.cfg.socket_path)
+            except OSError:
+                pass
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     def watch_once(self) -> bool:
         """Re-serve and re-register when kubelet.sock was recreated or our socket removed; True if it did.
@@ -144,6 +150,10 @@ class PluginServer:
         deletions and the watch ticks interleave. A failed registration is retried, without re-serving,
         after a delay that doubles up to MAX_BACKOFF.
         """
+        with self._mu:
+            return False if self._closed else self._watch()
+
+    def _watch(self) -> bool:
         kubelet = _stamp(self.cfg.kubelet_path)
         own = _stamp(self.cfg.socket_path)
         if kubelet is None:

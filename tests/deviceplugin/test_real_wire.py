@@ -180,9 +180,10 @@ def fmt(n: int) -> str:
 
 
 def test_a_reserved_pod_not_admitted_yet_does_not_count(node: World) -> None:
-    """Two 60Gi reservations of one GPU: whichever the kubelet admits first keeps it."""
+    """Two 60Gi reservations of one GPU: whichever the kubelet admits first keeps it. (Different requests,
+    so that the kubelet's calls name the pod: two waiting pods of one request and shape are interchangeable.)"""
     node.add_pod("early", [Container("main", 10)], [0], memory=60 * GiB)
-    node.add_pod("late", [Container("main", 10)], [0], memory=60 * GiB)
+    node.add_pod("late", [Container("main", 20)], [0], memory=60 * GiB)
     assert node.admit("late").error is None
     adm = node.admit("early")
     assert adm.error is not None and "has no room for pod default/early: pods admitted there (default/late)" in (
