@@ -127,15 +127,15 @@ def run(admissions: int, running: int, seed: int) -> dict[str, float]:
     cluster = MemoryCluster(NODE)
     node = Node(cluster, backend, rng)
     all_ids = [f"{g.uuid}::{k}" for g in node.gpus for k in range(100)]
-    app = DevicePluginApp(AppConfig(plugin=PluginConfig(node=NODE), server=ServerConfig(socket_dir=d)),
-                          backend, cluster, NoHoldings())
+    server = ServerConfig(socket_dir=f"{d}/dp", lock_file=f"{d}/device-plugin.lock")  # the lock outside the socket dir
+    app = DevicePluginApp(AppConfig(plugin=PluginConfig(node=NODE), server=server), backend, cluster, NoHoldings())
     empty = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     api_pb2_grpc.add_DevicePluginServicer_to_server(EmptyServicer(), empty)
     empty.add_insecure_port(f"unix://{d}/empty.sock")
     empty.start()
     try:
         app.start()
-        ours = api_pb2_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{d}/fracgpu-vgpu-core.sock"))
+        ours = api_pb2_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{d}/dp/fracgpu-vgpu-core.sock"))
         base = api_pb2_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{d}/empty.sock"))
         in_use: set[str] = set()
         # 80 running pods: 5-30 vgpu-core each, admitted through the plugin (not timed)

@@ -56,10 +56,13 @@ class DevicePluginApp:
         self._threads: list[threading.Thread] = []
 
     def _add_servicer(self, server: grpc.Server, stop: threading.Event) -> None:
-        api_pb2_grpc.add_DevicePluginServicer_to_server(DevicePluginServicer(self.plugin, stop), server)
+        servicer = DevicePluginServicer(self.plugin, stop, self.cfg.server.max_streams)
+        api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server)
 
     def start(self) -> None:
-        """Recover state, serve and register; returns once registered (or the kubelet is absent)."""
+        """Take the restart lock, recover state, serve and register; returns once registered (or the kubelet
+        is absent). The lock comes first: a second plugin must not repair reservations the first still serves."""
+        self.server.lock(cancel=self.stopping)
         self.plugin.start()
         self.plugin.publish_node()
         self.monitor.start()

@@ -16,6 +16,14 @@ pod's reservation name that pod. When the kubelet chose other IDs, the pod is th
 (`allocating`, a container not served yet) whose container asks for exactly that many IDs; the
 extender never leaves two confusable such pods on one node, and interchangeable ones (same
 shape on the same GPUs) may be taken in either order.
+
+A kubelet that lost its device checkpoint calls Allocate again for containers that already run
+(at their restart). Such a call is served from the running pod's own reservation when its IDs lie
+inside that reservation, the kubelet's PodResources confirms that it holds none of them any more,
+and no other running pod of the same request could be the one meant.
+
+Allocate is the last line: before a pod is served, each of its GPUs must have room for its
+reservation next to the pods already admitted there (cores and VRAM).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import (
     ANN_ASSIGNED,
+    ANN_PHASE,
     CORES_PER_GPU,
     PHASE_ALLOCATED,
     PHASE_ALLOCATING,
@@ -35,6 +44,7 @@ from fracgpu.api.v1beta1.names import (
     device_id,
 )
 from fracgpu.core.inventory import split_device_id
+from fracgpu.core.quantity import format_bytes
 from fracgpu.core.request import ContainerDemand
 from fracgpu.deviceplugin.pods import NodePod
 
@@ -46,6 +56,10 @@ AMBIGUOUS = "ambiguous"
 WRONG_SIZE = "wrong-size"
 UNSAFE = "unsafe"
 QUOTA = "quota"
+OVERBOOKED = "overbooked"  # the GPU's admitted pods leave no room for the pod's reservation
+UNCONFIRMED = "unconfirmed"  # a running container allocated again: ask the kubelet's PodResources first
+
+KubeletHoldings = Mapping[str, Mapping[str, tuple[str, ...]]]  # pod key -> container -> IDs (PodResources)
 
 
 Admit = Callable[[str, Assignment], "str | None"]
@@ -76,6 +90,7 @@ class Grant:
     limits: tuple[GpuLimit, ...]  # one per visible GPU, in index order
     moved: tuple[tuple[str, Assignment], ...] = ()  # (pod key, new reservation) to record
     pod_done: bool = False  # every GPU container of the pod is served now: mark it allocated
+    again: bool = False  # a container of a running pod, allocated once more (the kubelet lost its record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +272,14 @@ class Ledger:
             container = next(c for c in best.unserved() if c.cores == size)
             expected = next((s.device_ids for s in best.assignment.containers if s.name == container.name), ())
             order = list(expected) + sorted(best.reserved(), key=_id_order)
-            for i in order:
-                if len(answer) >= size:
-                    break
-                if i in avail_set and i not in taken:
-                    answer.append(i)
-                    taken.add(i)
+        else:
+            order = self._preferred_again(avail_set, must_set, size)
+        for i in order:
+            if len(answer) >= size:
+                break
+            if i in avail_set and i not in taken:
+                answer.append(i)
+                taken.add(i)
         if len(answer) < size:
             owners = self._owners()
             for i in sorted(available, key=_id_order):
@@ -273,13 +290,33 @@ class Ledger:
                     taken.add(i)
         return answer[:size] if len(answer) >= size else answer
 
+    def _preferred_again(self, available: set[str], must: set[str], size: int) -> list[str]:
+        """A running container's own IDs when the kubelet offers all of them again (it lost its device checkpoint).
+
+        Only when every running pod of that request is interchangeable, as Allocate requires (``_running``).
+        """
+        candidates = self._rerunning(size)
+        if not candidates or len({_shape(e) for e in candidates}) > 1:
+            return []
+        for e in candidates:
+            if not must <= e.reserved() | e.held():
+                continue
+            expected = {c.name: c.device_ids for c in e.assignment.containers} if e.assignment else {}
+            for c in e.pod.gpu_containers:
+                ids = e.served.get(c.name) or expected.get(c.name, ())
+                if c.cores == size and len(ids) == size and set(ids) <= available:
+                    return list(ids) + sorted(e.reserved(), key=_id_order)
+        return []
+
     # --- Allocate ---
 
-    def allocate(self, ids: list[str], admit: Admit | None = None) -> Grant | Refusal:
+    def allocate(self, ids: list[str], admit: Admit | None = None,
+                 kubelet: KubeletHoldings | None = None) -> Grant | Refusal:
         """Serve one container's Allocate, or say why not. Commits on success.
 
         `admit(pod key, reservation)` is asked once per pod, at its first container (the tenant
-        quota re-check); a reason refuses the pod.
+        quota re-check); a reason refuses the pod. `kubelet` is a fresh PodResources answer, needed
+        only to serve a running container again (refusal code UNCONFIRMED without it).
         """
         bad = [i for i in ids if (s := split_device_id(i)) is None or s[0] not in self.gpus]
         if bad:
@@ -288,17 +325,25 @@ class Ledger:
             return Refusal(INVALID, "a device ID appears twice in one container request")
         if not ids:
             return Refusal(INVALID, "empty container request")
-        pick = self._identify(ids)
+        pick = self._identify(ids, kubelet)
         if isinstance(pick, Refusal):
             return pick
-        entry, container = pick
-        if admit is not None and not entry.served and entry.assignment is not None:
+        entry, container, again = pick
+        if admit is not None and not again and not entry.served and entry.assignment is not None:
             why = admit(entry.key, entry.assignment)
             if why is not None:
                 return Refusal(QUOTA, why, (entry.key,))
+        before = entry.served.pop(container.name, None)  # a container allocated again gives up its old IDs
         placed = self._place(entry, ids, container.name)
+        if not isinstance(placed, Refusal):
+            over = self._overbooked(entry, placed[0])
+            if over:
+                placed = Refusal(OVERBOOKED, over, (entry.key,))
         if isinstance(placed, Refusal):
-            return placed
+            if before is not None:
+                entry.served[container.name] = before
+            # a running pod's refusal names no pod: a phase `failed:` on it would be false
+            return replace(placed, pods=()) if again else placed
         new_assignment, moved = placed
         # commit
         entry.served[container.name] = tuple(ids)
@@ -318,9 +363,12 @@ class Ledger:
             limits=self._limits(entry, container, ids, new_assignment),
             moved=moved,
             pod_done=done,
+            again=again,
         )
 
-    def _identify(self, ids: list[str]) -> tuple[PodEntry, ContainerDemand] | Refusal:
+    def _identify(self, ids: list[str],
+                  kubelet: KubeletHoldings | None) -> tuple[PodEntry, ContainerDemand, bool] | Refusal:
+        """The pod and container the kubelet allocates for, and whether that container was allocated before."""
         size = len(ids)
         idset = set(ids)
         waiting = [e for e in self.entries.values()
@@ -340,9 +388,48 @@ class Ledger:
                 return Refusal(AMBIGUOUS, _ambiguous(size, waiting), tuple(e.key for e in waiting))
             chosen = min(waiting, key=lambda e: (e.assignment.assigned_at if e.assignment else "", e.key))
         if chosen is None:
-            return self._why_nobody(ids)
+            return self._running(ids, kubelet) or self._why_nobody(ids)
         container = next(c for c in chosen.unserved() if c.cores == size)
-        return chosen, container
+        return chosen, container, False
+
+    def _rerunning(self, size: int) -> list[PodEntry]:
+        """Pods marked allocated with a GPU container of `size`: the kubelet may allocate any of them again."""
+        return [e for e in self.entries.values() if e.usable and e.current_phase == PHASE_ALLOCATED
+                and any(c.cores == size for c in e.pod.gpu_containers)]
+
+    def _running(self, ids: list[str],
+                 kubelet: KubeletHoldings | None) -> tuple[PodEntry, ContainerDemand, bool] | Refusal | None:
+        """A container of a running pod allocated again: the IDs lie in that pod's reservation (None: no such pod).
+
+        Served only when the kubelet holds none of the IDs (it lost its record: otherwise it would not hand
+        them out) and no other running pod of that request could be the one meant (all interchangeable):
+        the kubelet names no pod, and serving one pod's share to another would book one slice twice.
+        Refusals here name no pod: a phase `failed:` on a running pod would be false.
+        """
+        size, idset = len(ids), set(ids)
+        candidates = self._rerunning(size)
+        owner = next((e for e in candidates if idset <= e.reserved() | e.held()), None)
+        if owner is None:
+            return None
+        if len({_shape(e) for e in candidates}) > 1:
+            names = ", ".join(e.key for e in candidates[:4])
+            return Refusal(AMBIGUOUS, f"the kubelet allocates a running container again (it lost its device "
+                           f"checkpoint) and cannot be told which pod it is: {names} all run containers of "
+                           f"{size} vgpu-core with different reservations", tuple(e.key for e in candidates))
+        if kubelet is None:
+            return Refusal(UNCONFIRMED, f"pod {owner.key} runs with these devices already, and the kubelet's "
+                           "PodResources cannot be asked whether it still holds them")
+        held_by = {i: key for key, containers in kubelet.items() for held in containers.values() for i in held}
+        busy = sorted((i for i in ids if i in held_by), key=_id_order)
+        if busy:
+            return Refusal(UNSAFE, f"device {busy[0]} is held by pod {held_by[busy[0]]} (the kubelet's PodResources); "
+                           f"pod {owner.key} runs with these devices already")
+        sized = [c for c in owner.pod.gpu_containers if c.cores == size]
+        expected = {s.name: set(s.device_ids) for s in owner.assignment.containers} if owner.assignment else {}
+        container = (next((c for c in sized if set(owner.served.get(c.name, ())) == idset), None)
+                     or next((c for c in sized if expected.get(c.name) == idset), None)
+                     or sized[0])
+        return owner, container, True
 
     def _why_nobody(self, ids: list[str]) -> Refusal:
         size = len(ids)
@@ -357,13 +444,28 @@ class Ledger:
         owners = [e for e in self.entries.values() if e.usable and idset & e.reserved()]
         if owners:
             e = owners[0]
+            phase = e.current_phase
+            if phase.startswith(PHASE_FAILED_PREFIX):  # no pod named: its phase says it already
+                return Refusal(UNSAFE, f"pod {e.key} reserved these devices but was refused before "
+                               f"({ANN_PHASE} {phase})")
             sizes = sorted({c.cores for c in e.unserved()})
-            if sizes:
+            if sizes and phase != PHASE_ALLOCATED:
                 asks = ", ".join(map(str, sizes))
                 return Refusal(WRONG_SIZE, f"pod {e.key} reserved these devices but none of its waiting containers "
                                f"asks for {size} vgpu-core (they ask for {asks})", (e.key,))
-            return Refusal(UNSAFE, f"pod {e.key} reserved these devices and all its containers are served already",
-                           (e.key,))
+            # the pod runs: refusals name no pod (a phase `failed:` on it would be false)
+            if not any(c.cores == size for c in e.pod.gpu_containers):
+                asks = ", ".join(map(str, sorted({c.cores for c in e.pod.gpu_containers})))
+                return Refusal(WRONG_SIZE, f"pod {e.key} reserved these devices but none of its containers asks for "
+                               f"{size} vgpu-core (they ask for {asks})")
+            return Refusal(UNSAFE, f"pod {e.key} reserved some of these devices and runs already; the others are "
+                           "not in its reservation")
+        running = self._rerunning(size)
+        if running:
+            names = ", ".join(e.key for e in running[:4])
+            return Refusal(NO_RESERVATION, f"no pod on node {self.node} waits for {size} vgpu-core, and these devices "
+                           f"are in no running pod's reservation (running: {names}; a kubelet that lost its device "
+                           "checkpoint allocates running containers again)")
         return Refusal(NO_RESERVATION, f"no pod on node {self.node} waits for {size} vgpu-core with a reservation "
                        f"written by the extender (annotation {ANN_ASSIGNED})")
 
@@ -461,6 +563,33 @@ class Ledger:
                                          containers=tuple(replace(c, device_ids=()) for c in
                                                           other.assignment.containers))))
         return new, tuple(moved)
+
+    def _overbooked(self, entry: PodEntry, a: Assignment) -> str:
+        """Why the pod's reservation `a` does not fit next to the pods already admitted on its GPUs; "" when it fits.
+
+        The extender checked the same at bind; this is the last line against reservations it did not
+        make or made from a wrong view (e.g. two reservations of one GPU's VRAM with disjoint IDs).
+        Pods reserved but not admitted yet do not count: the first admitted keeps its GPU.
+        """
+        for share in a.gpus:
+            gpu = self.gpus[share.uuid]
+            cores = memory = 0
+            names: list[str] = []
+            for e in self.entries.values():
+                if e.key == entry.key or not e.usable or e.assignment is None or not _admitted(e):
+                    continue
+                for s in e.assignment.gpus:
+                    if s.uuid == share.uuid:
+                        cores += s.cores
+                        memory += s.memory
+                        names.append(e.key)
+            if cores + share.cores > CORES_PER_GPU or memory + share.memory > gpu.memory:
+                listed = ", ".join(sorted(names)[:4]) + (" ..." if len(names) > 4 else "")
+                return (f"GPU {share.uuid} has no room for pod {entry.key}: pods admitted there ({listed}) book "
+                        f"vgpu-memory {format_bytes(memory)} of {format_bytes(gpu.memory)}, vgpu-core {cores} of "
+                        f"{CORES_PER_GPU}; the pod asks vgpu-memory {format_bytes(share.memory)}, "
+                        f"vgpu-core {share.cores}")
+        return ""
 
     def _usage(self, uuid: str, exclude: str) -> tuple[int, int]:
         cores = memory = 0
@@ -575,6 +704,11 @@ class Ledger:
                 c, m = out.get(s.uuid, (0, 0))
                 out[s.uuid] = (c + s.cores, m + s.memory)
         return out
+
+
+def _admitted(e: PodEntry) -> bool:
+    """The kubelet admitted the pod: a container holds devices, or it is marked allocated."""
+    return bool(e.served) or e.current_phase == PHASE_ALLOCATED
 
 
 def _admitting(e: PodEntry) -> bool:

@@ -16,7 +16,13 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEVICE_PLUGIN_DIR, POD_RESOURCES_SOCKET, RESOURCE_CORE
+from fracgpu.api.v1beta1.names import (
+    DEFAULT_NAMESPACE,
+    DEVICE_PLUGIN_DIR,
+    DEVICE_PLUGIN_LOCK,
+    POD_RESOURCES_SOCKET,
+    RESOURCE_CORE,
+)
 from fracgpu.core.health import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
@@ -29,7 +35,7 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
 from fracgpu.deviceplugin.response import LimiterConfig, parse_device_list, valid_cdi_kind
-from fracgpu.deviceplugin.server import ServerConfig
+from fracgpu.deviceplugin.server import LockError, ServerConfig
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.startup import (
     Flag,
@@ -62,6 +68,9 @@ FLAGS = (
          metavar="NAME", unset="none"),
     Flag("socket-dir", "the kubelet's device-plugins directory (must exist)", DEVICE_PLUGIN_DIR,
          env=("FRACGPU_DEVICE_PLUGIN_DIR",), metavar="DIR"),
+    Flag("lock-file", "restart lock: a second plugin on the node waits for the first to let go; must be outside "
+         "--socket-dir, which the kubelet empties when it starts", DEVICE_PLUGIN_LOCK, env=("FRACGPU_LOCK_FILE",),
+         metavar="FILE"),
     Flag("pod-resources-socket", "the kubelet's PodResources socket, 'none' to run without", POD_RESOURCES_SOCKET,
          env=("FRACGPU_POD_RESOURCES_SOCKET",), metavar="PATH"),
     Flag("kubeconfig", "kubeconfig file", env=("KUBECONFIG",), metavar="FILE", unset="in-cluster config"),
@@ -112,7 +121,7 @@ def make_backend(args: argparse.Namespace) -> GpuBackend:
     if args.backend == "simulated":
         if not args.gpus:
             raise ConfigError("--backend simulated needs --gpus FILE (or FRACGPU_GPUS_FILE)")
-        return SimulatedBackend.from_file(args.gpus)
+        return SimulatedBackend.from_file(args.gpus, node=args.node_name)
     import pynvml
 
     from fracgpu.deviceplugin.backends.nvml import NvmlBackend
@@ -174,6 +183,16 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         device_list = parse_device_list(args.device_list_strategy)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    lock_dir = os.path.dirname(os.path.abspath(args.lock_file))
+    if os.path.realpath(lock_dir) == os.path.realpath(args.socket_dir):
+        raise ConfigError(f"--lock-file {args.lock_file} is in the kubelet's device-plugins directory, which the "
+                          "kubelet empties when it starts: give a path outside it (the DaemonSet: /var/lib/fracgpu)")
+    try:  # found out now, not after the wait for the cluster
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        os.close(os.open(args.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise ConfigError(f"--lock-file {args.lock_file}: {e.strerror}; give a path this process may write, "
+                          "outside the socket directory") from None
     holdings: HoldingsSource = NoHoldings()
     if args.pod_resources_socket and args.pod_resources_socket != "none":
         # absolute: gRPC reads "unix://rel/path" as a host name
@@ -181,7 +200,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     cfg = AppConfig(
         plugin=PluginConfig(node=args.node_name, limiter=limiter, cdi_kind=args.cdi_kind,
                             crosscheck_delay=args.crosscheck_delay, device_list=device_list),
-        server=ServerConfig(socket_dir=os.path.abspath(args.socket_dir)),
+        server=ServerConfig(socket_dir=os.path.abspath(args.socket_dir), lock_file=args.lock_file),
         health=health,
     )
     backend = make_backend(args)
@@ -234,11 +253,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal received signum=%d; shutting down", signum)
         stop.set()
+        app.stopping.set()  # also ends a wait for the restart lock
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        app.start()
+        try:
+            app.start()
+        except LockError as e:
+            if stop.is_set():
+                return 0  # told to stop while it waited
+            print(f"fracgpu device-plugin: {e}", file=sys.stderr)
+            return 1
         log.info("device plugin running node=%s backend=%s", args.node_name, args.backend)
         while not stop.wait(1.0):
             pass

@@ -5,6 +5,10 @@ cheap read of the Cluster's cache before each decision), answers GetPreferredAll
 Allocate under one lock (the kubelet admits one pod at a time anyway), and hands every write to
 the API server, every Event and the PodResources cross-check to a single background worker so
 that Allocate never waits on the network.
+
+The cross-check judges only a PodResources answer that shows every Allocate served since the last
+one: the kubelet records an allocation after Allocate returns, so an answer taken at once may not
+show it yet, and judging it would leave a pod taken for another one unrepaired.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from fracgpu.deviceplugin.ledger import (
     AMBIGUOUS,
     BAD_RESERVATION,
     NO_RESERVATION,
+    OVERBOOKED,
+    UNCONFIRMED,
     WRONG_SIZE,
     Grant,
     Ledger,
@@ -44,7 +50,7 @@ from fracgpu.deviceplugin.ledger import (
     Repair,
 )
 from fracgpu.deviceplugin.metrics import PluginMetrics
-from fracgpu.deviceplugin.podresources import HoldingsSource
+from fracgpu.deviceplugin.podresources import Holdings, HoldingsSource, NoHoldings
 from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
 from fracgpu.deviceplugin.response import LimiterConfig, container_response
 
@@ -54,7 +60,9 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 EVENT_REFUSED = "FracgpuAllocateRefused"
 EVENT_MOVED = "FracgpuReservationMoved"
-RETRY_AFTER_REFRESH = (NO_RESERVATION, BAD_RESERVATION, WRONG_SIZE)
+# a pod bound (or finished) a moment ago may not be in the cache yet: look again before a final refusal
+RETRY_AFTER_REFRESH = (NO_RESERVATION, BAD_RESERVATION, WRONG_SIZE, OVERBOOKED)
+CROSSCHECK_TRIES = 6  # PodResources answers until it shows the recent Allocates (retry delays double)
 
 
 class AllocateRefused(Exception):
@@ -70,8 +78,12 @@ class PluginConfig:
     cdi_kind: str = ""  # e.g. nvidia.com/gpu: name each GPU as a CDI device too; "" = none
     device_list: tuple[str, ...] = (DEVICE_LIST_ENVVAR,)  # core.shareenv.DEVICE_LIST_STRATEGIES
     crosscheck_delay: float = 1.0  # seconds after an Allocate before asking PodResources
+    crosscheck_retry: float = 0.05  # first delay before asking again when it does not show them yet
     write_retries: int = 5
     retry_backoff: float = 0.2
+    # the same refusal (pods and reason) is logged, and gets an Event and a phase write, once per this
+    # many seconds: a kubelet retrying a container start calls Allocate again and again
+    refusal_quiet: float = 300.0
 
 
 class Plugin:
@@ -84,6 +96,7 @@ class Plugin:
         quota: QuotaCheck | None = None,
         metrics: PluginMetrics | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.state = state
@@ -93,7 +106,11 @@ class Plugin:
         self.metrics = metrics or PluginMetrics()
         self.ledger = Ledger(cfg.node, state.gpus())
         self._sleep = sleep
+        self._clock = clock
         self._lock = threading.Lock()
+        self._crosschecks = not isinstance(holdings, NoHoldings)
+        self._unconfirmed: set[tuple[str, ...]] = set()  # IDs served, not seen in PodResources yet
+        self._refusals: dict[tuple[tuple[str, ...], str], tuple[float, int]] = {}  # -> (last reported, since)
         self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._crosscheck_pending = threading.Event()
@@ -163,8 +180,17 @@ class Plugin:
                 self._sync()
                 outcome = self.ledger.allocate(ids, admit=self.quota.check)
                 if isinstance(outcome, Refusal) and outcome.code in RETRY_AFTER_REFRESH:
-                    self._sync(refresh=True)  # a pod bound a moment ago may not be in the cache yet
+                    self._sync(refresh=True)
                     outcome = self.ledger.allocate(ids, admit=self.quota.check)
+            if isinstance(outcome, Refusal) and outcome.code == UNCONFIRMED:
+                # a running container allocated again: ask the kubelet (outside the lock: a network call)
+                kubelet = self._kubelet_holdings()
+                with self._lock:
+                    self._sync()
+                    outcome = self.ledger.allocate(ids, admit=self.quota.check, kubelet=kubelet)
+            if isinstance(outcome, Grant) and self._crosschecks:
+                with self._lock:
+                    self._unconfirmed.add(outcome.device_ids)
             if isinstance(outcome, Refusal):
                 self._refused(outcome)
                 raise AllocateRefused(outcome)
@@ -173,6 +199,13 @@ class Plugin:
             return response
         finally:
             self.metrics.allocate_seconds.observe(time.perf_counter() - start)
+
+    def _kubelet_holdings(self) -> Holdings | None:
+        try:
+            return self.holdings.holdings()
+        except Exception as e:
+            log.warning("podresources list failed error=%s", e)
+            return None
 
     def _sync(self, refresh: bool = False) -> None:
         if refresh:
@@ -188,8 +221,9 @@ class Plugin:
     # --- outcomes ---
 
     def _granted(self, grant: Grant) -> None:
-        log.info("allocate pod=%s container=%s devices=%d gpus=%s moved=%d", grant.pod, grant.container,
-                 len(grant.device_ids), ",".join(lim.gpu.uuid for lim in grant.limits), len(grant.moved))
+        log.info("allocate pod=%s container=%s devices=%d gpus=%s moved=%d again=%s", grant.pod, grant.container,
+                 len(grant.device_ids), ",".join(lim.gpu.uuid for lim in grant.limits), len(grant.moved),
+                 str(grant.again).lower())
         for key, a in grant.moved:
             text = a.to_json()
             self.metrics.repairs.labels(kind="moved-at-allocate").inc()
@@ -204,8 +238,21 @@ class Plugin:
         self._submit(self._refresh_metrics)
 
     def _refused(self, refusal: Refusal) -> None:
-        log.warning("allocate refused code=%s pods=%s reason=%s", refusal.code, ",".join(refusal.pods), refusal.reason)
         self.metrics.allocate_errors.labels(code=refusal.code).inc()
+        cause = (refusal.pods, refusal.reason)
+        now = self._clock()
+        with self._lock:
+            last = self._refusals.get(cause)
+            if last is not None and now - last[0] < self.cfg.refusal_quiet:
+                self._refusals[cause] = (last[0], last[1] + 1)
+                log.debug("allocate refused again code=%s pods=%s", refusal.code, ",".join(refusal.pods))
+                return
+            repeats = last[1] if last is not None else 0
+            if len(self._refusals) >= 1024:  # forget causes quiet for a while (pods come and go)
+                self._refusals = {k: v for k, v in self._refusals.items() if now - v[0] < self.cfg.refusal_quiet}
+            self._refusals[cause] = (now, 0)
+        log.warning("allocate refused code=%s pods=%s repeats=%d reason=%s", refusal.code, ",".join(refusal.pods),
+                    repeats, refusal.reason)
         for key in refusal.pods:
             ns, name = key.split("/", 1)
             entry = self.ledger.entries.get(key)
@@ -267,7 +314,7 @@ class Plugin:
                 self.ledger.written(key, text)
 
     def _schedule_crosscheck(self) -> None:
-        if self._crosscheck_pending.is_set():
+        if not self._crosschecks or self._crosscheck_pending.is_set():
             return
         self._crosscheck_pending.set()
 
@@ -279,15 +326,32 @@ class Plugin:
         self._submit(job)
 
     def crosscheck(self) -> None:
-        """Compare the ledger with the kubelet's PodResources and repair what differs."""
-        try:
-            holdings = self.holdings.holdings()
-        except Exception as e:
-            log.warning("podresources list failed error=%s", e)
-            return
-        with self._lock:
-            self._sync()
-            repairs = self.ledger.reconcile(holdings)
+        """Compare the ledger with the kubelet's PodResources and repair what differs.
+
+        Asks again (up to CROSSCHECK_TRIES times, the delay doubling) while the answer does not show
+        every Allocate served since the last cross-check; then judges the last answer anyway (the
+        kubelet may have refused the pod after our Allocate and never record it).
+        """
+        delay = self.cfg.crosscheck_retry
+        for attempt in range(CROSSCHECK_TRIES):
+            try:
+                holdings = self.holdings.holdings()
+            except Exception as e:
+                log.warning("podresources list failed error=%s", e)
+                return
+            held = {i for containers in holdings.values() for ids in containers.values() for i in ids}
+            with self._lock:
+                self._unconfirmed = {ids for ids in self._unconfirmed if not set(ids) <= held}
+                if not self._unconfirmed or attempt == CROSSCHECK_TRIES - 1:
+                    if self._unconfirmed:
+                        log.info("podresources does not show %d recent allocation(s); checking what it shows",
+                                 len(self._unconfirmed))
+                        self._unconfirmed.clear()
+                    self._sync()
+                    repairs = self.ledger.reconcile(holdings)
+                    break
+            self._sleep(delay)
+            delay *= 2
         self._apply_repairs(repairs)
 
     def _refresh_metrics(self) -> None:

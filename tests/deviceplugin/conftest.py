@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +10,7 @@ from fracgpu.api.v1beta1.names import RESOURCE_CORE
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend
 from fracgpu.deviceplugin.cluster import MemoryCluster
 from tests.deviceplugin.kubelet import FakeKubelet
-from tests.deviceplugin.world import NODE, World, gpus, short_tmpdir
+from tests.deviceplugin.world import NODE, World, gpus, lock_path, remove_dirs, short_tmpdir
 
 
 @pytest.fixture
@@ -20,13 +19,14 @@ def world() -> Iterator[World]:
     d = short_tmpdir()
     kubelet = FakeKubelet(d, RESOURCE_CORE)
     kubelet.start()
-    w = World(dir=d, backend=SimulatedBackend(gpus(4)), cluster=MemoryCluster(NODE), kubelet=kubelet)
+    w = World(dir=d, backend=SimulatedBackend(gpus(4)), cluster=MemoryCluster(NODE), kubelet=kubelet,
+              lock_file=lock_path(d))
     try:
         yield w
     finally:
         w.stop_plugin()
         kubelet.stop()
-        shutil.rmtree(d, ignore_errors=True)
+        remove_dirs(d)
 
 
 @pytest.fixture

@@ -7,13 +7,22 @@ pod's init-container pool first, asks GetPreferredAllocation only for the shortf
 `must_include` = the pool IDs it keeps and `allocation_size` = the container's whole request),
 uses a preferred answer exactly when it is the right size and available (else tops it up from the
 available IDs), and calls Allocate once per container. Ordinary init containers add their IDs to
-the pool; sidecars and app containers take theirs out of it.
+the pool; sidecars and app containers take theirs out of it. As the device manager, it records an
+allocation (and so shows it in PodResources) only after Allocate has returned.
+
+`restart_emptying_dir` is a kubelet start as upstream's device manager does it
+(CleanupPluginDirectory): every file of the device-plugins directory is deleted except the
+checkpoint `kubelet_internal_checkpoint` (directories stay), then kubelet.sock is served anew.
+PodResources is served from the `pod-resources` subdirectory (on a node: /var/lib/kubelet/pod-resources),
+which the cleanup leaves alone.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -26,6 +35,8 @@ from fracgpu.api.v1beta1.podresources import api_pb2_grpc as pr_grpc
 
 # chooser(available, must_include, size, preferred) -> the IDs the kubelet hands over
 Chooser = Callable[[list[str], list[str], int, list[str]], list[str]]
+
+CHECKPOINT = "kubelet_internal_checkpoint"  # the device manager's checkpoint: the only file a kubelet start keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +83,14 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
 
     @property
     def podresources_socket(self) -> str:
-        return os.path.join(self.socket_dir, "pr.sock")
+        return os.path.join(self.socket_dir, "pod-resources", "kubelet.sock")
 
     # --- lifecycle ---
 
     def start(self) -> None:
+        with open(os.path.join(self.socket_dir, CHECKPOINT), "a", encoding="utf-8"):
+            pass
+        os.makedirs(os.path.dirname(self.podresources_socket), exist_ok=True)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         api_pb2_grpc.add_RegistrationServicer_to_server(self, self._server)
         self._server.add_insecure_port(f"unix://{self.kubelet_socket}")
@@ -93,6 +107,21 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
         if os.path.exists(self.kubelet_socket):
             os.unlink(self.kubelet_socket)
         self.start()
+
+    def restart_emptying_dir(self) -> list[str]:
+        """A kubelet start: plugin connections dropped, every file of the directory but the checkpoint
+        deleted (sockets, lock files, anything; directories stay), kubelet.sock served anew. Returns the
+        names deleted."""
+        self.stop_registration()
+        removed = []
+        for name in sorted(os.listdir(self.socket_dir)):
+            path = os.path.join(self.socket_dir, name)
+            if name == CHECKPOINT or stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            os.unlink(path)
+            removed.append(name)
+        self.start()
+        return removed
 
     def stop_registration(self) -> None:
         if self._channel is not None:
@@ -160,8 +189,13 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
 
     # --- device manager ---
 
-    def admit(self, pod: str, containers: list[Container], chooser: Chooser | None = None) -> Admission:
-        """Admit one pod as the device manager does; stops at the first refused container."""
+    def admit(self, pod: str, containers: list[Container], chooser: Chooser | None = None,
+              record_after: float = 0.0) -> Admission:
+        """Admit one pod as the device manager does; stops at the first refused container.
+
+        `record_after`: seconds between Allocate's answer and the allocation showing in PodResources (a
+        busy kubelet; upstream inserts it into its podDevices after the call returns).
+        """
         assert self._stub is not None
         out = Admission()
         pool: list[str] = []
@@ -197,6 +231,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer, pr_grpc.PodResourcesListerS
                 return out
             out.responses[c.name] = resp2.container_responses[0]
             out.devices[c.name] = ids
+            time.sleep(record_after)
             self.allocated[(pod, c.name)] = ids
             pool = sorted(set(pool) | set(ids)) if c.kind == "init" else [i for i in pool if i not in ids]
         return out

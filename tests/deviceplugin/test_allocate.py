@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
 from fracgpu.core.inventory import split_device_id
@@ -173,3 +174,52 @@ def test_without_them_no_limiter_env_mounts_or_cdi(node: World) -> None:
     resp = node.admit("p").responses["main"]
     assert not [k for k in resp.envs if k.startswith("CUDA_DEVICE_")]
     assert list(resp.mounts) == [] and list(resp.cdi_devices) == []
+
+
+def test_a_running_container_allocated_again_gets_the_same_answer(node: World) -> None:
+    """A kubelet that lost its device checkpoint allocates a restarting container again: the same devices,
+    the same response, the pod stays allocated (issue 13, 9)."""
+    node.add_pod("p", [Container("main", 50)], [1])
+    first = node.admit("p")
+    assert first.error is None
+    node.settle()
+    node.kubelet.release("default/p")  # the checkpoint is lost: PodResources shows nothing of p
+    again = node.admit("p")  # the container restarts
+    assert again.error is None, again.error
+    assert again.devices == first.devices and again.responses == first.responses
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == PHASE_ALLOCATED
+    assert not node.cluster.events
+
+
+def test_after_a_plugin_restart_too_the_running_container_is_served_from_its_reservation(node: World) -> None:
+    """Both lost their records (the plugin restarted, the kubelet lost its checkpoint): the pod is marked
+    allocated and holds nothing; its container's Allocate is served, not refused as a contradiction
+    ("none of its waiting containers asks for 50 vgpu-core (they ask for 50)")."""
+    node.add_pod("p", [Container("main", 50)], [1])
+    first = node.admit("p")
+    node.settle()
+    node.stop_plugin()
+    node.kubelet.release("default/p")
+    node.start_plugin()
+    node.kubelet.wait_connected(registrations=2)
+    again = node.admit("p")
+    assert again.error is None, again.error
+    assert again.devices == first.devices and again.responses == first.responses
+
+
+def test_running_containers_allocated_again_that_cannot_be_told_apart_are_refused(node: World) -> None:
+    node.add_pod("p", [Container("main", 50)], [1])
+    node.add_pod("q", [Container("main", 50)], [2])
+    p_ids = node.admit("p").devices["main"]
+    assert node.admit("q").error is None
+    node.settle()
+    node.kubelet.release("default/p")
+    node.kubelet.release("default/q")
+    # the kubelet names no pod: p's IDs may be handed to q's restarting container
+    with pytest.raises(grpc.RpcError) as err:
+        node.kubelet.allocate_raw(p_ids)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be told which pod it is: default/p, default/q" in (err.value.details() or "")
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == node.annotations("q")[ANN_PHASE] == PHASE_ALLOCATED

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import yaml
 from fracgpu.api.v1beta1.inventory import LinkClass
 from fracgpu.deviceplugin.backends.base import BackendError, EventKind
 from fracgpu.deviceplugin.backends.nvml import NvmlBackend
-from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError, parse_gpus
+from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError, derived_uuid, parse_gpus
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gpus-8xA100.yaml"
 
@@ -47,6 +50,8 @@ BAD_FILES = [
     ("bad memory", {"gpus": [{"uuid": "a", "memory": "lots"}]}, "not a quantity"),
     ("no memory", {"gpus": [{"uuid": "a"}]}, "memory must be more than 0"),
     ("unknown nvlink peer", {"gpus": [{"uuid": "a", "memory": "1Gi", "nvlink": ["b"]}]}, "unknown peer"),
+    ("nvlink peer index out of range", {"gpus": [{"uuid": "a", "memory": "1Gi", "nvlink": [1]}]}, "unknown peer 1"),
+    ("nvlink to itself by index", {"gpus": [{"uuid": "a", "memory": "1Gi", "nvlink": {0: 4}}]}, "unknown peer 0"),
     ("bad numa", {"gpus": [{"uuid": "a", "memory": "1Gi", "numa": "zero"}]}, "numa"),
     ("unquoted bus id", {"gpus": [{"uuid": "a", "memory": "1Gi", "pciBusId": 7.5}]}, "quote it"),
 ]
@@ -56,6 +61,34 @@ BAD_FILES = [
 def test_a_bad_gpu_file_is_refused_with_a_clear_error(name: str, doc: Any, message: str) -> None:
     with pytest.raises(SimulatedConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_gpus(doc)
+
+
+def test_a_gpu_without_a_pinned_uuid_gets_one_derived_from_the_node_name() -> None:
+    doc = {"gpus": [{"memory": "80Gi", "nvlink": {1: 12}}, {"memory": "80Gi", "nvlink": [0]},
+                    {"uuid": "GPU-pinned", "memory": "80Gi", "nvlink": ["GPU-pinned-too"]},
+                    {"uuid": "GPU-pinned-too", "memory": "80Gi"}]}
+    a, b = parse_gpus(doc, node="node-a"), parse_gpus(doc, node="node-b")
+    assert [g.uuid for g in a[:2]] == [derived_uuid("node-a", 0), derived_uuid("node-a", 1)]
+    assert not {g.uuid for g in a[:2]} & {g.uuid for g in b[:2]}
+    assert [g.uuid for g in a[2:]] == [g.uuid for g in b[2:]] == ["GPU-pinned", "GPU-pinned-too"]
+    assert parse_gpus(doc, node="node-a") == a  # the same on every restart
+    assert derived_uuid("node-a", 0) == "GPU-" + str(uuid.uuid5(uuid.UUID("7d1c0e52-3b8f-4f6a-9a51-2f0d6c1e8b44"),
+                                                                 "node-a/0"))
+    assert {lk.peer: lk.nvlinks for lk in a[0].links if lk.link is LinkClass.NVLINK} == {a[1].uuid: 12}
+    assert {lk.peer for lk in a[2].links if lk.link is LinkClass.NVLINK} == {"GPU-pinned-too"}
+
+
+def test_a_file_edited_at_run_time_keeps_the_derived_uuids(tmp_path: Path) -> None:
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump({"gpus": [{"memory": "80Gi"}, {"memory": "80Gi"}]}))
+    backend = SimulatedBackend.from_file(path, node="node-a")
+    before = [g.uuid for g in backend.inventory()]
+    path.write_text(yaml.safe_dump({"gpus": [{"memory": "80Gi", "healthy": False, "reason": "test"},
+                                             {"memory": "80Gi"}]}))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    events = backend.wait_events(0.01)
+    assert [(e.kind, e.uuid) for e in events] == [(EventKind.UNHEALTHY, before[0])]
+    assert [g.uuid for g in backend.inventory()] == before
 
 
 def test_faults_are_events(tmp_path: Path) -> None:

@@ -67,7 +67,8 @@ def process_plugin(world: World, apiserver: FakeApiServer) -> Iterator[subproces
     gpus_file = os.path.join(world.dir, "gpus.yaml")
     with open(gpus_file, "w", encoding="utf-8") as f:
         yaml.safe_dump(gpus_doc(4), f)
-    env = dict(os.environ, NODE_NAME=NODE, FRACGPU_DEVICE_PLUGIN_DIR=world.dir, FRACGPU_METRICS_PORT="0",
+    env = dict(os.environ, NODE_NAME=NODE, FRACGPU_DEVICE_PLUGIN_DIR=world.dir, FRACGPU_LOCK_FILE=world.lock_file,
+               FRACGPU_METRICS_PORT="0",
                FRACGPU_POD_RESOURCES_SOCKET=world.kubelet.podresources_socket, FRACGPU_KUBE_API=apiserver.url,
                FRACGPU_CROSSCHECK_DELAY="0", PYTHONPATH=str(ROOT))
     with open(os.path.join(world.dir, "plugin.log"), "w", encoding="utf-8") as log:  # a file: a pipe could fill

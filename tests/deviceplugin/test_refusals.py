@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import pytest
 
-from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE
+from fracgpu.api.v1beta1.deviceplugin.api_pb2 import AllocateRequest
+from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATED
 from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import World, gpu_uuid
 
@@ -107,11 +109,17 @@ def test_a_refused_pod_is_marked_failed(node: World) -> None:
 
 
 def test_the_same_devices_twice_are_refused_the_second_time(node: World) -> None:
+    """The kubelet still holds them (PodResources): a stale or confused kubelet, not a lost checkpoint."""
     node.add_pod("p", [Container("main", 10)], [0])
     assert node.admit("p").error is None
+    node.settle()
     with pytest.raises(grpc.RpcError) as err:
         node.kubelet.allocate_raw(sorted(node.assignment("p").device_ids))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"device {gpu_uuid(0)}::0 is held by pod default/p (the kubelet's PodResources)" in (
+        err.value.details() or "")
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == PHASE_ALLOCATED  # the running pod is not marked failed
 
 
 def test_preferred_allocation_without_a_waiting_pod_avoids_reserved_ids(node: World) -> None:
@@ -119,3 +127,48 @@ def test_preferred_allocation_without_a_waiting_pod_avoids_reserved_ids(node: Wo
     offer = ids(0, 0, 30)
     answer = node.kubelet.preferred_raw(offer, [], 15)  # nobody waits for 15
     assert len(answer) == 15 and not set(answer) & set(ids(0, 0, 10))
+
+
+def test_an_allocate_request_without_container_requests_is_invalid(node: World) -> None:
+    stub = node.kubelet._stub
+    assert stub is not None
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Allocate(AllocateRequest(container_requests=[]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "fracgpu: AllocateRequest has no container requests"
+
+
+def test_a_pod_refused_before_is_named_as_such(node: World) -> None:
+    """Not the contradiction "none of its waiting containers asks for 10 vgpu-core (they ask for 10)"."""
+    reserved(node)
+    with pytest.raises(grpc.RpcError):
+        node.kubelet.allocate_raw(ids(0, 0, 7))
+    node.settle()
+    first = node.annotations("p")[ANN_PHASE]
+    with pytest.raises(grpc.RpcError) as err:
+        node.kubelet.allocate_raw(sorted(node.assignment("p").device_ids))
+    assert err.value.details() == f"fracgpu: pod default/p reserved these devices but was refused before ({ANN_PHASE} " \
+                                  f"{first})"
+    node.settle()
+    assert node.annotations("p")[ANN_PHASE] == first  # not overwritten with a reason about itself
+
+
+def test_a_refusal_the_kubelet_repeats_is_logged_once(node: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A kubelet that lost its checkpoint retries a container start (with back-off, for hours): the same
+    refusal each time is counted each time, logged and evented once per quiet period."""
+    node.add_pod("p", [Container("main", 50)], [1])
+    node.add_pod("q", [Container("main", 50)], [2])
+    p_ids = node.admit("p").devices["main"]
+    assert node.admit("q").error is None
+    node.settle()
+    node.kubelet.release("default/p")
+    node.kubelet.release("default/q")
+    caplog.set_level(logging.INFO, logger="fracgpu.deviceplugin.plugin")
+    for _ in range(30):
+        with pytest.raises(grpc.RpcError):
+            node.kubelet.allocate_raw(p_ids)
+    node.settle()
+    refused = [r for r in caplog.records if r.getMessage().startswith("allocate refused")]
+    assert len(refused) == 1
+    assert sorted(e.name for e in node.cluster.events if e.reason == "FracgpuAllocateRefused") == ["p", "q"]
+    assert node.metrics.allocate_errors.labels(code="ambiguous")._value.get() == 30

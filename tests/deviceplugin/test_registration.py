@@ -38,7 +38,7 @@ def test_the_socket_is_owner_only_whatever_the_umask(world: World) -> None:
         sock = os.path.join(world.dir, "fracgpu-vgpu-core.sock")
         assert stat.S_ISSOCK(os.stat(sock).st_mode)
         assert _mode(sock) == 0o600
-        assert _mode(os.path.join(world.dir, ".fracgpu-vgpu-core.lock")) == 0o600
+        assert _mode(world.lock_file) == 0o600
         world.kubelet.restart()  # the plugin serves a new socket and registers again
         world.kubelet.wait_connected(registrations=2)
         assert _mode(sock) == 0o600
@@ -86,3 +86,15 @@ def test_a_fatal_xid_makes_the_gpu_unhealthy_an_application_xid_does_not(node: W
 def test_a_gpu_that_is_gone_leaves_the_list(node: World) -> None:
     node.backend.remove(gpu_uuid(3))
     assert node.kubelet.wait_for(lambda: len(node.kubelet.devices) == 300, timeout=1.0)
+
+
+def test_a_watch_tick_after_stop_serves_nothing(node: World) -> None:
+    """stop() removes the socket; a watch tick racing it must not take that for a removed socket and serve
+    again (a server left running outlives the plugin and hangs the process at exit)."""
+    assert node.app is not None
+    server = node.app.server
+    generation = server.generation
+    server.stop()
+    assert not server.watch_once()
+    assert server.generation == generation
+    assert not os.path.exists(os.path.join(node.dir, "fracgpu-vgpu-core.sock"))

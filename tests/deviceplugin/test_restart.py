@@ -70,6 +70,7 @@ def test_restart_without_podresources_keeps_reservations(node: World) -> None:
 
 
 def test_a_second_plugin_waits_for_the_first_to_let_go(node: World) -> None:
-    second = PluginServer(ServerConfig(socket_dir=node.dir, lock_timeout=0.2), lambda server, stop: None)
+    second = PluginServer(ServerConfig(socket_dir=node.dir, lock_file=node.lock_file, lock_timeout=0.2),
+                          lambda server, stop: None)
     with pytest.raises(RuntimeError, match="another fracgpu device plugin"):
         second.start()

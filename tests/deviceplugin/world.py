@@ -72,10 +72,11 @@ def pod_object(name: str, containers: list[Container], *, node: str = NODE, name
 
 @dataclass
 class World:
-    dir: str
+    dir: str  # the kubelet's device-plugins directory
     backend: SimulatedBackend
     cluster: MemoryCluster
     kubelet: FakeKubelet
+    lock_file: str = ""  # the restart lock, outside `dir` (as /var/lib/fracgpu on a node)
     quota: QuotaCheck | None = None
     app: DevicePluginApp | None = None
     metrics: PluginMetrics = field(default_factory=PluginMetrics)
@@ -92,7 +93,7 @@ class World:
         cfg = AppConfig(
             plugin=PluginConfig(node=NODE, crosscheck_delay=crosscheck_delay, retry_backoff=0.0, write_retries=2,
                                 limiter=limiter, cdi_kind=cdi_kind, device_list=device_list),
-            server=ServerConfig(socket_dir=self.dir, lock_timeout=5.0),
+            server=ServerConfig(socket_dir=self.dir, lock_file=self.lock_file, lock_timeout=5.0),
             health=HealthConfig(poll_interval=3600.0),
             watch_interval=0.05,
         )
@@ -153,8 +154,9 @@ class World:
         self.pods[f"{namespace}/{name}"] = containers
         return obj
 
-    def admit(self, name: str, chooser: Chooser | None = None, namespace: str = "default") -> Admission:
-        return self.kubelet.admit(f"{namespace}/{name}", self.pods[f"{namespace}/{name}"], chooser)
+    def admit(self, name: str, chooser: Chooser | None = None, namespace: str = "default",
+              record_after: float = 0.0) -> Admission:
+        return self.kubelet.admit(f"{namespace}/{name}", self.pods[f"{namespace}/{name}"], chooser, record_after)
 
     def annotations(self, name: str, namespace: str = "default") -> dict[str, str]:
         return self.cluster.annotations(namespace, name)
@@ -181,3 +183,18 @@ def short_tmpdir() -> str:
     path = tempfile.mkdtemp(prefix="fgdp-", dir="/tmp")
     assert len(os.path.join(path, "fracgpu-vgpu-core.sock")) < 100
     return path
+
+
+def lock_path(socket_dir: str) -> str:
+    """The restart lock of a plugin serving `socket_dir`: in a state directory beside it (the kubelet
+    empties its own directory), removed with it by `remove_dirs`."""
+    state = socket_dir + "-state"
+    os.makedirs(state, exist_ok=True)
+    return os.path.join(state, "device-plugin.lock")
+
+
+def remove_dirs(socket_dir: str) -> None:
+    import shutil
+
+    shutil.rmtree(socket_dir, ignore_errors=True)
+    shutil.rmtree(socket_dir + "-state", ignore_errors=True)

@@ -118,13 +118,18 @@ def test_the_device_plugin_daemonset() -> None:
     assert names.DEVICE_PLUGIN_DIR.rstrip("/") in mounts
     assert names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0] in mounts
     host = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert host == {names.DEVICE_PLUGIN_DIR.rstrip("/"), names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0], "/dev/null"}
+    lock_dir = names.DEVICE_PLUGIN_LOCK.rsplit("/", 1)[0]
+    assert host == {names.DEVICE_PLUGIN_DIR.rstrip("/"), names.POD_RESOURCES_SOCKET.rsplit("/", 1)[0], "/dev/null",
+                    lock_dir}
     # /dev/null is the runtime's volume-mount device list: every GPU for NVML, with the env ignored
     (dev_null,) = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == "/dev/null"]
     assert dev_null["hostPath"]["type"] == "CharDevice"
     assert mounts[f"{names.DEVICE_LIST_MOUNT_ROOT}/all"] == {"name": dev_null["name"], "readOnly": True,
                                                             "mountPath": f"{names.DEVICE_LIST_MOUNT_ROOT}/all"}
     assert env["FRACGPU_DEVICE_LIST_STRATEGY"]["value"] == "envvar,volume-mounts"
+    # the restart lock is on its own hostPath, not in the directory the kubelet empties when it starts
+    assert env["FRACGPU_LOCK_FILE"]["value"] == names.DEVICE_PLUGIN_LOCK and lock_dir in mounts
+    assert not names.DEVICE_PLUGIN_LOCK.startswith(names.DEVICE_PLUGIN_DIR)
 
 
 def test_every_fracgpu_image_is_the_one_image_and_commands_exist() -> None:
@@ -178,8 +183,11 @@ def test_the_simulated_overlay_serves_the_gpus_of_its_file() -> None:
     extra = [o for o in objs if (o["kind"], o["metadata"]["name"]) not in base]
     (cm,) = extra  # only the ConfigMap of GPUs is new; its name has kustomize's hash suffix
     assert cm["kind"] == "ConfigMap" and cm["metadata"]["namespace"] == names.DEFAULT_NAMESPACE
-    gpus = parse_gpus(yaml.safe_load(cm["data"]["gpus.yaml"]))
-    assert len(gpus) == 2
+    doc = yaml.safe_load(cm["data"]["gpus.yaml"])
+    gpus = parse_gpus(doc, node="node-a")
+    assert len(gpus) == 2 and gpus[0].links[0].peer == gpus[1].uuid
+    # one file on every node, and still no UUID on two nodes
+    assert not {g.uuid for g in gpus} & {g.uuid for g in parse_gpus(doc, node="node-b")}
     (ds,) = [o for o in objs if o["kind"] == "DaemonSet"]
     kubernetes_validate.validate(ds, "1.30", strict=True)
     spec = ds["spec"]["template"]["spec"]

@@ -95,6 +95,8 @@ DEVICE_PLUGIN_VERSION: Final = "v1beta1"
 DEVICE_PLUGIN_DIR: Final = "/var/lib/kubelet/device-plugins/"
 KUBELET_SOCKET: Final = "kubelet.sock"
 PLUGIN_SOCKET: Final = "fracgpu-vgpu-core.sock"
+# the device plugin's restart lock: outside DEVICE_PLUGIN_DIR, which the kubelet empties when it starts
+DEVICE_PLUGIN_LOCK: Final = "/var/lib/fracgpu/device-plugin.lock"
 POD_RESOURCES_SOCKET: Final = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
 

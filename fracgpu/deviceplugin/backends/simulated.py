@@ -3,15 +3,22 @@
 File format (see examples/gpus-8xA100.yaml)::
 
     gpus:
-      - uuid: GPU-0a1b...            # required, unique, no '::'
+      - uuid: GPU-0a1b...            # optional: pins the UUID (unique, no '::'); omitted: derived from
+                                     # the node name and the GPU's index (see derived_uuid)
         model: NVIDIA A100-SXM4-80GB # NVML-style name, normalised like NVML's
         memory: 80Gi                 # a Kubernetes quantity or bytes
         numa: 0                      # optional, -1 when unknown
         pciBusId: "0000:07:00.0"     # optional
         pcieSwitch: sw0              # optional: GPUs with the same value share a PCIe switch
-        nvlink: {GPU-1c2d...: 12}    # optional: NVLink peers and lane counts (a list means 1 lane each)
+        nvlink: {1: 12}              # optional: NVLink peers (index in this list, or a pinned uuid) and lane
+                                     # counts (a list means 1 lane each)
         healthy: true                # optional: edit to false (with reason) to inject a fault
         reason: ""
+
+One file mounted on every node of a simulated fleet (manifests/simulated) must not give two nodes
+the same GPU: real UUIDs are unique, and a UUID seen on two nodes is a fault. So a GPU without a
+pinned ``uuid`` gets one derived from the node name: the same on every restart of that node (its
+pods' reservations name it), different on every other node.
 
 Faults, in-process (tests, demo): ``set_unhealthy``, ``set_healthy``, ``inject_xid``, ``remove``,
 ``fail_node``. Out of process: edit the file; ``wait_events`` notices a changed file within its
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -40,8 +48,19 @@ class SimulatedConfigError(ValueError):
     """The GPU file is not valid; the message names the entry and the field."""
 
 
-def parse_gpus(doc: Any, where: str = "gpus file") -> tuple[GpuInfo, ...]:
-    """GPUs from a parsed YAML document (see the module doc for the format)."""
+_UUID_NAMESPACE = uuidlib.UUID("7d1c0e52-3b8f-4f6a-9a51-2f0d6c1e8b44")  # fracgpu's simulated GPUs
+
+
+def derived_uuid(node: str, index: int) -> str:
+    """The UUID of simulated GPU `index` on `node`: NVML's shape (GPU-8-4-4-4-12 hex), stable per (node, index)."""
+    return f"GPU-{uuidlib.uuid5(_UUID_NAMESPACE, f'{node}/{index}')}"
+
+
+def parse_gpus(doc: Any, where: str = "gpus file", node: str = "") -> tuple[GpuInfo, ...]:
+    """GPUs from a parsed YAML document (see the module doc for the format).
+
+    A GPU without a ``uuid`` gets ``derived_uuid(node, index)``; without a node every GPU must pin one.
+    """
     if not isinstance(doc, Mapping) or not isinstance(doc.get("gpus"), list):
         raise SimulatedConfigError(f"{where}: expected a mapping with a list 'gpus'")
     raw: list[Mapping[str, Any]] = []
@@ -50,11 +69,19 @@ def parse_gpus(doc: Any, where: str = "gpus file") -> tuple[GpuInfo, ...]:
             raise SimulatedConfigError(f"{where}: gpus[{i}] must be a mapping")
         raw.append(item)
     uuids: list[str] = []
+    pinned: set[str] = set()
     for i, item in enumerate(raw):
         uuid = item.get("uuid")
-        if not isinstance(uuid, str) or not uuid or "::" in uuid or len(uuid) > 58:
+        if uuid is None:
+            if not node:
+                raise SimulatedConfigError(f"{where}: gpus[{i}].uuid is missing, and no node name to derive it "
+                                           "from (give --node-name, or pin a uuid)")
+            uuid = derived_uuid(node, i)
+        elif not isinstance(uuid, str) or not uuid or "::" in uuid or len(uuid) > 58:
             raise SimulatedConfigError(f"{where}: gpus[{i}].uuid must be a non-empty string without '::'"
                                        " of at most 58 characters")
+        else:
+            pinned.add(uuid)
         uuids.append(uuid)
     if len(set(uuids)) != len(uuids):
         raise SimulatedConfigError(f"{where}: duplicate uuid")
@@ -65,11 +92,19 @@ def parse_gpus(doc: Any, where: str = "gpus file") -> tuple[GpuInfo, ...]:
             peers = {p: 1 for p in peers}
         if not isinstance(peers, Mapping):
             raise SimulatedConfigError(f"{where}: gpus[{i}].nvlink must be a list or a mapping")
-        for peer, lanes in peers.items():
-            if peer not in uuids or peer == uuids[i]:
-                raise SimulatedConfigError(f"{where}: gpus[{i}].nvlink: unknown peer {peer!r}")
+        for ref, lanes in peers.items():
+            # a peer is its index in the list (what works with derived UUIDs) or its pinned uuid
+            if isinstance(ref, int) and not isinstance(ref, bool) and 0 <= ref < len(uuids):
+                peer = uuids[ref]
+            elif isinstance(ref, str) and ref in pinned:
+                peer = ref
+            else:
+                peer = ""
+            if not peer or peer == uuids[i]:
+                raise SimulatedConfigError(f"{where}: gpus[{i}].nvlink: unknown peer {ref!r} (an index in 'gpus' "
+                                           "or a pinned uuid)")
             if not isinstance(lanes, int) or lanes < 1:
-                raise SimulatedConfigError(f"{where}: gpus[{i}].nvlink[{peer}]: lanes must be >= 1")
+                raise SimulatedConfigError(f"{where}: gpus[{i}].nvlink[{ref}]: lanes must be >= 1")
             key = (min(uuids[i], peer), max(uuids[i], peer))
             nvlinks[key] = max(nvlinks.get(key, 0), lanes)
     gpus: list[GpuInfo] = []
@@ -125,26 +160,28 @@ class SimulatedBackend:
 
     name = "simulated"
 
-    def __init__(self, gpus: tuple[GpuInfo, ...], path: Path | None = None) -> None:
+    def __init__(self, gpus: tuple[GpuInfo, ...], path: Path | None = None, node: str = "") -> None:
         self._cond = threading.Condition()
         self._gpus: dict[str, GpuInfo] = {g.uuid: g for g in gpus}
         self._events: list[GpuEvent] = []
         self._node_failure = ""
         self._path = path
+        self._node = node
         self._mtime = self._stat()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> SimulatedBackend:
+    def from_file(cls, path: str | os.PathLike[str], node: str = "") -> SimulatedBackend:
+        """GPUs of `path`; those without a pinned uuid get one derived from `node`."""
         p = Path(path)
-        return cls(cls._load(p), path=p)
+        return cls(cls._load(p, node), path=p, node=node)
 
     @staticmethod
-    def _load(path: Path) -> tuple[GpuInfo, ...]:
+    def _load(path: Path, node: str) -> tuple[GpuInfo, ...]:
         try:
             doc = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as e:
             raise SimulatedConfigError(f"{path}: {e}") from None
-        return parse_gpus(doc, str(path))
+        return parse_gpus(doc, str(path), node)
 
     def _stat(self) -> float:
         if self._path is None:
@@ -222,7 +259,7 @@ class SimulatedBackend:
             return
         self._mtime = mtime
         try:
-            new = {g.uuid: g for g in self._load(self._path)}
+            new = {g.uuid: g for g in self._load(self._path, self._node)}
         except SimulatedConfigError as e:
             self._events.append(GpuEvent(EventKind.UNHEALTHY, "", f"GPU file unreadable: {e}"))
             return
