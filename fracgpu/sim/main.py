@@ -1,9 +1,9 @@
 """`fracgpu simulate`: replay a workload through the placement core, no cluster needed.
 
 With no arguments: the openb trace's 1,213-node / 6,212-GPU cluster, the default task list, the
-FGD paper's protocol (seed 42, inflation 1.3), fracgpu's default policy; prints GPU allocation and
-unallocated GPUs at 100 % arrived, the fragmentation ratio, failed tasks by kind, and the
-published figures beside ours. See docs/simulate.md.
+FGD paper's protocol (seed 42, inflation 1.3), fracgpu's default policy and FGD on the same seed;
+prints the unallocated GPUs at 100 % arrived and the failed tasks by kind of each, the FGD paper's
+published figure beside them, and fracgpu's difference to FGD. See docs/simulate.md.
 """
 
 from __future__ import annotations
