@@ -72,6 +72,9 @@ def read_section(path: str, command: str, commands: Sequence[str]) -> Mapping[st
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigFileError(f"config {path}: cannot read it: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"config {path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} "
+                              f"is not UTF-8)") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

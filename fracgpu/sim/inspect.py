@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -233,8 +234,12 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None, *,
     stdout = sys.stdout if out is None else out
     stderr = sys.stderr if err is None else err
     args = build_parser(env).parse_args(list(argv))
-    if args.heartbeat_stale < 0 or args.request_timeout <= 0:
-        stderr.write(f"{PROG}: --heartbeat-stale must be >= 0 and --request-timeout > 0\n")
+    if not (math.isfinite(args.heartbeat_stale) and args.heartbeat_stale >= 0):
+        stderr.write(f"{PROG}: --heartbeat-stale {args.heartbeat_stale:g}: must be a number of seconds >= 0 "
+                     f"(0: do not judge heartbeats)\n")
+        return EXIT_USAGE
+    if not (math.isfinite(args.request_timeout) and args.request_timeout > 0):
+        stderr.write(f"{PROG}: --request-timeout {args.request_timeout:g}: must be a number of seconds > 0\n")
         return EXIT_USAGE
     now: float | None = None
     if args.snapshot:

@@ -1,9 +1,9 @@
 """`fracgpu simulate`: replay a workload through the placement core, no cluster needed.
 
 With no arguments: the openb trace's 1,213-node / 6,212-GPU cluster, the default task list, the
-FGD paper's protocol (seed 42, inflation 1.3), fracgpu's default policy; prints GPU allocation and
-unallocated GPUs at 100 % arrived, the fragmentation ratio, failed tasks by kind, and the
-published figures beside ours. See docs/simulate.md.
+FGD paper's protocol (seed 42, inflation 1.3), fracgpu's default policy and FGD on the same seed;
+prints the unallocated GPUs at 100 % arrived and the failed tasks by kind of each, the FGD paper's
+published figure beside them, and fracgpu's difference to FGD. See docs/simulate.md.
 """
 
 from __future__ import annotations
@@ -13,18 +13,29 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import statistics
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from fracgpu.core.policies import DEFAULT_POLICY, POLICIES, policy_list
 from fracgpu.sim.published import published
-from fracgpu.sim.replay import KINDS, Progress, RunResult, run_paper
-from fracgpu.sim.trace import DEFAULT_NODES, DEFAULT_TRACE, TraceError, load_nodes, load_tasks, resolve
+from fracgpu.sim.replay import KINDS, Progress, RunResult, paper_sequence, run_paper
+from fracgpu.sim.trace import (
+    DEFAULT_NODES,
+    DEFAULT_TRACE,
+    MILLI,
+    NodeRow,
+    TraceError,
+    load_nodes,
+    load_tasks,
+    resolve,
+)
 from fracgpu.startup import add_config_flag
 
 log = logging.getLogger(__name__)
@@ -50,7 +61,15 @@ def parse_seeds(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a seed list like 42, 42-51 or 42,45") from None
     if not out:
         raise argparse.ArgumentTypeError("no seeds given")
-    return out
+    return list(dict.fromkeys(out))  # a seed given twice is one run, not two samples
+
+
+PAPER_INFLATION = 1.3
+DEFAULT_COMPARE = "fgd"  # run beside the default policy so the table compares like for like
+PLOT_BASELINE = "best-fit"  # and beside those on the plot
+INFLATION_RANGE = (1.0, 10.0)
+PLOT_UPTO = 121.0  # the plot's x axis ends at 120 % arrived
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,25 +77,28 @@ def parser() -> argparse.ArgumentParser:
     add_config_flag(p, {})
     p.add_argument("--protocol", choices=("paper", "cluster"), default="paper",
                    help="paper: the FGD experiment (default); cluster: CPU-only pods placed as kube-scheduler would")
-    p.add_argument("--policy", default=DEFAULT_POLICY,
-                   help=f"one of {', '.join(POLICIES)}, a comma list, or 'all' (default {DEFAULT_POLICY})")
-    p.add_argument("--trace", default=DEFAULT_TRACE, help="task list: a bundled variant (default, gpushare40, ...) "
-                   "or a CSV file in the openb pod-list format")
+    p.add_argument("--policy", default=None,
+                   help=f"one of {', '.join(POLICIES)}, a comma list, or 'all' (default {DEFAULT_POLICY} and "
+                        f"{DEFAULT_COMPARE} on the same seeds; with --plot also {PLOT_BASELINE})")
+    p.add_argument("--trace", default=DEFAULT_TRACE, help="task list: a bundled variant (default, gpushare40, ...), "
+                   "a CSV file in the openb pod-list format, or a comma list of them (default default)")
     p.add_argument("--nodes", default=DEFAULT_NODES, help="node list: gpu_node (default), all_node, or a CSV file")
     p.add_argument("--seeds", type=parse_seeds, default=[42], help="seeds, e.g. 42 or 42-51 (default 42)")
-    p.add_argument("--inflation", type=float, default=1.3, help="workload inflation ratio (default 1.3)")
+    p.add_argument("--inflation", type=float, default=PAPER_INFLATION,
+                   help=f"the workload replayed, as a multiple of the cluster's GPU capacity, from "
+                        f"{INFLATION_RANGE[0]:g} to {INFLATION_RANGE[1]:g} (default 1.3, the paper's)")
     p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",
-                   help="table for people, json or csv for scripts (default: %(default)s)")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="unallocated GPU %% vs arrived load (needs matplotlib) (default: no picture)")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="parallel runs (default: CPU count when several runs)")
-    p.add_argument("--snapshot", metavar="FILE",
-                   help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
-    p.add_argument("--pending", action="store_true",
-                   help="with --snapshot: where would the pending pods fit (default: off)")
+                   help="table (default), json (with per-run curves) or csv")
+    p.add_argument("--plot", metavar="FILE.png", help="draw unallocated GPU %% vs arrived load to FILE (.png, .svg or "
+                   ".pdf; needs matplotlib); replays each run to 121 %% arrived (default: no picture)")
+    p.add_argument("-j", "--jobs", type=int, default=None,
+                   help="parallel runs, at least 1 (default: one per CPU, at most one per run)")
+    p.add_argument("--snapshot", metavar="FILE", help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
+    p.add_argument("--pending", action="store_true", help="with --snapshot: where would the pending pods fit (default: off)")
     p.add_argument("--full", action="store_true",
                    help="replay every task (default: stop just past 100%% arrived, where the report is taken)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (default: a bar)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar, drawn only when stderr is a terminal)")
     return p
 
 
@@ -149,8 +171,118 @@ def run_all(jobs: list[Job], workers: int, bar: Bar | None) -> list[RunResult]:
     return results
 
 
-def summarise(results: Sequence[RunResult], bucket: int = 100) -> list[dict[str, Any]]:
-    """One row per (trace, policy): our mean/sd over seeds beside the authors' for the same trace."""
+class UsageError(ValueError):
+    """A flag value or input the run cannot use; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What every run of one invocation shares, for the report's header and published figures."""
+
+    protocol: str
+    inflation: float
+    seeds: tuple[int, ...]
+    nodes: str
+    node_count: int
+    gpus: int
+
+    @property
+    def published_comparable(self) -> bool:
+        """The FGD paper ran its protocol on gpu_node at inflation 1.3 only."""
+        return self.protocol == "paper" and self.nodes == DEFAULT_NODES and self.inflation == PAPER_INFLATION
+
+
+def seed_text(seeds: Sequence[int]) -> str:
+    """[42] -> "seed 42"; [42..51] -> "seeds 42-51"; [1, 5, 6] -> "seeds 1,5-6"."""
+    ss = sorted(set(seeds))
+    parts: list[str] = []
+    i = 0
+    while i < len(ss):
+        j = i
+        while j + 1 < len(ss) and ss[j + 1] == ss[j] + 1:
+            j += 1
+        parts.append(str(ss[i]) if i == j else f"{ss[i]}-{ss[j]}")
+        i = j + 1
+    return ("seed " if len(ss) == 1 else "seeds ") + ",".join(parts)
+
+
+def check_inflation(value: float) -> None:
+    lo, hi = INFLATION_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UsageError(f"--inflation {value:g}: must be a number from {lo:g} to {hi:g} (the workload replayed, as a "
+                         f"multiple of the cluster's GPU capacity; the report is taken at 100 % arrived)")
+
+
+def check_jobs(value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"-j {value}: must be at least 1 (parallel runs; leave it out for one per CPU)")
+
+
+def check_plot(path: str) -> None:
+    """Before the runs, not after: a path that cannot be written, or no matplotlib, is known now."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"--plot {path}: is a directory; give a file such as {target / 'simulate.png'}")
+    if target.suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--plot {path}: give a file name ending in {', '.join(PLOT_SUFFIXES)}")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"--plot {path}: the directory {parent} does not exist; create it "
+                         f"(mkdir -p {parent}) or give another path")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--plot {path}: the directory {parent} is not writable; give another path")
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install '.[plot]' in a clone of fracgpu "
+                         "(or pip install matplotlib)") from None
+
+
+def choose_policies(arg: str | None, plotting: bool) -> list[str]:
+    if arg is None:
+        return [DEFAULT_POLICY, DEFAULT_COMPARE, *([PLOT_BASELINE] if plotting else [])]
+    policies = list(POLICIES) if arg == "all" else list(dict.fromkeys(p.strip() for p in arg.split(",") if p.strip()))
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies:
+        raise UsageError(f"unknown policy {(unknown or [arg])[0]!r}; known: {', '.join(POLICIES)}, all")
+    return policies
+
+
+def load_inputs(traces: Sequence[str], nodes_arg: str, seeds: Sequence[int], inflation: float
+                ) -> tuple[dict[str, int], list[NodeRow]]:
+    """Read every input once before any run, and refuse what would give an empty or wrong report.
+
+    The report is taken at 100 % arrived: a trace whose replayed sequence never gets there (no
+    tasks, no GPU task, too few for the cluster at this inflation) would print a row of "-" or,
+    worse, a figure taken at a lower load. Returns the task count per trace and the nodes."""
+    nodes = load_nodes(resolve(nodes_arg, "node"))
+    gpus = sum(n.gpus for n in nodes)
+    if not nodes:
+        raise UsageError(f"node list {nodes_arg}: no nodes, only a header line")
+    if gpus == 0:
+        raise UsageError(f"node list {nodes_arg}: no node has a GPU (column gpu), so there is nothing to allocate")
+    counts: dict[str, int] = {}
+    for trace in traces:
+        tasks = load_tasks(resolve(trace, "pod"))
+        if not tasks:
+            raise UsageError(f"trace {trace}: no tasks, only a header line")
+        if not any(t.gpu_request for t in tasks):
+            raise UsageError(f"trace {trace}: no task asks for a GPU (num_gpu and gpu_milli), "
+                             f"so there is no GPU allocation to measure")
+        for seed in seeds:
+            seq = paper_sequence(tasks, seed, inflation, gpus * MILLI)
+            reach = 100 * sum(t.gpu_request for t in seq) / (gpus * MILLI)
+            if round(reach) < 100:  # the bucket the report reads (replay.py rounds the same way)
+                raise UsageError(f"trace {trace} at --inflation {inflation:g} (seed {seed}) asks for only "
+                                 f"{reach:.1f} % of the {gpus} GPUs of {nodes_arg}, and the report is taken at 100 %: "
+                                 f"raise --inflation, or give a bigger trace or fewer nodes")
+        counts[_trace_label(trace)] = len(tasks)
+    return counts, nodes
+
+
+def summarise(results: Sequence[RunResult], bucket: int = 100, *, published_too: bool = True) -> list[dict[str, Any]]:
+    """One row per (trace, policy): our mean/sd over seeds beside the authors' for the same trace
+    (only when `published_too`: the same protocol, cluster and inflation as theirs)."""
     groups: dict[tuple[str, str], list[RunResult]] = {}
     for r in results:
         groups.setdefault((r.trace, r.policy), []).append(r)
@@ -158,20 +290,22 @@ def summarise(results: Sequence[RunResult], bucket: int = 100) -> list[dict[str,
     for (trace, policy), rs in groups.items():
         un = [u for u in (r.unallocated(bucket) for r in rs) if u is not None]
         fr = [f for f in (r.frag_at(bucket) for r in rs) if f is not None]
-        pub = published(trace, policy, bucket)
+        pub = published(trace, policy, bucket) if published_too else None
         failed = {k: statistics.fmean(r.failed.get(k, 0) for r in rs) for k in KINDS}
         rows.append({
             "trace": trace,
             "policy": policy,
             "seeds": [r.seed for r in rs],
             "unallocated_pct": statistics.fmean(un) if un else None,
-            "unallocated_sd": statistics.stdev(un) if len(un) > 1 else 0.0,
-            "unallocated_gpus": (statistics.fmean(un) / 100 * rs[0].capacity / 1000) if un else None,
+            "unallocated_sd": statistics.stdev(un) if len(un) > 1 else None,
+            "unallocated_gpus": (statistics.fmean(un) / 100 * rs[0].capacity / MILLI) if un else None,
+            "capacity_gpus": rs[0].capacity // MILLI,
             "allocation_pct": 100 - statistics.fmean(un) if un else None,
             "frag_ratio_pct": statistics.fmean(fr) if fr else None,
             "failed_tasks": failed,
             "published_unallocated_pct": pub.mean if pub else None,
             "published_sd": pub.sd if pub else None,
+            "published_seeds": sorted(pub.per_seed) if pub else None,
             "published_same_seeds_pct": (statistics.fmean(pub.per_seed[s] for s in (r.seed for r in rs)
                                                           if s in pub.per_seed)
                                          if pub and any(r.seed in pub.per_seed for r in rs) else None),
@@ -181,28 +315,70 @@ def summarise(results: Sequence[RunResult], bucket: int = 100) -> list[dict[str,
     return rows
 
 
+def _pct(value: float | None, sd: float | None) -> str:
+    """A percentage and, when there is one, its spread: the '±' column is blank for one seed."""
+    if value is None:
+        return f"{'-':>7} {'':<6}"
+    return f"{value:>7.2f} {'' if sd is None else f'± {sd:.2f}':<6}"
+
+
+def render_table(rows: list[dict[str, Any]], setting: Setting) -> str:
+    out = io.StringIO()
+    seeds = seed_text(setting.seeds)
+    several = len(setting.seeds) > 1
+    out.write("Unallocated GPUs when the tasks that arrived ask for 100 % of the cluster's GPUs "
+              "(lower is better).\n")
+    out.write(f"{setting.protocol} protocol, inflation {setting.inflation:g}, {seeds}"
+              f"{f' (mean ± sd over {len(setting.seeds)} runs each)' if several else ''}; "
+              f"nodes {setting.nodes}: {setting.node_count} nodes, {setting.gpus} GPUs.\n\n")
+    # (trace, policy, unallocated %, unallocated GPUs, last column), then a comparison line per trace
+    lines: list[tuple[str, str, str, str, str] | str] = []
+    for trace in dict.fromkeys(r["trace"] for r in rows):
+        ours = [r for r in rows if r["trace"] == trace]
+        for r in ours:
+            failed = ", ".join(f"{k} {v:.0f}" for k, v in r["failed_tasks"].items() if v)
+            lines.append((trace, r["policy"], _pct(r["unallocated_pct"], r["unallocated_sd"]),
+                          _fmt(r["unallocated_gpus"], 0 if setting.gpus >= 100 else 1), failed or "none"))
+        if setting.published_comparable:
+            shown = [r["policy"] for r in ours if r["published_unallocated_pct"] is not None] or [DEFAULT_COMPARE]
+            for policy in shown:
+                pub = published(trace, policy, 100)
+                if pub is not None:
+                    lines.append((trace, f"{policy} (published)", _pct(pub.mean, pub.sd),
+                                  f"{pub.mean / 100 * setting.gpus:.0f}",
+                                  f"the FGD paper's mean ± sd over its {seed_text(sorted(pub.per_seed))} "
+                                  "(other random draws than ours)"))
+        by_policy = {r["policy"]: r["unallocated_pct"] for r in ours}
+        ours_pct, theirs_pct = by_policy.get(DEFAULT_POLICY), by_policy.get(DEFAULT_COMPARE)
+        if ours_pct is not None and theirs_pct is not None:
+            diff = round((theirs_pct - ours_pct) / 100 * setting.gpus)
+            than = (f"{abs(diff)} {'fewer' if diff > 0 else 'more'} GPUs unallocated than" if diff
+                    else "as many GPUs unallocated as")
+            lines.append(f"on the same {seeds}, {DEFAULT_POLICY} leaves {than} {DEFAULT_COMPARE}"
+                         f"{' (means)' if several else ''}")
+    rows_only = [x for x in lines if isinstance(x, tuple)]
+    tw = max(len("trace"), *(len(x[0]) for x in rows_only))
+    pw = max(len("policy"), *(len(x[1]) for x in rows_only))
+    head = f"{'trace':<{tw}}  {'policy':<{pw}}  {'unallocated %':<14}  unallocated GPUs  failed tasks by kind"
+    out.write(head + "\n" + "-" * len(head) + "\n")
+    for x in lines:
+        if isinstance(x, str):
+            out.write(f"{'':<{tw}}  {x}\n")
+        else:
+            out.write(f"{x[0]:<{tw}}  {x[1]:<{pw}}  {x[2]:<14}  {x[3]:>16}  {x[4]}\n")
+    if not setting.published_comparable:
+        out.write("\nNo published figures: the FGD paper ran its own protocol on gpu_node at inflation 1.3 only.\n")
+    out.write(f"\nfailed tasks{' (mean per run)' if several else ''}: arrived before 100 % but fitted on no node "
+              "(dropped, as in the paper).\n")
+    return out.getvalue()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
-
-
-def render_table(rows: list[dict[str, Any]], bucket: int, protocol: str = "paper") -> str:
-    out = io.StringIO()
-    out.write(f"At {bucket}% arrived GPU load ({protocol} protocol; mean over seeds):\n")
-    head = f"{'trace':<12} {'policy':<12} {'unalloc %':>10} {'± sd':>6} {'GPUs':>6} {'alloc %':>8} " \
-           f"{'frag %':>7} {'paper %':>8} {'± sd':>6}  failed tasks by kind"
-    out.write(head + "\n" + "-" * len(head) + "\n")
-    for r in rows:
-        failed = ", ".join(f"{k} {v:.0f}" for k, v in r["failed_tasks"].items() if v)
-        out.write(f"{r['trace']:<12} {r['policy']:<12} {_fmt(r['unallocated_pct']):>10} "
-                  f"{_fmt(r['unallocated_sd']):>6} {_fmt(r['unallocated_gpus'], 0):>6} "
-                  f"{_fmt(r['allocation_pct']):>8} {_fmt(r['frag_ratio_pct'], 1):>7} "
-                  f"{_fmt(r['published_unallocated_pct']):>8} {_fmt(r['published_sd']):>6}  {failed or 'none'}\n")
-    fgd = published(rows[0]["trace"], "fgd", bucket) if rows else None
-    if fgd is not None:
-        out.write(f"\npublished FGD on {rows[0]['trace']}: {fgd.mean:.2f} ± {fgd.sd:.2f} % unallocated "
-                  f"(seeds {min(fgd.per_seed)}-{max(fgd.per_seed)}); paper % = the authors' mean over their seeds.\n")
-    out.write("frag % = fragmented share of idle GPU (FGD's measure against the trace's typical tasks).\n")
-    return out.getvalue()
 
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
@@ -219,35 +395,52 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def plot(results: Sequence[RunResult], path: str) -> str | None:
-    """Fig. 9a: unallocated GPU % vs arrived %, median over seeds per policy, and the ideal line."""
-    try:
-        import matplotlib  # type: ignore[import-not-found, unused-ignore]
+def figure(results: Sequence[RunResult], setting: Setting) -> Any:
+    """The paper's Fig. 9a per trace: unallocated GPU % against arrived load, the median over seeds
+    per policy, the ideal line, and the published FGD figure at 100 % when it applies.
+    A matplotlib Figure (not attached to pyplot: nothing global to close)."""
+    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return "--plot needs matplotlib (pip install 'fracgpu[plot]'); skipped"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    by_policy: dict[str, list[RunResult]] = {}
-    for r in results:
-        by_policy.setdefault(r.policy, []).append(r)
-    xs = list(range(75, 121))
-    for policy, rs in by_policy.items():
-        ys = []
-        for x in xs:
-            vals = [u for u in (r.unallocated(x) for r in rs) if u is not None]
-            ys.append(statistics.median(vals) if vals else float("nan"))
-        ax.plot(xs, ys, label=policy)
-    ax.plot(xs, [max(0, 100 - x) for x in xs], "k--", label="ideal")
-    ax.set_xlabel("arrived workload (% of cluster GPU capacity)")
-    ax.set_ylabel("unallocated GPU (%)")
-    ax.set_ylim(0, 30)
-    ax.legend()
+    traces = list(dict.fromkeys(r.trace for r in results))
+    fig = Figure(figsize=(7 * len(traces), 4.5))
+    axes = fig.subplots(1, len(traces), squeeze=False)
+    xs = list(range(85, 121))
+    several = len(setting.seeds) > 1
+    for ax, trace in zip(axes[0], traces, strict=True):
+        by_policy: dict[str, list[RunResult]] = {}
+        for r in results:
+            if r.trace == trace:
+                by_policy.setdefault(r.policy, []).append(r)
+        top = 0.0
+        for policy, rs in by_policy.items():
+            ys = []
+            for x in xs:
+                vals = [u for u in (r.unallocated(x) for r in rs) if u is not None]
+                ys.append(statistics.median(vals) if vals else float("nan"))
+            top = max([top, *(y for y in ys if math.isfinite(y))])
+            ax.plot(xs, ys, label=policy, linewidth=2.2 if policy == DEFAULT_POLICY else 1.4)
+        pub = published(trace, DEFAULT_COMPARE, 100) if setting.published_comparable else None
+        if pub is not None:
+            ax.errorbar([100], [pub.mean], yerr=[pub.sd], fmt="o", color="black", capsize=3,
+                        label=f"FGD as published ({len(pub.per_seed)}-seed mean)")
+        ax.plot(xs, [max(0, 100 - x) for x in xs], "k--", linewidth=1, label="ideal (all arrived allocated)")
+        ax.axvline(100, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"trace {trace}, {seed_text(setting.seeds)}{' (median)' if several else ''}, "
+                     f"{setting.protocol} protocol")
+        ax.set_xlabel("arrived workload (% of the cluster's GPU capacity)")
+        ax.set_ylabel("unallocated GPU (% of capacity), lower is better")
+        ax.set_xlim(xs[0], xs[-1])
+        ax.set_ylim(0, min(100.0, max(16.0, top * 1.1)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"fracgpu simulate: unallocated GPUs vs arrived load on {setting.nodes} "
+                 f"({setting.gpus} GPUs)")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return None
+    return fig
+
+
+def plot(results: Sequence[RunResult], path: str, setting: Setting) -> None:
+    figure(results, setting).savefig(path)
 
 
 def main(argv: list[str]) -> int:
@@ -255,28 +448,37 @@ def main(argv: list[str]) -> int:
     if args.snapshot or args.pending:
         from fracgpu.sim.whatif import main_snapshot
 
-        return main_snapshot(args.snapshot, args.pending, args.policy, args.output, sys.stdout, sys.stderr)
-    policies = list(POLICIES) if args.policy == "all" else [p.strip() for p in args.policy.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        print(f"fracgpu simulate: unknown policy {unknown[0]!r}; known: {', '.join(POLICIES)}, all", file=sys.stderr)
-        return 2
+        return main_snapshot(args.snapshot, args.pending, args.policy or DEFAULT_POLICY, args.output,
+                             sys.stdout, sys.stderr)
     traces = [t.strip() for t in args.trace.split(",") if t.strip()]
     try:
-        for t in traces:
-            resolve(t, "pod")
-        resolve(args.nodes, "node")
-    except TraceError as e:
+        check_inflation(args.inflation)
+        check_jobs(args.jobs)
+        if args.plot:
+            check_plot(args.plot)
+        policies = choose_policies(args.policy, bool(args.plot))
+        if not traces:
+            raise UsageError(f"--trace {args.trace!r}: give a bundled trace name or a CSV file")
+        counts, nodes = load_inputs(traces, args.nodes, args.seeds, args.inflation)
+    except (UsageError, TraceError) as e:
         print(f"fracgpu simulate: {e}", file=sys.stderr)
         return 2
-    if args.inflation <= 0:
-        print("fracgpu simulate: --inflation must be positive", file=sys.stderr)
-        return 2
-    upto = None if args.plot or args.full else 101.0
+    gpus = sum(n.gpus for n in nodes)
+    setting = Setting(args.protocol, args.inflation, tuple(args.seeds), args.nodes, len(nodes), gpus)
+    upto = None if args.full else PLOT_UPTO if args.plot else 101.0
     jobs = [Job(t, args.nodes, p, s, args.inflation, args.protocol, upto) for t in traces for p in policies
             for s in args.seeds]
-    workers = args.jobs or (min(len(jobs), os.cpu_count() or 1) if len(jobs) > 1 else 1)
-    bar = None if args.no_progress else Bar(sys.stderr, len(jobs))
+    workers = min(len(jobs), args.jobs or os.cpu_count() or 1)
+    named = ", ".join(policies) if args.policy is not None else \
+        f"{DEFAULT_POLICY} and, for comparison, {' and '.join(policies[1:])}"
+    inputs = ", ".join(f"{t} ({_plural(n, 'task')})" for t, n in counts.items())
+    print(f"fracgpu simulate: {named} on {inputs}, "
+          f"{seed_text(args.seeds)}: {_plural(len(jobs), 'run')}, {workers} at a time", file=sys.stderr)
+    if args.plot and not args.full:
+        print(f"fracgpu simulate: --plot replays each run to {PLOT_UPTO:g} % arrived (the report alone stops "
+              f"at 101 %), a little longer per run"
+              + (f"; it adds {PLOT_BASELINE} as a baseline" if args.policy is None else ""), file=sys.stderr)
+    bar = Bar(sys.stderr, len(jobs)) if not args.no_progress and sys.stderr.isatty() else None
     try:
         results = run_all(jobs, workers, bar)
     except TraceError as e:
@@ -285,9 +487,10 @@ def main(argv: list[str]) -> int:
     finally:
         if bar is not None:
             bar.close()
-    rows = summarise(results)
+    rows = summarise(results, published_too=setting.published_comparable)
     if args.output == "json":
-        json.dump({"bucket": 100, "summary": rows,
+        json.dump({"bucket": 100, "protocol": args.protocol, "inflation": args.inflation, "seeds": args.seeds,
+                   "nodes": args.nodes, "gpus": gpus, "summary": rows,
                    "runs": [{"trace": r.trace, "policy": r.policy, "seed": r.seed, "tasks": r.tasks,
                              "unallocated_pct": r.unallocated(100), "frag_ratio_pct": r.frag_at(100),
                              "failed_tasks": r.failed, "alloc_curve": r.alloc, "seconds": r.seconds}
@@ -296,9 +499,13 @@ def main(argv: list[str]) -> int:
     elif args.output == "csv":
         sys.stdout.write(render_csv(rows))
     else:
-        sys.stdout.write(render_table(rows, 100, args.protocol))
+        sys.stdout.write(render_table(rows, setting))
+    sys.stdout.flush()
     if args.plot:
-        msg = plot(results, args.plot)
-        if msg:
-            print(f"fracgpu simulate: {msg}", file=sys.stderr)
+        try:
+            plot(results, args.plot, setting)
+        except OSError as e:
+            print(f"fracgpu simulate: --plot {args.plot}: cannot write it: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(f"fracgpu simulate: wrote {args.plot}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ vgpu-core.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -93,6 +94,10 @@ def resolve(arg: str, kind: str) -> Path:
     if p.suffix == ".csv" or p.exists():
         if not p.exists():
             raise TraceError(f"{arg}: no such file")
+        if p.is_dir():
+            raise TraceError(f"{arg}: is a directory, not a CSV file")
+        if not p.is_file():
+            raise TraceError(f"{arg}: not a regular file; give a CSV file")
         return p
     bundled = data_path(f"openb_{kind}_list_{arg}.csv")
     if not bundled.exists():
@@ -105,33 +110,58 @@ def _int(row: dict[str, str], col: str, where: str) -> int:
     if raw is None or raw == "":
         raise TraceError(f"{where}: missing column {col!r}")
     try:
-        return int(float(raw))
-    except ValueError:
+        value = int(float(raw))
+    except (ValueError, OverflowError):  # "x", "nan"; "inf"
         raise TraceError(f"{where}: {col}={raw!r} is not a number") from None
+    if value < 0:
+        raise TraceError(f"{where}: {col}={raw!r} is negative")
+    return value
+
+
+TASK_COLUMNS = ("cpu_milli", "memory_mib", "num_gpu", "gpu_milli")  # name, gpu_spec and the rest are optional
+NODE_COLUMNS = ("cpu_milli", "memory_mib", "gpu")  # sn and model are optional
+
+
+def _rows(path: Path, needed: tuple[str, ...], kind: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """The CSV's rows with their line number, after checking its header; every way a file
+    can be unreadable (a directory, binary data, no header) is a TraceError naming the file."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in needed if c not in header]
+            if missing:
+                got = f"its first line is {','.join(header)[:80]!r}" if header else "it is empty"
+                raise TraceError(f"{path.name}: not an openb {kind} list: {got}; the first line must be a header "
+                                 f"with the columns {','.join(needed)}")
+            yield from enumerate(reader, start=2)
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path.name}: not a text CSV file (byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start} is not UTF-8)") from None
+    except csv.Error as e:
+        raise TraceError(f"{path.name}: not a CSV file ({e})") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read it: {e.strerror or e}") from None
 
 
 def load_tasks(path: Path) -> list[Task]:
     out: list[Task] = []
-    with path.open(newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            where = f"{path.name}:{i}"
-            num = _int(row, "num_gpu", where)
-            milli = min(MILLI, _int(row, "gpu_milli", where))  # the simulator clamps values above 1000
-            if num < 0 or milli < 0:
-                raise TraceError(f"{where}: negative GPU request")
-            spec = tuple(s for s in (row.get("gpu_spec") or "").split("|") if s)
-            out.append(Task(row.get("name") or f"task-{i}", _int(row, "cpu_milli", where),
-                            _int(row, "memory_mib", where), num, milli if num > 0 else 0, spec))
+    for i, row in _rows(path, TASK_COLUMNS, "pod"):
+        where = f"{path.name}:{i}"
+        num = _int(row, "num_gpu", where)
+        milli = min(MILLI, _int(row, "gpu_milli", where))  # the simulator clamps values above 1000
+        spec = tuple(s for s in (row.get("gpu_spec") or "").split("|") if s)
+        out.append(Task(row.get("name") or f"task-{i}", _int(row, "cpu_milli", where),
+                        _int(row, "memory_mib", where), num, milli if num > 0 else 0, spec))
     return out
 
 
 def load_nodes(path: Path) -> list[NodeRow]:
     out: list[NodeRow] = []
-    with path.open(newline="") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            where = f"{path.name}:{i}"
-            out.append(NodeRow(row.get("sn") or f"node-{i}", _int(row, "cpu_milli", where),
-                               _int(row, "memory_mib", where), _int(row, "gpu", where), row.get("model") or ""))
+    for i, row in _rows(path, NODE_COLUMNS, "node"):
+        where = f"{path.name}:{i}"
+        out.append(NodeRow(row.get("sn") or f"node-{i}", _int(row, "cpu_milli", where),
+                           _int(row, "memory_mib", where), _int(row, "gpu", where), row.get("model") or ""))
     return out
 
 

@@ -194,8 +194,23 @@ def render_inspect(doc: Mapping[str, Any]) -> str:
 
 
 # ---- what-if for pending pods --------------------------------------------------------------------
+def _ledger(world: World) -> QuotaLedger:
+    """What each tenant holds now: the bound pods' reservations, charged to the tenant recorded at bind."""
+    ledger = QuotaLedger(world.tenants.limits)
+    for rec in world.pods:
+        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
+            ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
+    return ledger
+
+
 def pending_whatif(world: World, policy: str) -> list[dict[str, Any]]:
-    """Place the pending GPU pods one by one (priority, then age), each seeing the ones before it."""
+    """Place the pending GPU pods one by one (priority, then age), each seeing the ones before it.
+
+    A pod that fits a node but not its tenant's quota is refused with the extender's quota text
+    (`QuotaLedger.fits`). The extender's queue order within a tenant (--queue-head-wait) is not
+    modelled: every pod is tried in turn."""
+    ledger = _ledger(world)
     if policy == "fracgpu":
         live, histogram = live_default(world.state.units_per_gpu)
     else:
@@ -221,9 +236,16 @@ def pending_whatif(world: World, policy: str) -> list[dict[str, Any]]:
         top = r.ranked[0]
         uses = tuple(GpuUse(world.state.gpu_uuid(top.row, s), req.cores_per_gpu,
                             req.memory_on(int(world.state.total_memory[top.row, s]))) for s in top.gpus)
+        tenant = world.tenants.tenant_of(rec.namespace)
+        quota = ledger.try_reserve(PodKey(rec.namespace, rec.name), tenant, req.cores, sum(u.memory for u in uses))
+        if not quota.ok:
+            out.append({"pod": rec.key, "fits": False, "reason": quota.reason})
+            continue
         world.state.add_pod(rec.key, PodUse(top.node, uses, req.cpu_milli, req.memory_bytes))
+        spec = world.state.specs[top.row]
+        assert spec is not None
         out.append({"pod": rec.key, "fits": True, "node": top.node, "gpus": [u.uuid for u in uses],
-                    "cores": req.cores})
+                    "gpu_indices": [spec.gpus[s].index for s in top.gpus], "cores": req.cores, "tenant": tenant})
     return out
 
 
@@ -251,7 +273,8 @@ def main_snapshot(path: str | None, pending: bool, policy: str, output: str, out
         out.write("no pending GPU pods in the snapshot\n")
     for r in result:
         if r["fits"]:
-            out.write(f"{r['pod']}: fits on {r['node']} (GPUs {', '.join(r['gpus'])})\n")
+            which = ", ".join(str(i) for i in r["gpu_indices"])
+            out.write(f"{r['pod']}: fits on {r['node']}, GPU{'s' if len(r['gpus']) > 1 else ''} {which}\n")
         else:
             out.write(f"{r['pod']}: does not fit: {r['reason']}\n")
     return 0

@@ -103,3 +103,18 @@ def test_idle_tenants_with_a_quota_of_their_own_are_listed(snapshot_two_nodes: P
     assert tenants["tq/idle"]["hard"] == {"vgpu-core": 300, "vgpu-memory": None}
     assert tenants["ns/quiet"]["used"] == {"vgpu-core": 0, "vgpu-memory": 0}
     assert tenants["ns/quiet"]["hard"]["vgpu-memory"] == 8 * GI
+
+
+def test_pending_whatif_refuses_over_quota_with_the_extenders_text(snapshot_two_nodes: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """With team's quota at 150 cores: run holds 60, p40 takes 40, so p100, which fits GPU 1 of a, is refused."""
+    doc = yaml.safe_load(snapshot_two_nodes.read_text())
+    (ns,) = [o for o in doc["items"] if o["kind"] == "Namespace"]
+    ns["metadata"]["annotations"][ANN_NS_CORE_QUOTA] = "150"
+    doc["items"].append(pod("p100", 100))  # created after p40 (creation time by name length), placed after it
+    snapshot_two_nodes.write_text(yaml.safe_dump(doc))
+    assert cli_main(["simulate", "--snapshot", str(snapshot_two_nodes), "--pending", "-o", "json"]) == 0
+    result = {r["pod"]: r for r in json.loads(capsys.readouterr().out)["pending"]}
+    assert result["team/p40"]["fits"]
+    assert result["team/p100"] == {"pod": "team/p100", "fits": False,
+                                   "reason": "tenant ns/team: vgpu-core 100 of 150 used, pod asks 100"}
