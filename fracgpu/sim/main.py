@@ -93,8 +93,10 @@ def parser() -> argparse.ArgumentParser:
                    ".pdf; needs matplotlib); replays each run to 121 %% arrived (default: no picture)")
     p.add_argument("-j", "--jobs", type=int, default=None,
                    help="parallel runs, at least 1 (default: one per CPU, at most one per run)")
-    p.add_argument("--snapshot", metavar="FILE", help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
-    p.add_argument("--pending", action="store_true", help="with --snapshot: where would the pending pods fit (default: off)")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
+    p.add_argument("--pending", action="store_true",
+                   help="with --snapshot: where would the pending pods fit (default: off)")
     p.add_argument("--full", action="store_true",
                    help="replay every task (default: stop just past 100%% arrived, where the report is taken)")
     p.add_argument("--no-progress", action="store_true",
