@@ -9,6 +9,7 @@ vgpu-core.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,10 +17,14 @@ from pathlib import Path
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.core.cluster import ClusterState, NodeSpec
 from fracgpu.core.fragmentation import TaskShape
-from fracgpu.core.request import GpuRequest, ModelRule
+from fracgpu.core.quantity import MAX_QUANTITY
+from fracgpu.core.request import MAX_GPUS, GpuRequest, ModelRule
 
 MILLI = 1000  # the trace's units per GPU
 MIB = 1 << 20
+# Bounds of a row's numbers (the ledger keeps them in int64 arrays, and a node's GPUs are array columns).
+MAX_MIB = MAX_QUANTITY // MIB
+MAX_NODE_GPUS = MAX_GPUS
 DEFAULT_TRACE = "default"
 DEFAULT_NODES = "gpu_node"
 VARIANTS = (
@@ -100,14 +105,17 @@ def resolve(arg: str, kind: str) -> Path:
     return bundled
 
 
-def _int(row: dict[str, str], col: str, where: str) -> int:
+def _int(row: dict[str, str], col: str, where: str, maximum: int = MAX_QUANTITY) -> int:
     raw = row.get(col)
     if raw is None or raw == "":
         raise TraceError(f"{where}: missing column {col!r}")
     try:
-        return int(float(raw))
+        value = float(raw)
     except ValueError:
         raise TraceError(f"{where}: {col}={raw!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > maximum:
+        raise TraceError(f"{where}: {col}={raw!r} is out of range (at most {maximum})")
+    return int(value)
 
 
 def load_tasks(path: Path) -> list[Task]:
@@ -115,13 +123,13 @@ def load_tasks(path: Path) -> list[Task]:
     with path.open(newline="") as fh:
         for i, row in enumerate(csv.DictReader(fh), start=2):
             where = f"{path.name}:{i}"
-            num = _int(row, "num_gpu", where)
+            num = _int(row, "num_gpu", where, MAX_GPUS)
             milli = min(MILLI, _int(row, "gpu_milli", where))  # the simulator clamps values above 1000
             if num < 0 or milli < 0:
                 raise TraceError(f"{where}: negative GPU request")
             spec = tuple(s for s in (row.get("gpu_spec") or "").split("|") if s)
             out.append(Task(row.get("name") or f"task-{i}", _int(row, "cpu_milli", where),
-                            _int(row, "memory_mib", where), num, milli if num > 0 else 0, spec))
+                            _int(row, "memory_mib", where, MAX_MIB), num, milli if num > 0 else 0, spec))
     return out
 
 
@@ -131,7 +139,8 @@ def load_nodes(path: Path) -> list[NodeRow]:
         for i, row in enumerate(csv.DictReader(fh), start=2):
             where = f"{path.name}:{i}"
             out.append(NodeRow(row.get("sn") or f"node-{i}", _int(row, "cpu_milli", where),
-                               _int(row, "memory_mib", where), _int(row, "gpu", where), row.get("model") or ""))
+                               _int(row, "memory_mib", where, MAX_MIB), _int(row, "gpu", where, MAX_NODE_GPUS),
+                               row.get("model") or ""))
     return out
 
 
