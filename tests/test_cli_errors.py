@@ -59,6 +59,7 @@ CASES: dict[str, Case] = {
                                             lambda w: (*NO_CLUSTER, "--kube-api URL")),
     "device-plugin without a kubeconfig": Case("device-plugin", lambda w: [*SIMULATED, "--socket-dir", str(w.tmp)],
                                                lambda w: (*NO_CLUSTER, "--no-kube")),
+    "dra-driver without a kubeconfig": Case("dra-driver", lambda w: SIMULATED, lambda w: (*NO_CLUSTER, "--kube-api URL")),
     "inspect without a kubeconfig": Case("inspect", lambda w: [], lambda w: (*NO_CLUSTER, "--snapshot FILE")),
     # ports
     "extender on port 99999": Case("extender", lambda w: ["--snapshot", str(w.snapshot), "--port", "99999"],
@@ -90,6 +91,9 @@ CASES: dict[str, Case] = {
     "device-plugin with a bad metrics port in the environment": Case(
         "device-plugin", lambda w: [], lambda w: ("FRACGPU_METRICS_PORT='x' (environment)",),
         {"FRACGPU_METRICS_PORT": "x"}),
+    "dra-driver with a bad resync interval in the environment": Case(
+        "dra-driver", lambda w: [], lambda w: ("FRACGPU_DRA_RESYNC_INTERVAL='soon' (environment)",),
+        {"FRACGPU_DRA_RESYNC_INTERVAL": "soon"}),
     "webhook with a bad port in the environment": Case(
         "webhook", lambda w: [], lambda w: ("FRACGPU_WEBHOOK_PORT='8443x' (environment)",),
         {"FRACGPU_WEBHOOK_PORT": "8443x"}),

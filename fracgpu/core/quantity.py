@@ -25,6 +25,10 @@ _DECIMAL = {
 # sign, digits with optional fraction, then a binary suffix, a decimal suffix, or an exponent
 _QUANTITY = re.compile(r"^([+-]?)(\d+\.?\d*|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
 _MAX_EXPONENT = 30  # anything larger is not a real resource amount and would make huge ints
+# The largest amount fracgpu reads (4Pi bytes, 2^52 units): more than any real node, pod or quota, and far
+# enough below int64 (2^63) that the placement ledger adds up a node's allocatable and 2,000 pods' requests
+# without overflowing.
+MAX_QUANTITY = 2**52
 
 
 class QuantityError(ValueError):
@@ -58,31 +62,41 @@ def parse_quantity(text: str | int) -> Decimal:
     return -value if sign == "-" else value
 
 
-def parse_bytes(text: str | int, *, what: str = "quantity") -> int:
-    """A non-negative whole number of bytes ("8Gi" -> 8589934592)."""
+def parse_bytes(text: str | int, *, what: str = "quantity", maximum: int = MAX_QUANTITY) -> int:
+    """A non-negative whole number of bytes ("8Gi" -> 8589934592), at most `maximum`."""
     value = parse_quantity(text)
     if value < 0:
         raise QuantityError(f"{what} must not be negative, got {text!r}")
+    if value > maximum:
+        raise QuantityError(f"{what} is too large, got {text!r} (at most {format_bytes(maximum)})")
     if value != value.to_integral_value():
         raise QuantityError(f"{what} must be a whole number of bytes, got {text!r}")
     return int(value)
 
 
 def parse_count(text: str | int, *, what: str = "quantity") -> int:
-    """A non-negative whole count ("50" -> 50; "0.5" and "-1" are refused)."""
+    """A non-negative whole count ("50" -> 50; "0.5" and "-1" are refused), at most MAX_QUANTITY."""
     value = parse_quantity(text)
     if value < 0:
         raise QuantityError(f"{what} must not be negative, got {text!r}")
+    if value > MAX_QUANTITY:
+        raise QuantityError(f"{what} is too large, got {text!r} (at most {MAX_QUANTITY})")
     if value != value.to_integral_value():
         raise QuantityError(f"{what} must be a whole number, got {text!r}")
     return int(value)
 
 
+MAX_WHOLE_MILLI = MAX_QUANTITY // 1000  # parse_milli's bound, in whole units (cores)
+
+
 def parse_milli(text: str | int, *, what: str = "quantity") -> int:
-    """CPU-style quantities in thousandths ("500m" -> 500, "2" -> 2000), rounded up as Kubernetes does."""
+    """CPU-style quantities in thousandths ("500m" -> 500, "2" -> 2000), rounded up as Kubernetes does;
+    at most MAX_WHOLE_MILLI whole units."""
     value = parse_quantity(text)
     if value < 0:
         raise QuantityError(f"{what} must not be negative, got {text!r}")
+    if value > MAX_WHOLE_MILLI:
+        raise QuantityError(f"{what} is too large, got {text!r} (at most {MAX_WHOLE_MILLI})")
     milli = value * 1000
     whole = int(milli)
     return whole if milli == whole else whole + 1

@@ -20,6 +20,7 @@ from fracgpu.api.v1beta1.names import (
     ANN_ZONE_POLICY,
     CORES_PER_GPU,
     LABEL_GROUP,
+    MAX_GPU_MEMORY,
     RESOURCE_CORE,
     RESOURCE_MEMORY,
     TOPOLOGY_NONE,
@@ -29,7 +30,16 @@ from fracgpu.api.v1beta1.names import (
     ZONE_SAME,
     ZONE_SPREAD,
 )
-from fracgpu.core.quantity import QuantityError, format_bytes_human, parse_bytes, parse_count, parse_milli
+from fracgpu.core.quantity import (
+    MAX_QUANTITY,
+    MAX_WHOLE_MILLI,
+    QuantityError,
+    format_bytes,
+    format_bytes_human,
+    parse_bytes,
+    parse_count,
+    parse_milli,
+)
 
 # Largest number of whole GPUs one pod may ask for; bigger is surely a typo and would only waste time.
 MAX_GPUS = 64
@@ -156,7 +166,8 @@ def _container_demand(c: Mapping[str, Any], kind: str, index: int) -> tuple[Cont
         raw_cores = _amount(resources, RESOURCE_CORE, where)
         cores = 0 if raw_cores is None else parse_count(raw_cores, what=f"{where}: {RESOURCE_CORE}")
         raw_mem = _amount(resources, RESOURCE_MEMORY, where)
-        memory = None if raw_mem is None else parse_bytes(raw_mem, what=f"{where}: {RESOURCE_MEMORY}")
+        memory = None if raw_mem is None else parse_bytes(raw_mem, what=f"{where}: {RESOURCE_MEMORY}",
+                                                          maximum=MAX_GPU_MEMORY)
         raw_cpu = _amount(resources, "cpu", where)
         cpu = 0 if raw_cpu is None else parse_milli(raw_cpu, what=f"{where}: cpu")
         raw_ram = _amount(resources, "memory", where)
@@ -237,6 +248,17 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
     if with_memory:
         memory = effective([(d.kind, d.memory or 0) for d in demands if d.kind != "app"],
                            [d.memory or 0 for d in demands if d.kind == "app"])
+        if memory > MAX_GPU_MEMORY:
+            raise RequestError(f"pod: {RESOURCE_MEMORY} adds up to {format_bytes_human(memory)}, more than a GPU "
+                               f"has (at most {format_bytes(MAX_GPU_MEMORY)})")
+    cpu_milli, memory_bytes = effective(init_cpu, app_cpu), effective(init_ram, app_ram)
+    # each container's amount is bounded, their sum must be too: the ledger adds it up in int64
+    if cpu_milli > MAX_WHOLE_MILLI * 1000:
+        whole = cpu_milli // 1000 if cpu_milli % 1000 == 0 else f"{cpu_milli}m"
+        raise RequestError(f"pod: cpu adds up to {whole}, more than {MAX_WHOLE_MILLI}")
+    if memory_bytes > MAX_QUANTITY:
+        raise RequestError(f"pod: memory adds up to {format_bytes_human(memory_bytes)}, more than "
+                           f"{format_bytes(MAX_QUANTITY)}")
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
     if not isinstance(annotations, Mapping) or not isinstance(labels, Mapping):
@@ -259,6 +281,6 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
         topology=topology,
         group=group,
         zone_policy=zone_policy,
-        cpu_milli=effective(init_cpu, app_cpu),
-        memory_bytes=effective(init_ram, app_ram),
+        cpu_milli=cpu_milli,
+        memory_bytes=memory_bytes,
     )

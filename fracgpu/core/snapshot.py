@@ -25,7 +25,7 @@ from fracgpu.api.v1beta1.names import (
     LABEL_ZONE,
     TAINT_GPU_FAILED,
 )
-from fracgpu.core.quantity import QuantityError, parse_bytes, parse_milli
+from fracgpu.core.quantity import MAX_QUANTITY, MAX_WHOLE_MILLI, QuantityError, parse_bytes, parse_milli
 from fracgpu.core.request import GpuRequest, RequestError, effective, parse_pod_request
 
 POD_SUCCEEDED = "Succeeded"
@@ -175,7 +175,8 @@ class PodRecord:
 
 
 def host_requests(spec: Mapping[str, Any]) -> tuple[int, int]:
-    """The pod's effective cpu (milli) and memory (bytes) requests; 0 for what cannot be read."""
+    """The pod's effective cpu (milli) and memory (bytes) requests; 0 for what cannot be read (or adds up
+    past the quantities' bound)."""
     init_cpu: list[tuple[str, int]] = []
     init_mem: list[tuple[str, int]] = []
     app_cpu: list[int] = []
@@ -202,7 +203,8 @@ def host_requests(spec: Mapping[str, Any]) -> tuple[int, int]:
                 kind = "sidecar" if c.get("restartPolicy") == "Always" else "init"
                 init_cpu.append((kind, cpu))
                 init_mem.append((kind, mem))
-    return effective(init_cpu, app_cpu), effective(init_mem, app_mem)
+    cpu, mem = effective(init_cpu, app_cpu), effective(init_mem, app_mem)
+    return (cpu if cpu <= MAX_WHOLE_MILLI * 1000 else 0), (mem if mem <= MAX_QUANTITY else 0)
 
 
 def pod_record(obj: Mapping[str, Any], *, keep_raw: bool = True) -> PodRecord:

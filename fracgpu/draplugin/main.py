@@ -25,6 +25,7 @@ from fracgpu.draplugin.app import AppConfig, DraDriverApp
 from fracgpu.draplugin.driver import DriverConfig, KubeClaims
 from fracgpu.draplugin.server import ServerConfig
 from fracgpu.kube import client, errors, writer
+from fracgpu.startup import Flag, Parser, StartupError, add_config_flag, add_flags, log_level, no_cluster, seconds
 
 log = logging.getLogger(__name__)
 
@@ -33,58 +34,54 @@ class ConfigError(ValueError):
     """A flag or environment value is not valid; the message names it."""
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+def positive_seconds(raw: str) -> float:
+    value = seconds(raw)
+    if value == 0:  # a zero interval would check the slices in a busy loop
+        raise argparse.ArgumentTypeError(f"{raw!r} must be a number of seconds above 0")
     return value
 
 
-def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    def env(key: str, default: str = "") -> str:
-        return environ.get(key, default)
+_PLUGIN_DIR = f"{DRA_PLUGINS_DIR}/{DRA_DRIVER}"
 
-    plugin_dir = f"{DRA_PLUGINS_DIR}/{DRA_DRIVER}"
-    p = argparse.ArgumentParser(prog="fracgpu dra-driver",
-                                description="Publish this node's GPUs as DRA ResourceSlices and prepare the claims "
-                                            "allocated on them (run as a DaemonSet on nodes of the DRA path).")
-    p.add_argument("--backend", choices=("nvml", "simulated"), default=env("FRACGPU_BACKEND", "nvml"),
-                   help="where GPUs come from [FRACGPU_BACKEND, default nvml]")
-    p.add_argument("--gpus", default=env("FRACGPU_GPUS_FILE"),
-                   help="YAML file of simulated GPUs, with --backend simulated [FRACGPU_GPUS_FILE]")
-    p.add_argument("--node-name", default=env("NODE_NAME"), help="this node's name [NODE_NAME, downward API]")
-    p.add_argument("--plugin-dir", default=env("FRACGPU_DRA_PLUGIN_DIR", plugin_dir),
-                   help="directory of the DRA socket (dra.sock), the checkpoint and the lock; the same path on the "
-                        f"host and in the pod [FRACGPU_DRA_PLUGIN_DIR, {plugin_dir}]")
-    p.add_argument("--registry-dir", default=env("FRACGPU_DRA_REGISTRY_DIR", DRA_REGISTRY_DIR),
-                   help="the kubelet's plugin registration directory, where <driver>-reg.sock goes "
-                        f"[FRACGPU_DRA_REGISTRY_DIR, {DRA_REGISTRY_DIR}]")
-    p.add_argument("--cdi-dir", default=env("FRACGPU_CDI_DIR", CDI_DIR),
-                   help=f"where the container runtime reads generated CDI specs [FRACGPU_CDI_DIR, {CDI_DIR}]")
-    p.add_argument("--unhealthy", choices=("taint", "omit"), default=env("FRACGPU_DRA_UNHEALTHY", "taint"),
-                   help="a failed GPU is tainted gpu.fracgpu.io/unhealthy:NoSchedule (device taints, on by default "
-                        "since Kubernetes 1.36; when the API server drops taints the driver falls back to omit) or "
-                        "left out of the node's pool [FRACGPU_DRA_UNHEALTHY, taint]")
-    p.add_argument("--resync-interval", type=_positive, default=env("FRACGPU_DRA_RESYNC_INTERVAL", "30"),
-                   help="seconds between checks that the published ResourceSlices are intact (the kubelet deletes "
-                        "them when it starts) [FRACGPU_DRA_RESYNC_INTERVAL, 30]")
-    p.add_argument("--kubeconfig", default=env("KUBECONFIG"),
-                   help="kubeconfig file; in-cluster when unset [KUBECONFIG]")
-    p.add_argument("--kube-host", default=env("FRACGPU_KUBE_HOST"), help="API server URL [FRACGPU_KUBE_HOST]")
-    p.add_argument("--limiter-dir", default=env("FRACGPU_LIMITER_DIR"),
-                   help="host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and "
-                        "configure; unset: no limiter [FRACGPU_LIMITER_DIR]")
-    p.add_argument("--limiter-container-dir", default=env("FRACGPU_LIMITER_CONTAINER_DIR", "/usr/local/vgpu"),
-                   help="where the limiter directory appears in containers [FRACGPU_LIMITER_CONTAINER_DIR, "
-                        "/usr/local/vgpu]")
-    p.add_argument("--limiter-preload", default=env("FRACGPU_LIMITER_PRELOAD"),
-                   help="host file mounted as /etc/ld.so.preload [FRACGPU_LIMITER_PRELOAD]")
-    p.add_argument("--sysfs", default=env("FRACGPU_SYSFS", "/sys"),
-                   help="sysfs root, where the GPUs' PCIe roots are read [FRACGPU_SYSFS, /sys]")
-    p.add_argument("--log-level", default=env("FRACGPU_LOG_LEVEL", "INFO"), help="[FRACGPU_LOG_LEVEL, INFO]")
+FLAGS = (
+    Flag("backend", "where GPUs come from", "nvml", env=("FRACGPU_BACKEND",), choices=("nvml", "simulated")),
+    Flag("gpus", "YAML file of simulated GPUs, with --backend simulated", env=("FRACGPU_GPUS_FILE",), metavar="FILE",
+         unset="none"),
+    Flag("node-name", "this node's name (required; in a DaemonSet from the downward API)", env=("NODE_NAME",),
+         metavar="NAME", unset="none"),
+    Flag("plugin-dir", "directory of the DRA socket (dra.sock), the checkpoint and the lock; the same path on the "
+         "host and in the pod", _PLUGIN_DIR, env=("FRACGPU_DRA_PLUGIN_DIR",), metavar="DIR"),
+    Flag("registry-dir", "the kubelet's plugin registration directory, where <driver>-reg.sock goes",
+         DRA_REGISTRY_DIR, env=("FRACGPU_DRA_REGISTRY_DIR",), metavar="DIR"),
+    Flag("cdi-dir", "where the container runtime reads generated CDI specs", CDI_DIR, env=("FRACGPU_CDI_DIR",),
+         metavar="DIR"),
+    Flag("unhealthy", "a failed GPU is tainted gpu.fracgpu.io/unhealthy:NoSchedule (device taints, on by default "
+         "since Kubernetes 1.36; when the API server drops taints the driver falls back to omit) or left out of "
+         "the node's pool", "taint", env=("FRACGPU_DRA_UNHEALTHY",), choices=("taint", "omit")),
+    Flag("resync-interval", "seconds between checks that the published ResourceSlices are intact (the kubelet "
+         "deletes them when it starts)", "30", positive_seconds, env=("FRACGPU_DRA_RESYNC_INTERVAL",),
+         metavar="SECONDS"),
+    Flag("kubeconfig", "kubeconfig file", env=("KUBECONFIG",), metavar="FILE", unset="in-cluster config"),
+    Flag("kube-api", "API server URL", env=("FRACGPU_KUBE_API", "FRACGPU_KUBE_HOST"), old=("kube-host",),
+         metavar="URL", unset="--kubeconfig, else in-cluster config"),
+    Flag("limiter-dir", "host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and configure",
+         env=("FRACGPU_LIMITER_DIR",), metavar="DIR", unset="no limiter"),
+    Flag("limiter-container-dir", "where the limiter directory appears in containers", "/usr/local/vgpu",
+         env=("FRACGPU_LIMITER_CONTAINER_DIR",), metavar="DIR"),
+    Flag("limiter-preload", "host file mounted as /etc/ld.so.preload", env=("FRACGPU_LIMITER_PRELOAD",),
+         metavar="FILE", unset="none"),
+    Flag("sysfs", "sysfs root, where the GPUs' PCIe roots are read", "/sys", env=("FRACGPU_SYSFS",), metavar="DIR"),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+)
+
+
+def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    p = Parser(prog="fracgpu dra-driver",
+               description="Publish this node's GPUs as DRA ResourceSlices and prepare the claims allocated on them "
+                           "(run as a DaemonSet on nodes of the DRA path). Health thresholds come from "
+                           "FRACGPU_HEALTH_* (docs/health.md).")
+    add_config_flag(p, environ)
+    add_flags(p, FLAGS, environ)
     return p
 
 
@@ -114,7 +111,7 @@ def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
     limiter = None
     if args.limiter_dir:
         limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
-                                preload_file=args.limiter_preload)
+                                preload_file=args.limiter_preload or "")
     return AppConfig(
         driver=DriverConfig(node=args.node_name, driver=DRA_DRIVER, cdi_kind=DRA_CDI_KIND, limiter=limiter),
         server=ServerConfig(plugin_dir=args.plugin_dir, registry_dir=args.registry_dir),
@@ -130,23 +127,27 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> DraDriverApp:
     cfg = config(args, environ)
     backend = make_backend(args)
     try:
-        api = client.build_api_client(host=args.kube_host or None, kubeconfig=args.kubeconfig or None,
+        api = client.build_api_client(host=args.kube_api or None, kubeconfig=args.kubeconfig or None,
                                       environ=environ)
     except errors.KubeConfigError as e:
         backend.close()
-        raise ConfigError(f"no API server: {e} (set --kubeconfig or --kube-host, or run in a pod)") from None
+        raise no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, or run it in a pod"
+                         ) from None
     kube = writer.KubeWriter(client.Transport(api), component="fracgpu-dra-driver")
     return DraDriverApp(cfg, backend, KubeClaims(kube), kube)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = parser(environ).parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=str(args.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    try:
+        args = parser(environ).parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
+        return e.code if isinstance(e.code, int) else 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
     try:
         app = build(args, environ)
-    except (ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
+    except (StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
         print(f"fracgpu dra-driver: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()

@@ -9,6 +9,7 @@ vgpu-core.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -17,10 +18,14 @@ from pathlib import Path
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.core.cluster import ClusterState, NodeSpec
 from fracgpu.core.fragmentation import TaskShape
-from fracgpu.core.request import GpuRequest, ModelRule
+from fracgpu.core.quantity import MAX_QUANTITY
+from fracgpu.core.request import MAX_GPUS, GpuRequest, ModelRule
 
 MILLI = 1000  # the trace's units per GPU
 MIB = 1 << 20
+# Bounds of a row's numbers (the ledger keeps them in int64 arrays, and a node's GPUs are array columns).
+MAX_MIB = MAX_QUANTITY // MIB
+MAX_NODE_GPUS = MAX_GPUS
 DEFAULT_TRACE = "default"
 DEFAULT_NODES = "gpu_node"
 VARIANTS = (
@@ -105,17 +110,19 @@ def resolve(arg: str, kind: str) -> Path:
     return bundled
 
 
-def _int(row: dict[str, str], col: str, where: str) -> int:
+def _int(row: dict[str, str], col: str, where: str, maximum: int = MAX_QUANTITY) -> int:
     raw = row.get(col)
     if raw is None or raw == "":
         raise TraceError(f"{where}: missing column {col!r}")
     try:
-        value = int(float(raw))
-    except (ValueError, OverflowError):  # "x", "nan"; "inf"
+        value = float(raw)
+    except ValueError:  # "x"
         raise TraceError(f"{where}: {col}={raw!r} is not a number") from None
+    if not math.isfinite(value) or abs(value) > maximum:  # "nan", "inf", past the ledger's bound
+        raise TraceError(f"{where}: {col}={raw!r} is out of range (at most {maximum})")
     if value < 0:
         raise TraceError(f"{where}: {col}={raw!r} is negative")
-    return value
+    return int(value)
 
 
 TASK_COLUMNS = ("cpu_milli", "memory_mib", "num_gpu", "gpu_milli")  # name, gpu_spec and the rest are optional
@@ -148,11 +155,11 @@ def load_tasks(path: Path) -> list[Task]:
     out: list[Task] = []
     for i, row in _rows(path, TASK_COLUMNS, "pod"):
         where = f"{path.name}:{i}"
-        num = _int(row, "num_gpu", where)
+        num = _int(row, "num_gpu", where, MAX_GPUS)
         milli = min(MILLI, _int(row, "gpu_milli", where))  # the simulator clamps values above 1000
         spec = tuple(s for s in (row.get("gpu_spec") or "").split("|") if s)
         out.append(Task(row.get("name") or f"task-{i}", _int(row, "cpu_milli", where),
-                        _int(row, "memory_mib", where), num, milli if num > 0 else 0, spec))
+                        _int(row, "memory_mib", where, MAX_MIB), num, milli if num > 0 else 0, spec))
     return out
 
 
@@ -161,7 +168,8 @@ def load_nodes(path: Path) -> list[NodeRow]:
     for i, row in _rows(path, NODE_COLUMNS, "node"):
         where = f"{path.name}:{i}"
         out.append(NodeRow(row.get("sn") or f"node-{i}", _int(row, "cpu_milli", where),
-                           _int(row, "memory_mib", where), _int(row, "gpu", where), row.get("model") or ""))
+                           _int(row, "memory_mib", where, MAX_MIB),
+                           _int(row, "gpu", where, MAX_NODE_GPUS), row.get("model") or ""))
     return out
 
 

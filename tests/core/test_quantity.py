@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fracgpu.core.quantity import QuantityError, format_bytes, parse_bytes, parse_count, parse_milli
+from fracgpu.core.quantity import QuantityError, format_bytes, parse_bytes, parse_count, parse_milli, parse_quantity
 
 GI = 1024**3
 
@@ -18,7 +18,7 @@ GI = 1024**3
         ("1G", 10**9),
         ("1e3", 1000),
         ("1E3", 1000),  # an exponent, not exa: Kubernetes reads "1E3" as 1000
-        ("1E", 10**18),  # exa
+        ("4P", 4 * 10**15),  # peta
         ("100", 100),
         (" 42 ", 42),
         (7, 7),
@@ -40,6 +40,7 @@ def test_parse_bytes(text: str | int, expected: int) -> None:
         ("", "not a quantity"),
         ("Gi", "not a quantity"),
         ("1e400", "out of range"),
+        ("1E", "too large"),  # exa: more than MAX_QUANTITY (core/test_int64_bounds.py)
         ("nan", "not a quantity"),
         ("1..2", "not a quantity"),
     ],
@@ -47,6 +48,11 @@ def test_parse_bytes(text: str | int, expected: int) -> None:
 def test_parse_bytes_refuses(text: str, message: str) -> None:
     with pytest.raises(QuantityError, match=message):
         parse_bytes(text)
+
+
+def test_exa_is_a_suffix_and_an_exponent_is_not() -> None:
+    assert parse_quantity("1E") == 10**18
+    assert parse_quantity("1E3") == 1000
 
 
 @pytest.mark.parametrize(("text", "expected"), [("50", 50), ("1e2", 100), ("200", 200)])

@@ -222,3 +222,32 @@ def test_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str
                                              ("42,42", [42])])
 def test_parse_seeds(text: str, seeds: list[int]) -> None:
     assert parse_seeds(text) == seeds
+
+
+# A number no real trace row has (past int64, infinite, more GPUs than a node has columns for) used to
+# reach the ledger's int64 arrays and end the run with an OverflowError traceback.
+HUGE_ROWS = [
+    ("nodes", "cpu_milli", "1e30", "(at most 4503599627370496)"),
+    ("nodes", "cpu_milli", "inf", "(at most 4503599627370496)"),
+    ("nodes", "memory_mib", str(2**64), "(at most 4294967296)"),
+    ("nodes", "gpu", str(10**30), "(at most 64)"),
+    ("tasks", "cpu_milli", str(2**63), "(at most 4503599627370496)"),
+    ("tasks", "memory_mib", "1e30", "(at most 4294967296)"),
+    ("tasks", "num_gpu", str(2**64), "(at most 64)"),
+]
+
+
+@pytest.mark.parametrize(("which", "column", "value", "bound"), HUGE_ROWS,
+                         ids=[f"{w} {c}={v}" for w, c, v, _ in HUGE_ROWS])
+def test_a_trace_number_past_its_bound_is_a_one_line_error(tiny_trace: tuple[str, str], which: str, column: str,
+                                                           value: str, bound: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, tasks = tiny_trace
+    path = Path(nodes if which == "nodes" else tasks)
+    header, first, *rest = path.read_text().splitlines()
+    cells = first.split(",")
+    cells[header.split(",").index(column)] = value
+    path.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    assert cli_main(["simulate", "--no-progress", "--nodes", nodes, "--trace", tasks]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path.name}:2: {column}={value!r} is out of range {bound}" in err[0], err

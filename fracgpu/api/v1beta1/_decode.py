@@ -25,15 +25,22 @@ def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = 
     return value
 
 
+# Kubernetes' integers are int64, and so are the placement ledger's arrays.
+INT64_MAX = 2**63 - 1
+
+
 def integer(
-    d: Mapping[str, Any], key: str, where: str, *, minimum: int = 0, default: int | None = None
+    d: Mapping[str, Any], key: str, where: str, *, minimum: int = 0, maximum: int = INT64_MAX,
+    default: int | None = None,
 ) -> int:
     value = d.get(key, default)
     # bool is an int in Python but never a valid count here
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidDocument(f"{where}.{key}: expected an integer, got {_kind(value)}")
     if value < minimum:
-        raise InvalidDocument(f"{where}.{key}: must be >= {minimum}, got {value}")
+        raise InvalidDocument(f"{where}.{key}: must be >= {minimum}, got {_number(value)}")
+    if value > maximum:
+        raise InvalidDocument(f"{where}.{key}: must be <= {maximum}, got {_number(value)}")
     return value
 
 
@@ -42,6 +49,11 @@ def boolean(d: Mapping[str, Any], key: str, where: str, *, default: bool | None 
     if not isinstance(value, bool):
         raise InvalidDocument(f"{where}.{key}: expected true or false, got {_kind(value)}")
     return value
+
+
+def _number(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"a {len(text)}-digit number"
 
 
 def _kind(value: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from fracgpu.api.v1beta1 import _decode as d
 from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
-from fracgpu.api.v1beta1.names import DEVICE_ID_SEPARATOR
+from fracgpu.api.v1beta1.names import DEVICE_ID_SEPARATOR, MAX_GPU_MEMORY
 
 FORMAT_VERSION = 1
 CONTAINER_KINDS = ("init", "sidecar", "app")
@@ -89,7 +89,8 @@ class Assignment:
                 raise InvalidDocument(f"{where}.deviceIds: {len(ids)} ids for {cores} cores")
             if any(not i.startswith(uuid + DEVICE_ID_SEPARATOR) for i in ids):
                 raise InvalidDocument(f"{where}.deviceIds: an id is not of GPU {uuid}")
-            gpus.append(GpuShare(uuid=uuid, cores=cores, memory=d.integer(g, "memory", where), device_ids=ids))
+            memory = d.integer(g, "memory", where, maximum=MAX_GPU_MEMORY)
+            gpus.append(GpuShare(uuid=uuid, cores=cores, memory=memory, device_ids=ids))
         containers: list[ContainerShare] = []
         for i, item in enumerate(d.lst(top.get("containers", []), "assigned.containers")):
             where = f"assigned.containers[{i}]"

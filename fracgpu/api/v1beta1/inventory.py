@@ -14,8 +14,11 @@ from typing import Any
 from fracgpu.api.v1beta1 import _decode as d
 from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
+from fracgpu.api.v1beta1.names import MAX_GPU_MEMORY
 
 FORMAT_VERSION = 1
+# A GPU index, NUMA node or NVLink count is a C int where NVML and the kernel report it.
+MAX_SMALL = 2**31 - 1
 
 
 class LinkClass(IntEnum):
@@ -112,7 +115,7 @@ class NodeInventoryDoc:
                     GpuLink(
                         peer=d.string(lo, "peer", lw),
                         link=_LINK_BY_NAME[name],
-                        nvlinks=d.integer(lo, "nvlinks", lw, default=0),
+                        nvlinks=d.integer(lo, "nvlinks", lw, maximum=MAX_SMALL, default=0),
                     )
                 )
             uuid = d.string(g, "uuid", where)
@@ -121,10 +124,10 @@ class NodeInventoryDoc:
             gpus.append(
                 GpuInfo(
                     uuid=uuid,
-                    index=d.integer(g, "index", where),
+                    index=d.integer(g, "index", where, maximum=MAX_SMALL),
                     model=d.string(g, "model", where),
-                    memory=d.integer(g, "memory", where, minimum=1),
-                    numa=d.integer(g, "numa", where, minimum=-1, default=-1),
+                    memory=d.integer(g, "memory", where, minimum=1, maximum=MAX_GPU_MEMORY),
+                    numa=d.integer(g, "numa", where, minimum=-1, maximum=MAX_SMALL, default=-1),
                     pci_bus_id=d.string(g, "pciBusId", where, default=""),
                     healthy=d.boolean(g, "healthy", where, default=True),
                     reason=d.string(g, "reason", where, default=""),

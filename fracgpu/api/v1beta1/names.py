@@ -10,6 +10,9 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 RESOURCE_CORE: Final = "fracgpu.io/vgpu-core"
 RESOURCE_MEMORY: Final = "fracgpu.io/vgpu-memory"
 CORES_PER_GPU: Final = 100
+# The most VRAM one GPU may report or one pod may hold on it: 1 PiB, over 5,000 times today's largest GPU.
+# A larger value is corrupt; it would overflow the placement ledger's int64 sums.
+MAX_GPU_MEMORY: Final = 2**50
 DEVICE_ID_SEPARATOR: Final = "::"
 
 # Pod annotations a user may write (validated).
