@@ -1,7 +1,7 @@
 """`fracgpu dra-driver`: flags (with environment fallbacks), wiring, signals.
 
-Precedence: command line > environment > default. Health thresholds come from the ``FRACGPU_HEALTH_*``
-environment, as for the device plugin (fracgpu.core.health.HealthConfig.from_env).
+Precedence: command line > environment > default. Health thresholds are the device plugin's
+``--health-*`` flags (``FRACGPU_HEALTH_*``; fracgpu.deviceplugin.healthflags), one definition for both.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from types import FrameType
 
 from fracgpu.api.v1beta1.names import CDI_DIR, DRA_CDI_KIND, DRA_DRIVER, DRA_PLUGINS_DIR, DRA_REGISTRY_DIR
 from fracgpu.core.draslices import SliceOptions
-from fracgpu.core.health import HealthConfig, HealthConfigError
+from fracgpu.core.health import HealthConfigError
 from fracgpu.core.shareenv import LimiterConfig
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
+from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.draplugin.app import AppConfig, DraDriverApp
 from fracgpu.draplugin.driver import DriverConfig, KubeClaims
 from fracgpu.draplugin.server import ServerConfig
@@ -82,6 +83,7 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                            "FRACGPU_HEALTH_* (docs/health.md).")
     add_config_flag(p, environ)
     add_flags(p, FLAGS, environ)
+    add_flags(p, HEALTH_FLAGS, environ)
     return p
 
 
@@ -105,7 +107,7 @@ def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
         if not os.path.isabs(path):
             raise ConfigError(f"{flag} must be an absolute path (the kubelet uses it as is), got {path!r}")
     try:
-        health = HealthConfig.from_env(environ)
+        health = health_config(args)
     except HealthConfigError as e:
         raise ConfigError(f"health settings: {e}") from None
     limiter = None

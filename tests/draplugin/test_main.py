@@ -29,7 +29,7 @@ SIM = ["--backend", "simulated", "--gpus", str(EXAMPLE)]
      "/nonexistent.yaml"),
     ([*SIM, "--plugin-dir", "relative/dir"], {"NODE_NAME": "n"}, "--plugin-dir must be an absolute path"),
     ([*SIM, "--kube-api", "http://127.0.0.1:1"], {"NODE_NAME": "n", "FRACGPU_HEALTH_BAD_CHECKS": "many"},
-     "health settings: BAD_CHECKS"),
+     "FRACGPU_HEALTH_BAD_CHECKS='many' (environment)"),
     (SIM, {"NODE_NAME": "n", "KUBECONFIG": "/nonexistent/kubeconfig"}, "no usable cluster configuration (kubeconfig"),
     ([*SIM, "--unhealthy", "hide"], {"NODE_NAME": "n"}, "invalid choice: 'hide'"),
     (SIM, {"NODE_NAME": "n", "FRACGPU_DRA_RESYNC_INTERVAL": "soon"}, "FRACGPU_DRA_RESYNC_INTERVAL='soon' (environment)"),

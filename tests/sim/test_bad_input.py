@@ -68,7 +68,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
      "nodes-header.csv: no nodes, only a header line"),
     ("node list without GPUs", [*SIM, "--nodes", "{d}/nodes-nogpu.csv"], {},
      "nodes-nogpu.csv: no node has a GPU (column gpu), so there is nothing to allocate"),
-    ("a value of inf", [*SIM, "--trace", "{d}/inf.csv"], {}, "inf.csv:2: gpu_milli='inf' is not a number"),
+    ("a value of inf", [*SIM, "--trace", "{d}/inf.csv"], {}, "inf.csv:2: gpu_milli='inf' is out of range (at most 4503599627370496)"),
     ("a negative value", [*SIM, "--trace", "{d}/negative.csv"], {},
      "negative.csv:2: cpu_milli='-4000' is negative"),
     # -- flag values out of range: nan was taken, inf and 1e9 hung building the sequence, -j 0 ran
@@ -112,7 +112,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
     ("inspect: binary $FRACGPU_CONFIG", ["inspect"], {"FRACGPU_CONFIG": "{d}/picture"},
      "config {d}/picture: not a text file (byte 0x89 at offset 0 is not UTF-8)"),
     ("inspect: $KUBECONFIG a directory", ["inspect"], {"KUBECONFIG": "{d}/adir"},
-     "no usable cluster configuration: kubeconfig {d}/adir context (current): [Errno 21] Is a directory"),
+     "no usable cluster configuration (kubeconfig {d}/adir"),
 ]
 
 
