@@ -49,6 +49,7 @@ NAMES = [
     ("--max-body-bytes", ("--body-limit",)),
     ("--kube-api", ("--kube-host",)),
     ("--cert-reload", ("--cert-reload-seconds",)),
+    ("--heartbeat-stale", ("--heartbeat-grace",)),
 ]
 
 
@@ -91,6 +92,10 @@ OLD_NAMES = [
      "fracgpu device-plugin: --kube-host is deprecated, use --kube-api"),
     ("device-plugin", [], {"FRACGPU_KUBE_HOST": "https://10.0.0.2:6443"}, "kube_api", "https://10.0.0.2:6443",
      "environment variable FRACGPU_KUBE_HOST is deprecated, use FRACGPU_KUBE_API"),
+    ("controller", ["--heartbeat-grace", "30"], {}, "heartbeat_stale", 30.0,
+     "fracgpu controller: --heartbeat-grace is deprecated, use --heartbeat-stale"),
+    ("controller", [], {"FRACGPU_HEARTBEAT_GRACE": "31"}, "heartbeat_stale", 31.0,
+     "environment variable FRACGPU_HEARTBEAT_GRACE is deprecated, use FRACGPU_HEARTBEAT_STALE"),
     ("dra-driver", ["--kube-host", "https://10.0.0.1:6443"], {}, "kube_api", "https://10.0.0.1:6443",
      "fracgpu dra-driver: --kube-host is deprecated, use --kube-api"),
     ("dra-driver", [], {"FRACGPU_KUBE_HOST": "https://10.0.0.2:6443"}, "kube_api", "https://10.0.0.2:6443",
@@ -161,4 +166,4 @@ def test_every_old_name_is_in_the_upgrade_notes() -> None:
                 assert any(f"| {command} | `{alias.option_strings[0]}`" in r and f"`{new}`" in r for r in rows), (
                     command, alias.option_strings)
                 found += 1
-    assert found == 7
+    assert found == 8
