@@ -27,8 +27,9 @@ from fracgpu.core.health import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
+from fracgpu.deviceplugin.backends import open_backend
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
-from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
+from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.deviceplugin.metrics import PluginMetrics
@@ -118,15 +119,10 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def make_backend(args: argparse.Namespace) -> GpuBackend:
-    if args.backend == "simulated":
-        if not args.gpus:
-            raise ConfigError("--backend simulated needs --gpus FILE (or FRACGPU_GPUS_FILE)")
-        return SimulatedBackend.from_file(args.gpus, node=args.node_name)
-    import pynvml
-
-    from fracgpu.deviceplugin.backends.nvml import NvmlBackend
-
-    return NvmlBackend(pynvml)
+    try:
+        return open_backend(args.backend, args.gpus, args.node_name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def make_cluster(args: argparse.Namespace) -> Cluster:

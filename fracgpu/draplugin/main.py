@@ -19,8 +19,9 @@ from fracgpu.api.v1beta1.names import CDI_DIR, DRA_CDI_KIND, DRA_DRIVER, DRA_PLU
 from fracgpu.core.draslices import SliceOptions
 from fracgpu.core.health import HealthConfigError
 from fracgpu.core.shareenv import LimiterConfig
+from fracgpu.deviceplugin.backends import open_backend
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
-from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, SimulatedConfigError
+from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.draplugin.app import AppConfig, DraDriverApp
 from fracgpu.draplugin.driver import DriverConfig, KubeClaims
@@ -88,15 +89,10 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def make_backend(args: argparse.Namespace) -> GpuBackend:
-    if args.backend == "simulated":
-        if not args.gpus:
-            raise ConfigError("--backend simulated needs --gpus FILE (or FRACGPU_GPUS_FILE)")
-        return SimulatedBackend.from_file(args.gpus)
-    import pynvml
-
-    from fracgpu.deviceplugin.backends.nvml import NvmlBackend
-
-    return NvmlBackend(pynvml)
+    try:
+        return open_backend(args.backend, args.gpus, args.node_name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:

@@ -86,3 +86,24 @@ def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:
             proc.communicate()
         kubelet.stop()
         apiserver.stop()
+
+
+def test_both_node_programs_derive_a_nodes_simulated_uuids_alike() -> None:
+    """One gpus file on every node (manifests/simulated): the DRA driver names a node's GPUs as the
+    device plugin does (from the node name), so the two paths and the extender agree on (node, uuid)."""
+    from fracgpu.deviceplugin.main import make_backend as plugin_backend
+    from fracgpu.deviceplugin.main import parser as plugin_parser
+    from fracgpu.draplugin.main import make_backend as dra_backend
+
+    def uuids(make: object, build: object, node: str) -> list[str]:
+        unpinned = ["--backend", "simulated", "--gpus", str(ROOT / "manifests" / "simulated" / "gpus.yaml")]
+        args = build({}).parse_args([*unpinned, "--node-name", node])  # type: ignore[operator]
+        backend = make(args)  # type: ignore[operator]
+        try:
+            return [g.uuid for g in backend.inventory()]
+        finally:
+            backend.close()
+
+    a = uuids(dra_backend, parser, "node-a")
+    assert a == uuids(plugin_backend, plugin_parser, "node-a")
+    assert not set(a) & set(uuids(dra_backend, parser, "node-b"))
