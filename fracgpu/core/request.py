@@ -1,4 +1,4 @@
-"""A pod's GPU request, parsed and validated once from its spec.
+"""A pod's GPU request, parsed and validated once from its decoded containers (core.pod).
 
 Kubernetes' own rule (the upstream pod-requests helper) gives the pod's effective request from
 init containers, restartable init containers (sidecars) and app containers; the same rule gives
@@ -29,6 +29,7 @@ from fracgpu.api.v1beta1.names import (
     ZONE_SAME,
     ZONE_SPREAD,
 )
+from fracgpu.core.pod import ContainerSpec, PodObject
 from fracgpu.core.quantity import QuantityError, format_bytes_human, parse_bytes, parse_count, parse_milli
 
 # Largest number of whole GPUs one pod may ask for; bigger is surely a typo and would only waste time.
@@ -144,12 +145,10 @@ def _amount(resources: Mapping[str, Any], name: str, where: str) -> Any:
     return limits.get(name)
 
 
-def _container_demand(c: Mapping[str, Any], kind: str, index: int) -> tuple[ContainerDemand, int, int]:
-    name = c.get("name")
-    if not isinstance(name, str) or not name:
-        name = f"#{index}"
+def _container_demand(c: ContainerSpec) -> tuple[ContainerDemand, int, int]:
+    name, kind = c.name, c.kind
     where = f"container {name}"
-    resources = c.get("resources") or {}
+    resources = c.resources or {}
     if not isinstance(resources, Mapping):
         raise RequestError(f"{where}: resources must be a map")
     try:
@@ -189,39 +188,25 @@ def effective(init: Sequence[tuple[str, int]], app: Sequence[int]) -> int:
     return max(sum(app) + sidecars, init_peak)
 
 
-def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
-    """The GPU request of a pod given as its JSON object; None when it asks for no vgpu-core."""
-    if not isinstance(pod, Mapping):
-        raise RequestError("pod: expected a JSON object")
-    spec = pod.get("spec")
-    meta = pod.get("metadata") or {}
-    if not isinstance(spec, Mapping) or not isinstance(meta, Mapping):
-        raise RequestError("pod: spec and metadata must be objects")
+def parse_pod_request(pod: PodObject) -> GpuRequest | None:
+    """The GPU request of a decoded pod; None when it asks for no vgpu-core."""
     demands: list[ContainerDemand] = []
     init_cpu: list[tuple[str, int]] = []
     init_ram: list[tuple[str, int]] = []
     app_cpu: list[int] = []
     app_ram: list[int] = []
-    for key, default_kind in (("initContainers", "init"), ("containers", "app")):
-        items = spec.get(key)
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise RequestError(f"pod: spec.{key} must be a list")
-        for i, c in enumerate(items):
-            if not isinstance(c, Mapping):
-                raise RequestError(f"pod: spec.{key}[{i}] must be an object")
-            kind = default_kind
-            if default_kind == "init" and c.get("restartPolicy") == "Always":
-                kind = "sidecar"
-            demand, cpu, ram = _container_demand(c, kind, i)
-            demands.append(demand)
-            if kind == "app":
-                app_cpu.append(cpu)
-                app_ram.append(ram)
-            else:
-                init_cpu.append((kind, cpu))
-                init_ram.append((kind, ram))
+    containers = pod.containers[:pod.shape_error_at] if pod.shape_error else pod.containers
+    for c in containers:
+        demand, cpu, ram = _container_demand(c)
+        demands.append(demand)
+        if c.kind == "app":
+            app_cpu.append(cpu)
+            app_ram.append(ram)
+        else:
+            init_cpu.append((c.kind, cpu))
+            init_ram.append((c.kind, ram))
+    if pod.shape_error:
+        raise RequestError(pod.shape_error)
     gpu_demands = [d for d in demands if d.cores > 0]
     if not gpu_demands:
         return None
@@ -237,10 +222,9 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
     if with_memory:
         memory = effective([(d.kind, d.memory or 0) for d in demands if d.kind != "app"],
                            [d.memory or 0 for d in demands if d.kind == "app"])
-    annotations = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
-    if not isinstance(annotations, Mapping) or not isinstance(labels, Mapping):
-        raise RequestError("pod: metadata.annotations and metadata.labels must be maps")
+    if pod.meta_maps_error:
+        raise RequestError(pod.meta_maps_error)
+    annotations, labels = pod.annotations, pod.labels
     rule = ModelRule()
     if ANN_GPU_MODEL in annotations:
         rule = ModelRule.parse(str(annotations[ANN_GPU_MODEL]))

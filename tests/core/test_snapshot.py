@@ -7,6 +7,7 @@ import pytest
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, LABEL_ENABLED, LABEL_ZONE
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.registry import PolicyConfigError, parse_policies
 from fracgpu.core.snapshot import (
     NODE_BAD_INVENTORY,
@@ -74,7 +75,8 @@ def test_pod_records() -> None:
 
 
 def test_host_requests_tolerate_garbage() -> None:
-    assert host_requests({"containers": [{"resources": {"requests": {"cpu": "lots"}}}, "x"]}) == (0, 0)
+    pod = decode_pod({"spec": {"containers": [{"resources": {"requests": {"cpu": "lots"}}}, "x"]}})
+    assert host_requests(pod) == (0, 0)
 
 
 def test_parse_list_by_kind_and_errors() -> None:
