@@ -157,7 +157,7 @@ class PodRecord:
     cpu_milli: int = 0
     memory_bytes: int = 0
     deleting: bool = False  # deletionTimestamp set: still holds its share until it ends
-    raw: Mapping[str, Any] | None = None  # the object, kept only for pending GPU pods (bind needs it)
+    pod: PodObject | None = None  # the decoded pod, kept only for pending GPU pods (bind decides again on it)
 
     @property
     def key(self) -> str:
@@ -195,7 +195,7 @@ def host_requests(pod: PodObject) -> tuple[int, int]:
     return effective(init_cpu, app_cpu), effective(init_mem, app_mem)
 
 
-def pod_record(obj: Mapping[str, Any], *, keep_raw: bool = True) -> PodRecord:
+def pod_record(obj: Mapping[str, Any], *, keep_pod: bool = True) -> PodRecord:
     pod = decode_pod(obj)
     request: GpuRequest | None = None
     request_error = ""
@@ -229,7 +229,7 @@ def pod_record(obj: Mapping[str, Any], *, keep_raw: bool = True) -> PodRecord:
         cpu_milli=cpu,
         memory_bytes=mem,
         deleting=pod.deleting,
-        raw=obj if keep_raw and wants and not pod.node else None,
+        pod=pod if keep_pod and wants and not pod.node else None,
     )
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.core import confusable, zone
 from fracgpu.core.fit import FitOptions
-from fracgpu.core.pod import PodObject, decode_pod
+from fracgpu.core.pod import PodObject
 from fracgpu.core.quota import PendingPod, PodKey, Usage
 from fracgpu.core.ranking import Ranked, Ranking, rank
 from fracgpu.core.registry import parse_policies, workload_histograms
@@ -97,16 +96,15 @@ class Ask:
         return f"{self.namespace}/{self.name}"
 
 
-def read_request(pod: Mapping[str, Any]) -> Ask | Decision:
+def read_request(pod: PodObject) -> Ask | Decision:
     """Step 1: the pod's request, or the Decision that ends here (invalid, or no GPU asked)."""
-    decoded = decode_pod(pod)
     try:
-        req = parse_pod_request(decoded)
+        req = parse_pod_request(pod)
     except RequestError as e:
         return Decision(_empty(), [], f"invalid GPU request: {e}")
     if req is None:
         return Decision(_empty(), [], NO_GPU_REQUEST)
-    return Ask(decoded, req)
+    return Ask(pod, req)
 
 
 class Workload:

@@ -68,10 +68,10 @@ def test_pod_records() -> None:
     assert (rec.key, rec.node, rec.priority, rec.deleting, rec.finished) == ("ns/p", "n", 5, True, False)
     assert rec.request is not None and rec.request.cores == 20
     assert (rec.cpu_milli, rec.memory_bytes) == (2000, 1024**3)
-    assert rec.raw is None  # bound pods keep no raw object
+    assert rec.pod is None  # bound pods keep no decoded pod
     bad = pod_record({"metadata": {"name": "b"}, "spec": {"containers": [
         {"name": "c", "resources": {"requests": {"fracgpu.io/vgpu-core": "150"}}}]}})
-    assert bad.request is None and "neither a share" in bad.request_error and bad.raw is not None
+    assert bad.request is None and "neither a share" in bad.request_error and bad.pod is not None
 
 
 def test_host_requests_tolerate_garbage() -> None:
