@@ -58,10 +58,6 @@ class PodObject:
     meta_maps_error: str = ""  # annotations or labels are not maps (reported only for a GPU pod)
 
     @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
     def finished(self) -> bool:
         return pod_finished(self.phase)
 

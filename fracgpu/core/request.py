@@ -188,23 +188,23 @@ def effective(init: Sequence[tuple[str, int]], app: Sequence[int]) -> int:
     return max(sum(app) + sidecars, init_peak)
 
 
+def effective_host(containers: Sequence[tuple[str, int, int]]) -> tuple[int, int]:
+    """The effective (cpu milli, memory bytes) of containers given as (kind, cpu, memory) in spec order."""
+    init = [c for c in containers if c[0] != "app"]
+    app = [c for c in containers if c[0] == "app"]
+    return (effective([(k, cpu) for k, cpu, _ in init], [cpu for _, cpu, _ in app]),
+            effective([(k, mem) for k, _, mem in init], [mem for _, _, mem in app]))
+
+
 def parse_pod_request(pod: PodObject) -> GpuRequest | None:
     """The GPU request of a decoded pod; None when it asks for no vgpu-core."""
     demands: list[ContainerDemand] = []
-    init_cpu: list[tuple[str, int]] = []
-    init_ram: list[tuple[str, int]] = []
-    app_cpu: list[int] = []
-    app_ram: list[int] = []
+    host: list[tuple[str, int, int]] = []
     containers = pod.containers[:pod.shape_error_at] if pod.shape_error else pod.containers
     for c in containers:
         demand, cpu, ram = _container_demand(c)
         demands.append(demand)
-        if c.kind == "app":
-            app_cpu.append(cpu)
-            app_ram.append(ram)
-        else:
-            init_cpu.append((c.kind, cpu))
-            init_ram.append((c.kind, ram))
+        host.append((c.kind, cpu, ram))
     if pod.shape_error:
         raise RequestError(pod.shape_error)
     gpu_demands = [d for d in demands if d.cores > 0]
@@ -235,6 +235,7 @@ def parse_pod_request(pod: PodObject) -> GpuRequest | None:
     zone_policy = str(annotations.get(ANN_ZONE_POLICY, ZONE_NONE))
     if zone_policy not in (ZONE_SAME, ZONE_SPREAD, ZONE_NONE):
         raise RequestError(f"annotation {ANN_ZONE_POLICY}: {zone_policy!r} is not same, spread or none")
+    cpu_milli, memory_bytes = effective_host(host)
     return GpuRequest(
         cores=cores,
         memory=memory,
@@ -243,6 +244,6 @@ def parse_pod_request(pod: PodObject) -> GpuRequest | None:
         topology=topology,
         group=group,
         zone_policy=zone_policy,
-        cpu_milli=effective(init_cpu, app_cpu),
-        memory_bytes=effective(init_ram, app_ram),
+        cpu_milli=cpu_milli,
+        memory_bytes=memory_bytes,
     )

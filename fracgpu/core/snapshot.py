@@ -27,7 +27,7 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.core.pod import PodObject, decode_pod, pod_finished
 from fracgpu.core.quantity import QuantityError, parse_bytes, parse_milli
-from fracgpu.core.request import GpuRequest, RequestError, effective, parse_pod_request
+from fracgpu.core.request import GpuRequest, RequestError, effective_host, parse_pod_request
 
 # Why a node takes no new pod. Identical strings for identical causes (kube-scheduler groups them).
 NODE_NOT_OPTED_IN = f"node is not opted in to fracgpu (label {LABEL_ENABLED}=true)"
@@ -174,25 +174,15 @@ class PodRecord:
 
 def host_requests(pod: PodObject) -> tuple[int, int]:
     """The pod's effective cpu (milli) and memory (bytes) requests; 0 for what cannot be read."""
-    init_cpu: list[tuple[str, int]] = []
-    init_mem: list[tuple[str, int]] = []
-    app_cpu: list[int] = []
-    app_mem: list[int] = []
+    host: list[tuple[str, int, int]] = []
     for c in pod.containers:
         req = c.resources.get("requests") if isinstance(c.resources, Mapping) else None
         req = req if isinstance(req, Mapping) else {}
         try:
-            cpu = parse_milli(req.get("cpu", 0))
-            mem = parse_bytes(req.get("memory", 0))
+            host.append((c.kind, parse_milli(req.get("cpu", 0)), parse_bytes(req.get("memory", 0))))
         except QuantityError:
-            cpu = mem = 0
-        if c.kind == "app":
-            app_cpu.append(cpu)
-            app_mem.append(mem)
-        else:
-            init_cpu.append((c.kind, cpu))
-            init_mem.append((c.kind, mem))
-    return effective(init_cpu, app_cpu), effective(init_mem, app_mem)
+            host.append((c.kind, 0, 0))
+    return effective_host(host)
 
 
 def pod_record(obj: Mapping[str, Any], *, keep_pod: bool = True) -> PodRecord:

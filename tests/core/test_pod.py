@@ -60,8 +60,8 @@ def test_the_fields_every_program_reads() -> None:
                  "containers": [{"name": "app"}]},
         "status": {"phase": "Running"},
     })
-    assert (pod.key, pod.uid, pod.node, pod.phase, pod.created, pod.deleting, pod.priority, pod.scheduler_name) == (
-        "ns/p", "u", "n1", "Running", "2026-01-01T00:00:00Z", True, 7, "s")
+    assert (pod.namespace, pod.name, pod.uid, pod.node, pod.phase, pod.created, pod.deleting, pod.priority, pod.scheduler_name) == (
+        "ns", "p", "u", "n1", "Running", "2026-01-01T00:00:00Z", True, 7, "s")
     assert (dict(pod.labels), dict(pod.annotations)) == ({"a": "b"}, {"k": "v"})
     assert [(c.name, c.kind) for c in pod.containers] == [("side", "sidecar"), ("init", "init"), ("app", "app")]
     assert not pod.finished
