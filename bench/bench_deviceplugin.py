@@ -29,6 +29,7 @@ import grpc
 from fracgpu.api.v1beta1.deviceplugin import api_pb2, api_pb2_grpc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATED, PHASE_ALLOCATING, RESOURCE_CORE
 from fracgpu.core.inventory import split_device_id
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.reservation import build_assignment
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
@@ -81,7 +82,7 @@ class Node:
 
     def reserve(self, name: str, cores: int) -> list[str]:
         obj = pod(name, cores)
-        req = parse_pod_request(obj)
+        req = parse_pod_request(decode_pod(obj))
         assert req is not None
         room = [g for g in self.gpus if 100 - len(self.held[g.uuid]) >= cores]
         g = self.rng.choice(room)

@@ -32,6 +32,7 @@ from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.extender import ExtenderArgs
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import LABEL_ENABLED, LABEL_ZONE, SCHEDULER_NAME, device_id
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.snapshot import NodeRecord, PodRecord, pod_record
 from fracgpu.extender.app import Deps, make_app
@@ -93,7 +94,7 @@ def build(nodes: int, pods: int, seed: int) -> Scheduler:
                        containers=(ContainerShare("c", "app", ids),))
         s.apply_pod(PodRecord(namespace="bench", name=name, node=a.node, phase="Running", assignment=a,
                               gpu_phase="allocated", cpu_milli=1000, memory_bytes=2 * GI,
-                              request=parse_pod_request(pod_obj(name, cores, None))))
+                              request=parse_pod_request(decode_pod(pod_obj(name, cores, None)))))
         placed += 1
     s.mark_synced()
     return s

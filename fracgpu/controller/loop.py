@@ -19,7 +19,7 @@ from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
-from fracgpu.kube import errors
+from fracgpu.kube import errors, objects
 from fracgpu.kube.leader import Clock, LeaderElector
 from fracgpu.kube.objects import ObjectRef
 
@@ -63,8 +63,7 @@ class ClusterCache:
         self.changed.set()
 
     def pod(self, event: str, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        key = objects.key(obj)
         view = None if event == "DELETED" else pod_view(obj)
         with self._lock:
             if view is None:
@@ -74,8 +73,7 @@ class ClusterCache:
         self.changed.set()
 
     def lease(self, event: str, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        if meta.get("namespace", self.lease_namespace) != self.lease_namespace:
+        if objects.meta(obj).get("namespace", self.lease_namespace) != self.lease_namespace:
             return
         beat = heartbeat(obj)
         if beat is None:
@@ -88,8 +86,7 @@ class ClusterCache:
         self.changed.set()
 
     def job(self, event: str, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        key = objects.key(obj)
         state = None if event == "DELETED" else recovery.job_state(obj)
         with self._lock:
             if state is None:
@@ -110,14 +107,12 @@ class ClusterCache:
                 beats = (
                     heartbeat(o)
                     for o in objs
-                    if (o.get("metadata") or {}).get("namespace", self.lease_namespace) == self.lease_namespace
+                    if objects.meta(o).get("namespace", self.lease_namespace) == self.lease_namespace
                 )
                 self._beats = dict(b for b in beats if b is not None)
             elif kind == "jobs":
-                states = ((o.get("metadata") or {}, recovery.job_state(o)) for o in objs)
-                self._jobs = {
-                    (str(m.get("namespace", "")), str(m.get("name", ""))): st for m, st in states if st is not None
-                }
+                states = ((objects.key(o), recovery.job_state(o)) for o in objs)
+                self._jobs = {k: st for k, st in states if st is not None}
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         self.changed.set()

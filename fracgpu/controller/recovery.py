@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from fracgpu.api.v1beta1.names import ANN_RECOVERY_NODE, LABEL_RECOVERY_NODE
+from fracgpu.kube import objects
 
 ENV_NODE: Final = "FRACGPU_NODE"
 _MAX_LABEL: Final = 63
@@ -82,8 +83,7 @@ def build_job(template: Mapping[str, Any], node: str, namespace: str, taint_key:
 
 def job_state(obj: Mapping[str, Any]) -> tuple[str, bool] | None:
     """(node, running) for one of our recovery Jobs; None for any other Job."""
-    meta = obj.get("metadata") or {}
-    node = (meta.get("annotations") or {}).get(ANN_RECOVERY_NODE)
+    node = objects.annotations(obj).get(ANN_RECOVERY_NODE)
     if not isinstance(node, str) or not node:
         return None
     conditions = (obj.get("status") or {}).get("conditions") or []

@@ -14,6 +14,7 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, LEASE_PREFIX
+from fracgpu.core.pod import decode_pod
 from fracgpu.kube import objects
 
 
@@ -33,7 +34,7 @@ class PodView:
     node: str
     gpus: frozenset[str]  # uuids of the GPUs the pod's reservation holds
     terminating: bool = False  # deletionTimestamp set: being evicted or deleted
-    finished: bool = False  # Succeeded / Failed: holds nothing any more
+    finished: bool = False  # core.pod.pod_finished: holds nothing any more
 
     @property
     def key(self) -> str:
@@ -51,7 +52,7 @@ class World:
 
 
 def node_view(obj: Mapping[str, Any], taint_key: str) -> NodeView:
-    name = str(objects.meta(obj).get("name", ""))
+    name = objects.name(obj)
     spec = obj.get("spec")
     taints = spec.get("taints") if isinstance(spec, Mapping) else None
     tainted = isinstance(taints, list) and any(isinstance(t, Mapping) and t.get("key") == taint_key for t in taints)
@@ -66,26 +67,22 @@ def node_view(obj: Mapping[str, Any], taint_key: str) -> NodeView:
 
 def pod_view(obj: Mapping[str, Any]) -> PodView | None:
     """None for a pod without a (valid) fracgpu reservation: the controller leaves it alone."""
-    text = objects.annotations(obj).get(ANN_ASSIGNED)
+    pod = decode_pod(obj)
+    text = pod.annotations.get(ANN_ASSIGNED)
     if text is None:
         return None
     try:
-        assignment = Assignment.from_json(str(text))
+        assignment = Assignment.from_json(text)
     except InvalidDocument:
         return None
-    meta = objects.meta(obj)
-    spec = obj.get("spec")
-    status = obj.get("status")
-    node = spec.get("nodeName") if isinstance(spec, Mapping) else None
-    phase = status.get("phase") if isinstance(status, Mapping) else None
     return PodView(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        node=str(node or assignment.node),
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        node=pod.node or assignment.node,
         gpus=frozenset(g.uuid for g in assignment.gpus),
-        terminating=meta.get("deletionTimestamp") is not None,
-        finished=phase in ("Succeeded", "Failed"),
+        terminating=pod.deleting,
+        finished=pod.finished,
     )
 
 
@@ -95,7 +92,7 @@ def heartbeat(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     The marker is the renew time and holder as written: the controller judges staleness by when
     it saw the marker change on its own clock, never by comparing the writer's clock with its own.
     """
-    name = str(objects.meta(obj).get("name", ""))
+    name = objects.name(obj)
     if not name.startswith(LEASE_PREFIX) or len(name) == len(LEASE_PREFIX):
         return None
     spec = obj.get("spec")

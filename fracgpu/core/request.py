@@ -1,4 +1,4 @@
-"""A pod's GPU request, parsed and validated once from its spec.
+"""A pod's GPU request, parsed and validated once from its decoded containers (core.pod).
 
 Kubernetes' own rule (the upstream pod-requests helper) gives the pod's effective request from
 init containers, restartable init containers (sidecars) and app containers; the same rule gives
@@ -30,6 +30,7 @@ from fracgpu.api.v1beta1.names import (
     ZONE_SAME,
     ZONE_SPREAD,
 )
+from fracgpu.core.pod import ContainerSpec, PodObject
 from fracgpu.core.quantity import (
     MAX_QUANTITY,
     MAX_WHOLE_MILLI,
@@ -154,12 +155,10 @@ def _amount(resources: Mapping[str, Any], name: str, where: str) -> Any:
     return limits.get(name)
 
 
-def _container_demand(c: Mapping[str, Any], kind: str, index: int) -> tuple[ContainerDemand, int, int]:
-    name = c.get("name")
-    if not isinstance(name, str) or not name:
-        name = f"#{index}"
+def _container_demand(c: ContainerSpec) -> tuple[ContainerDemand, int, int]:
+    name, kind = c.name, c.kind
     where = f"container {name}"
-    resources = c.get("resources") or {}
+    resources = c.resources or {}
     if not isinstance(resources, Mapping):
         raise RequestError(f"{where}: resources must be a map")
     try:
@@ -200,39 +199,25 @@ def effective(init: Sequence[tuple[str, int]], app: Sequence[int]) -> int:
     return max(sum(app) + sidecars, init_peak)
 
 
-def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
-    """The GPU request of a pod given as its JSON object; None when it asks for no vgpu-core."""
-    if not isinstance(pod, Mapping):
-        raise RequestError("pod: expected a JSON object")
-    spec = pod.get("spec")
-    meta = pod.get("metadata") or {}
-    if not isinstance(spec, Mapping) or not isinstance(meta, Mapping):
-        raise RequestError("pod: spec and metadata must be objects")
+def effective_host(containers: Sequence[tuple[str, int, int]]) -> tuple[int, int]:
+    """The effective (cpu milli, memory bytes) of containers given as (kind, cpu, memory) in spec order."""
+    init = [c for c in containers if c[0] != "app"]
+    app = [c for c in containers if c[0] == "app"]
+    return (effective([(k, cpu) for k, cpu, _ in init], [cpu for _, cpu, _ in app]),
+            effective([(k, mem) for k, _, mem in init], [mem for _, _, mem in app]))
+
+
+def parse_pod_request(pod: PodObject) -> GpuRequest | None:
+    """The GPU request of a decoded pod; None when it asks for no vgpu-core."""
     demands: list[ContainerDemand] = []
-    init_cpu: list[tuple[str, int]] = []
-    init_ram: list[tuple[str, int]] = []
-    app_cpu: list[int] = []
-    app_ram: list[int] = []
-    for key, default_kind in (("initContainers", "init"), ("containers", "app")):
-        items = spec.get(key)
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise RequestError(f"pod: spec.{key} must be a list")
-        for i, c in enumerate(items):
-            if not isinstance(c, Mapping):
-                raise RequestError(f"pod: spec.{key}[{i}] must be an object")
-            kind = default_kind
-            if default_kind == "init" and c.get("restartPolicy") == "Always":
-                kind = "sidecar"
-            demand, cpu, ram = _container_demand(c, kind, i)
-            demands.append(demand)
-            if kind == "app":
-                app_cpu.append(cpu)
-                app_ram.append(ram)
-            else:
-                init_cpu.append((kind, cpu))
-                init_ram.append((kind, ram))
+    host: list[tuple[str, int, int]] = []
+    containers = pod.containers[:pod.shape_error_at] if pod.shape_error else pod.containers
+    for c in containers:
+        demand, cpu, ram = _container_demand(c)
+        demands.append(demand)
+        host.append((c.kind, cpu, ram))
+    if pod.shape_error:
+        raise RequestError(pod.shape_error)
     gpu_demands = [d for d in demands if d.cores > 0]
     if not gpu_demands:
         return None
@@ -251,7 +236,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
         if memory > MAX_GPU_MEMORY:
             raise RequestError(f"pod: {RESOURCE_MEMORY} adds up to {format_bytes_human(memory)}, more than a GPU "
                                f"has (at most {format_bytes(MAX_GPU_MEMORY)})")
-    cpu_milli, memory_bytes = effective(init_cpu, app_cpu), effective(init_ram, app_ram)
+    cpu_milli, memory_bytes = effective_host(host)
     # each container's amount is bounded, their sum must be too: the ledger adds it up in int64
     if cpu_milli > MAX_WHOLE_MILLI * 1000:
         whole = cpu_milli // 1000 if cpu_milli % 1000 == 0 else f"{cpu_milli}m"
@@ -259,10 +244,9 @@ def parse_pod_request(pod: Mapping[str, Any]) -> GpuRequest | None:
     if memory_bytes > MAX_QUANTITY:
         raise RequestError(f"pod: memory adds up to {format_bytes_human(memory_bytes)}, more than "
                            f"{format_bytes(MAX_QUANTITY)}")
-    annotations = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
-    if not isinstance(annotations, Mapping) or not isinstance(labels, Mapping):
-        raise RequestError("pod: metadata.annotations and metadata.labels must be maps")
+    if pod.meta_maps_error:
+        raise RequestError(pod.meta_maps_error)
+    annotations, labels = pod.annotations, pod.labels
     rule = ModelRule()
     if ANN_GPU_MODEL in annotations:
         rule = ModelRule.parse(str(annotations[ANN_GPU_MODEL]))

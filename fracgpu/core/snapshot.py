@@ -25,11 +25,9 @@ from fracgpu.api.v1beta1.names import (
     LABEL_ZONE,
     TAINT_GPU_FAILED,
 )
+from fracgpu.core.pod import PodObject, decode_pod, pod_finished
 from fracgpu.core.quantity import MAX_QUANTITY, MAX_WHOLE_MILLI, QuantityError, parse_bytes, parse_milli
-from fracgpu.core.request import GpuRequest, RequestError, effective, parse_pod_request
-
-POD_SUCCEEDED = "Succeeded"
-POD_FAILED = "Failed"
+from fracgpu.core.request import GpuRequest, RequestError, effective_host, parse_pod_request
 
 # Why a node takes no new pod. Identical strings for identical causes (kube-scheduler groups them).
 NODE_NOT_OPTED_IN = f"node is not opted in to fracgpu (label {LABEL_ENABLED}=true)"
@@ -159,7 +157,7 @@ class PodRecord:
     cpu_milli: int = 0
     memory_bytes: int = 0
     deleting: bool = False  # deletionTimestamp set: still holds its share until it ends
-    raw: Mapping[str, Any] | None = None  # the object, kept only for pending GPU pods (bind needs it)
+    pod: PodObject | None = None  # the decoded pod, kept only for pending GPU pods (bind decides again on it)
 
     @property
     def key(self) -> str:
@@ -167,88 +165,63 @@ class PodRecord:
 
     @property
     def finished(self) -> bool:
-        return self.phase in (POD_SUCCEEDED, POD_FAILED)
+        return pod_finished(self.phase)
 
     @property
     def wants_gpu(self) -> bool:
         return self.request is not None or bool(self.request_error)
 
 
-def host_requests(spec: Mapping[str, Any]) -> tuple[int, int]:
+def host_requests(pod: PodObject) -> tuple[int, int]:
     """The pod's effective cpu (milli) and memory (bytes) requests; 0 for what cannot be read (or adds up
     past the quantities' bound)."""
-    init_cpu: list[tuple[str, int]] = []
-    init_mem: list[tuple[str, int]] = []
-    app_cpu: list[int] = []
-    app_mem: list[int] = []
-    for key in ("initContainers", "containers"):
-        items = spec.get(key)
-        if not isinstance(items, list):
-            continue
-        for c in items:
-            if not isinstance(c, Mapping):
-                continue
-            res = c.get("resources")
-            req = res.get("requests") if isinstance(res, Mapping) else None
-            req = req if isinstance(req, Mapping) else {}
-            try:
-                cpu = parse_milli(req.get("cpu", 0))
-                mem = parse_bytes(req.get("memory", 0))
-            except QuantityError:
-                cpu = mem = 0
-            if key == "containers":
-                app_cpu.append(cpu)
-                app_mem.append(mem)
-            else:
-                kind = "sidecar" if c.get("restartPolicy") == "Always" else "init"
-                init_cpu.append((kind, cpu))
-                init_mem.append((kind, mem))
-    cpu, mem = effective(init_cpu, app_cpu), effective(init_mem, app_mem)
+    host: list[tuple[str, int, int]] = []
+    for c in pod.containers:
+        req = c.resources.get("requests") if isinstance(c.resources, Mapping) else None
+        req = req if isinstance(req, Mapping) else {}
+        try:
+            host.append((c.kind, parse_milli(req.get("cpu", 0)), parse_bytes(req.get("memory", 0))))
+        except QuantityError:
+            host.append((c.kind, 0, 0))
+    cpu, mem = effective_host(host)
     return (cpu if cpu <= MAX_WHOLE_MILLI * 1000 else 0), (mem if mem <= MAX_QUANTITY else 0)
 
 
-def pod_record(obj: Mapping[str, Any], *, keep_raw: bool = True) -> PodRecord:
-    meta = _meta(obj)
-    spec = obj.get("spec")
-    spec = spec if isinstance(spec, Mapping) else {}
-    status = obj.get("status")
-    status = status if isinstance(status, Mapping) else {}
-    annotations = _str_map(meta.get("annotations"))
+def pod_record(obj: Mapping[str, Any], *, keep_pod: bool = True) -> PodRecord:
+    pod = decode_pod(obj)
     request: GpuRequest | None = None
     request_error = ""
     try:
-        request = parse_pod_request(obj)
+        request = parse_pod_request(pod)
     except RequestError as e:
         request_error = str(e)
     assignment: Assignment | None = None
     assignment_error = ""
-    if ANN_ASSIGNED in annotations:
+    if ANN_ASSIGNED in pod.annotations:
         try:
-            assignment = Assignment.from_json(annotations[ANN_ASSIGNED])
+            assignment = Assignment.from_json(pod.annotations[ANN_ASSIGNED])
         except InvalidDocument as e:
             assignment_error = str(e)
-    cpu, mem = host_requests(spec)
-    node = str(spec.get("nodeName") or "")
-    prio = spec.get("priority")
+    cpu, mem = host_requests(pod)
     wants = request is not None or bool(request_error)
     return PodRecord(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
-        node=node,
-        phase=str(status.get("phase") or "Pending"),
-        created=str(meta.get("creationTimestamp") or ""),
-        priority=prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
-        labels=_str_map(meta.get("labels")),
+        namespace=pod.namespace or "default",
+        name=pod.name,
+        uid=pod.uid,
+        node=pod.node,
+        phase=pod.phase or "Pending",
+        created=pod.created,
+        priority=pod.priority,
+        labels=pod.labels,
         request=request,
         request_error=request_error,
         assignment=assignment,
         assignment_error=assignment_error,
-        gpu_phase=annotations.get(ANN_PHASE, ""),
+        gpu_phase=pod.annotations.get(ANN_PHASE, ""),
         cpu_milli=cpu,
         memory_bytes=mem,
-        deleting=meta.get("deletionTimestamp") is not None,
-        raw=obj if keep_raw and wants and not node else None,
+        deleting=pod.deleting,
+        pod=pod if keep_pod and wants and not pod.node else None,
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fracgpu.deviceplugin.pods import NodePod, node_pod_from_dict
+from fracgpu.kube import objects
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +71,7 @@ class MemoryCluster:
 
     def put_pod(self, pod: Mapping[str, Any]) -> None:
         with self._lock:
-            meta = pod["metadata"]
-            key = f"{meta['namespace']}/{meta['name']}"
+            key = "/".join(objects.key(pod))
             self.pods[key] = copy.deepcopy(dict(pod))
             self._decoded.pop(key, None)
             self._snapshot = None
@@ -84,7 +84,7 @@ class MemoryCluster:
 
     def annotations(self, namespace: str, name: str) -> dict[str, str]:
         with self._lock:
-            return dict(self.pods[f"{namespace}/{name}"]["metadata"].get("annotations") or {})
+            return dict(objects.annotations(self.pods[f"{namespace}/{name}"]))
 
     def node_pods(self) -> list[NodePod]:
         with self._lock:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import ContainerDemand, RequestError, effective, parse_pod_request
 
 
@@ -16,7 +17,7 @@ class NodePod:
     name: str
     uid: str = ""
     node: str = ""
-    terminated: bool = False  # status.phase Succeeded or Failed: its devices are free again
+    terminated: bool = False  # finished (core.pod.pod_finished): its devices are free again
     containers: tuple[ContainerDemand, ...] = ()  # every container, spec order (init, then app)
     request_error: str = ""  # the pod's GPU request could not be read
     assigned: str | None = None  # raw fracgpu.io/assigned
@@ -48,28 +49,24 @@ class NodePod:
 
 def node_pod_from_dict(obj: Mapping[str, Any]) -> NodePod:
     """Decode a pod object as the API server sends it. Never raises for a bad GPU request."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    annotations = meta.get("annotations") or {}
+    pod = decode_pod(obj)
     containers: tuple[ContainerDemand, ...] = ()
     error = ""
     try:
-        request = parse_pod_request(obj)
+        request = parse_pod_request(pod)
         if request is not None:
             containers = request.containers
     except RequestError as e:
         error = str(e)
-    assigned = annotations.get(ANN_ASSIGNED)
     return NodePod(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        node=str(spec.get("nodeName", "") or ""),
-        terminated=status.get("phase") in ("Succeeded", "Failed"),
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        node=pod.node,
+        terminated=pod.finished,
         containers=containers,
         request_error=error,
-        assigned=assigned if isinstance(assigned, str) else None,
-        phase=str(annotations.get(ANN_PHASE, "")),
-        created=str(meta.get("creationTimestamp", "")),
+        assigned=pod.annotations.get(ANN_ASSIGNED),
+        phase=pod.annotations.get(ANN_PHASE, ""),
+        created=pod.created,
     )

@@ -34,7 +34,8 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, TENANT_NS_PREFIX
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
-from fracgpu.core.quota import PodKey, QuotaLedger, Usage, charge_of, holds_quota
+from fracgpu.core.pod import decode_pod
+from fracgpu.core.quota import PodKey, QuotaLedger, Usage, charge_of
 from fracgpu.core.snapshot import namespace_record
 from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, QuotaError, Tenants, ns_tenant
 from fracgpu.deviceplugin.metrics import PluginMetrics
@@ -61,8 +62,7 @@ class AllowAll:
 def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a pod object the quota cache needs (a reflector keeps this, not the whole pod)."""
     meta = objects.meta(obj)
-    annotations = meta.get("annotations")
-    assigned = annotations.get(ANN_ASSIGNED) if isinstance(annotations, Mapping) else None
+    assigned = objects.annotations(obj).get(ANN_ASSIGNED)
     spec = obj.get("spec")
     status = obj.get("status")
     out_meta: dict[str, Any] = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
@@ -123,17 +123,13 @@ class TenantQuotas:
             self._tenants = None
 
     def apply_pod(self, obj: Mapping[str, Any]) -> None:
-        """A pod's reservation counts while the pod holds quota (core.quota.holds_quota)."""
-        meta = objects.meta(obj)
-        key = PodKey(str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        annotations = meta.get("annotations")
-        text = annotations.get(ANN_ASSIGNED) if isinstance(annotations, Mapping) else None
-        spec = obj.get("spec")
-        node = str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
-        status = obj.get("status")
-        phase = str(status.get("phase") or "Pending") if isinstance(status, Mapping) else "Pending"
+        """A pod's reservation counts until the pod is finished (core.pod.pod_finished) or gone."""
+        pod = decode_pod(obj)
+        key = PodKey(pod.namespace, pod.name)
+        text = pod.annotations.get(ANN_ASSIGNED)
+        node = pod.node
         with self._lock:
-            if not isinstance(text, str) or not node or not holds_quota(phase, deleted=False):
+            if text is None or not node or pod.finished:
                 self._release(key)
                 return
             if self._texts.get(key) == text:

@@ -24,6 +24,7 @@ from fracgpu.api.v1beta1.dra.resource import Device, OwnerReference, Pool, Resou
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.core.draslices import SliceOptions, build_slices, dropped_fields, same_devices, validate_slice
 from fracgpu.kube import errors
+from fracgpu.kube.objects import name as object_name
 from fracgpu.kube.objects import uid as object_uid
 from fracgpu.kube.resources import NODES, RESOURCESLICES
 from fracgpu.kube.writer import KubeWriter
@@ -82,7 +83,7 @@ class SlicePublisher:
                 out.append(ResourceSlice.from_json(obj))
             except InvalidDocument as e:
                 # kept as a slice of no pool: it is replaced or deleted below
-                out.append(ResourceSlice(name=str((obj.get("metadata") or {}).get("name", "")),
+                out.append(ResourceSlice(name=object_name(obj),
                                          spec=ResourceSliceSpec(self.opts.driver, Pool("", 0), self.node)))
                 log.warning("unreadable ResourceSlice of this node will be replaced error=%s", e)
         return out

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.core import confusable, zone
 from fracgpu.core.fit import FitOptions
+from fracgpu.core.pod import PodObject
 from fracgpu.core.quota import PendingPod, PodKey, Usage
 from fracgpu.core.ranking import Ranked, Ranking, rank
 from fracgpu.core.registry import parse_policies, workload_histograms
@@ -72,30 +72,39 @@ class Decision:
 class Ask:
     """The pod as the steps after `request` see it."""
 
-    pod: Mapping[str, Any]
-    namespace: str
-    name: str
-    uid: str
-    created: str
+    pod: PodObject
     req: GpuRequest
+
+    @property
+    def namespace(self) -> str:
+        return self.pod.namespace or "default"
+
+    @property
+    def name(self) -> str:
+        return self.pod.name
+
+    @property
+    def uid(self) -> str:
+        return self.pod.uid
+
+    @property
+    def created(self) -> str:
+        return self.pod.created
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
-def read_request(pod: Mapping[str, Any]) -> Ask | Decision:
+def read_request(pod: PodObject) -> Ask | Decision:
     """Step 1: the pod's request, or the Decision that ends here (invalid, or no GPU asked)."""
-    meta = pod.get("metadata") or {}
-    namespace = str(meta.get("namespace") or "default")
-    name = str(meta.get("name"))
     try:
         req = parse_pod_request(pod)
     except RequestError as e:
         return Decision(_empty(), [], f"invalid GPU request: {e}")
     if req is None:
         return Decision(_empty(), [], NO_GPU_REQUEST)
-    return Ask(pod, namespace, name, str(meta.get("uid") or ""), str(meta.get("creationTimestamp") or ""), req)
+    return Ask(pod, req)
 
 
 class Workload:
@@ -244,10 +253,8 @@ class Decider:
             mem = req.memory_on(spec.gpus[kept[0].gpus[0]].memory)
         if mem is None:
             return ""
-        prio = ask.pod.get("spec", {}).get("priority")
         pending = PendingPod(
-            PodKey(ask.namespace, ask.name), tenant, Usage.for_pod(req.cores, mem),
-            prio if isinstance(prio, int) and not isinstance(prio, bool) else 0,
+            PodKey(ask.namespace, ask.name), tenant, Usage.for_pod(req.cores, mem), ask.pod.priority,
             confusable.parse_time(ask.created),
         )
         out = self.store.book.ledger.admit(pending, now, self.fits_somewhere)

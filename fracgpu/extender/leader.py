@@ -81,7 +81,7 @@ class CacheFence:
         for page in pager.pages(self.transport, PODS, field_selector="spec.nodeName!=", page_size=self.page_size):
             bound: list[PodRecord] = []
             for item in page.items:
-                rec = pod_record(item, keep_raw=False)
+                rec = pod_record(item, keep_pod=False)
                 a = rec.assignment
                 if rec.finished or a is None or a.node != rec.node:
                     continue  # holds nothing (the cache keeps no reservation for it either)

@@ -34,6 +34,7 @@ from fracgpu.api.v1beta1.extender import (
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATING
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.fit import reason_unhealthy_room
+from fracgpu.core.pod import PodObject, decode_pod
 from fracgpu.core.quota import PodKey, TenantSnapshot, charge_of
 from fracgpu.core.reservation import NoFreeDeviceIds, build_assignment
 from fracgpu.core.snapshot import NamespaceRecord, NodeRecord, PodRecord
@@ -190,7 +191,7 @@ class Scheduler:
             )
 
     # ---- decisions ----------------------------------------------------------------------------
-    def _decide(self, pod: Mapping[str, Any], names: Sequence[str], want: int, *, admit: bool = False) -> Decision:
+    def _decide(self, pod: PodObject, names: Sequence[str], want: int, *, admit: bool = False) -> Decision:
         ask = read_request(pod)
         if isinstance(ask, Decision):
             return ask
@@ -215,10 +216,11 @@ class Scheduler:
         an Error sends it to its backoff queue and it is retried after 1-10 s (docs/extender.md,
         "Why a still-allocating refusal is an error")."""
         names = list(dict.fromkeys(args.node_names))  # each candidate once, with one outcome
+        pod = decode_pod(args.pod)
         with self._lock:
             if not self._synced:
                 return ExtenderFilterResult(error=NOT_READY)
-            d = self._decide(args.pod, names, self.config.k, admit=True)
+            d = self._decide(pod, names, self.config.k, admit=True)
             self._log_unhealthy_room(d)
         if d.error == NO_GPU_REQUEST:  # not ours (an extender without managedResources sees every pod)
             return ExtenderFilterResult(node_names=tuple(names))
@@ -250,8 +252,9 @@ class Scheduler:
     def prioritize(self, args: ExtenderArgs) -> list[HostPriority]:
         """0..10 by rank: the best node alone gets 10, the next 9, ...; nodes that do not fit get 0."""
         names = list(dict.fromkeys(args.node_names))
+        pod = decode_pod(args.pod)
         with self._lock:
-            kept = self._decide(args.pod, names, len(names)).kept
+            kept = self._decide(pod, names, len(names)).kept
         score = {r.node: max(0, MAX_SCORE - i) for i, r in enumerate(kept)}
         return [HostPriority(n, score.get(n, 0)) for n in names]
 
@@ -265,13 +268,13 @@ class Scheduler:
                 return self._holds.resend(key, args.node, args.pod_uid)
             store = self._store
             rec = store.pods.get(key)
-            if rec is None or rec.raw is None:
+            if rec is None or rec.pod is None:
                 raise BindRefused(f"pod {key} is not a pending GPU pod in the extender's cache")
             if rec.uid and args.pod_uid != rec.uid:
                 raise BindRefused(f"pod {key} has uid {rec.uid}, the bind names {args.pod_uid}")
             if args.node not in store.state.index:
                 raise BindRefused(f"node {args.node}: {UNKNOWN_NODE}")
-            d = self._decide(rec.raw, [args.node], 1)
+            d = self._decide(rec.pod, [args.node], 1)
             if d.error:
                 raise BindRefused(d.error)
             if not d.kept:

@@ -45,7 +45,7 @@ def _slim(rec: PodRecord) -> PodRecord:
     if not rec.node:
         return replace(rec, assignment=None, labels=_NO_LABELS)
     keep = rec.request if rec.request is not None and rec.request.group else None
-    return replace(rec, assignment=None, request=keep, raw=None, labels=_NO_LABELS)
+    return replace(rec, assignment=None, request=keep, pod=None, labels=_NO_LABELS)
 
 
 def _bound(rec: PodRecord, node: str) -> PodRecord:

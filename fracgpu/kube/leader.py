@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fracgpu.api.rfc3339 import format_micro_time
-from fracgpu.kube import errors
+from fracgpu.kube import errors, objects
 from fracgpu.kube.resources import LEASES
 from fracgpu.kube.writer import KubeWriter
 
@@ -160,7 +160,7 @@ class LeaderElector:
 
 
 def _with_spec(lease: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
-    meta = dict(lease.get("metadata") or {})
+    meta = dict(objects.meta(lease))
     # keep resourceVersion: the replace is conditional on it
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": dict(spec)}
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from fracgpu.kube import objects
 from fracgpu.kube.client import Transport
 from fracgpu.kube.objects import Obj
 from fracgpu.kube.resources import Resource
@@ -35,7 +36,7 @@ def pages(transport: Transport, resource: Resource, *, namespace: str | None = N
         answer = transport.request("GET", resource.path(namespace), query={
             "labelSelector": label_selector, "fieldSelector": field_selector, "limit": page_size,
             "continue": token})
-        meta = answer.get("metadata") or {}
+        meta = objects.meta(answer)
         items = answer.get("items") or []
         for item in items:
             item.setdefault("apiVersion", resource.api_version)

@@ -21,7 +21,7 @@ from fracgpu.core.confusable import parse_time
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
-from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of, holds_quota
+from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
 from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
 from fracgpu.core.snapshot import (
@@ -104,7 +104,7 @@ def inspect_doc(world: World) -> dict[str, Any]:
         nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus})
     used: dict[str, list[int]] = {}
     for rec in world.pods:
-        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+        if rec.assignment is not None and rec.node and not rec.finished:
             tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)  # charged as at bind
             cores, memory = charge_of(rec.assignment)
             acc = used.setdefault(tenant, [0, 0])
@@ -132,7 +132,7 @@ def quota_queues(world: World) -> dict[str, list[str]]:
     fits no node waits for capacity first."""
     ledger = QuotaLedger(world.tenants.limits)
     for rec in world.pods:
-        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+        if rec.assignment is not None and rec.node and not rec.finished:
             tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
             ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
     policies = parse_policies(DEFAULT_POLICIES)
@@ -198,7 +198,7 @@ def _ledger(world: World) -> QuotaLedger:
     """What each tenant holds now: the bound pods' reservations, charged to the tenant recorded at bind."""
     ledger = QuotaLedger(world.tenants.limits)
     for rec in world.pods:
-        if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):
+        if rec.assignment is not None and rec.node and not rec.finished:
             tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
             ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
     return ledger

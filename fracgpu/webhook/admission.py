@@ -25,6 +25,7 @@ from fracgpu.api.v1beta1.names import (
     SCHEDULER_NAME,
     protected_pod_keys_refusal,
 )
+from fracgpu.core.pod import PodObject, decode_pod
 from fracgpu.core.request import RequestError, parse_pod_request
 
 ADMISSION_API_VERSION: Final = "admission.k8s.io/v1"
@@ -94,29 +95,21 @@ def _is_pod(request: Mapping[str, Any]) -> bool:
     return kind.get("group", "") == "" and kind.get("kind") == "Pod" and not request.get("subResource")
 
 
-def _mentions_gpu(pod: Mapping[str, Any]) -> bool:
+def _mentions_gpu(pod: PodObject) -> bool:
     """Whether any container names a fracgpu resource, so that a bad one is refused, not ignored."""
-    spec = pod.get("spec")
-    if not isinstance(spec, Mapping):
-        return False
-    for key in ("initContainers", "containers"):
-        items = spec.get(key)
-        for c in items if isinstance(items, list) else ():
-            resources = c.get("resources") if isinstance(c, Mapping) else None
-            if not isinstance(resources, Mapping):
-                continue
-            for part in ("requests", "limits"):
-                amounts = resources.get(part)
-                if isinstance(amounts, Mapping) and (RESOURCE_CORE in amounts or RESOURCE_MEMORY in amounts):
-                    return True
+    for c in pod.containers:
+        if not isinstance(c.resources, Mapping):
+            continue
+        for part in ("requests", "limits"):
+            amounts = c.resources.get(part)
+            if isinstance(amounts, Mapping) and (RESOURCE_CORE in amounts or RESOURCE_MEMORY in amounts):
+                return True
     return False
 
 
-def _forges_a_reservation(pod: Mapping[str, Any]) -> bool:
+def _forges_a_reservation(pod: PodObject) -> bool:
     """Whether a new pod carries a key only fracgpu writes, and only after creation (at bind)."""
-    meta = pod.get("metadata")
-    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
-    return isinstance(annotations, Mapping) and any(k in annotations for k in PROTECTED_POD_ANNOTATIONS)
+    return any(k in pod.annotations for k in PROTECTED_POD_ANNOTATIONS)
 
 
 def _username(request: Mapping[str, Any]) -> str:
@@ -130,9 +123,10 @@ def review(request: Mapping[str, Any]) -> Decision:
     uid = str(request["uid"])
     if not _is_pod(request) or request.get("operation") != "CREATE":
         return Decision(uid, OUTCOME_IGNORED)
-    pod = request.get("object")
-    if not isinstance(pod, Mapping):
+    obj = request.get("object")
+    if not isinstance(obj, Mapping):
         raise BadReview("AdmissionReview request for a Pod CREATE has no object")
+    pod = decode_pod(obj)
     if _forges_a_reservation(pod):
         # Defence in depth beside the admission policy; no fracgpu program creates pods, so nobody is exempt.
         return Decision(uid, OUTCOME_REJECTED, protected_pod_keys_refusal(_username(request)))
@@ -150,8 +144,7 @@ def review(request: Mapping[str, Any]) -> Decision:
             f"fracgpu: {RESOURCE_CORE} 0 asks for no GPU; ask for 1-100 (a share of one GPU) "
             "or a multiple of 100 (whole GPUs), or remove the resource",
         )
-    spec = pod["spec"]
-    node_name = spec.get("nodeName")
+    node_name = pod.node
     if node_name:
         return Decision(
             uid,
@@ -159,10 +152,10 @@ def review(request: Mapping[str, Any]) -> Decision:
             f"fracgpu: a pod asking for {RESOURCE_CORE} cannot set spec.nodeName ({node_name!r}): "
             f"only {SCHEDULER_NAME} may place it, so that its GPU share is reserved",
         )
-    scheduler = spec.get("schedulerName")
+    scheduler = pod.scheduler_name
     if scheduler == SCHEDULER_NAME:
         return Decision(uid, OUTCOME_ALLOWED)
-    if scheduler not in (None, "", DEFAULT_SCHEDULER):
+    if scheduler not in ("", DEFAULT_SCHEDULER):
         return Decision(
             uid,
             OUTCOME_REJECTED,

@@ -21,6 +21,7 @@ from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass, NodeInven
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, LABEL_ENABLED, LABEL_TENANT, MAX_GPU_MEMORY
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import MAX_QUANTITY, QuantityError, parse_bytes, parse_count, parse_milli
 from fracgpu.core.request import RequestError, parse_pod_request
 from fracgpu.core.snapshot import NODE_BAD_INVENTORY, host_requests, node_record, parse_list
@@ -164,7 +165,7 @@ POD_CASES = [
 @pytest.mark.parametrize("case", POD_CASES, ids=lambda c: c.name)
 def test_a_pod_request_past_its_bound_is_a_request_error_naming_the_field(case: PodCase) -> None:
     with pytest.raises(RequestError) as e:
-        parse_pod_request(case.pod)
+        parse_pod_request(decode_pod(case.pod))
     assert str(e.value) == case.error
 
 
@@ -174,13 +175,13 @@ def test_host_requests_past_the_bound_count_as_unreadable(resource: str, text: s
     """A CPU-only pod (no GPU request to refuse) is charged nothing for what cannot be read, as for
     any other unreadable quantity; the kubelet refuses it anyway."""
     spec = {"containers": [{"name": "c", "resources": {"requests": {resource: text}}}]}
-    assert host_requests(spec) == (0, 0)
+    assert host_requests(decode_pod({"spec": spec})) == (0, 0)
 
 
 def test_host_requests_adding_up_past_the_bound_count_as_unreadable() -> None:
     spec = {"containers": [{"name": f"c{i}", "resources": {"requests": {"memory": "2Pi", "cpu": "1"}}}
                            for i in range(3)]}
-    assert host_requests(spec) == (3000, 0)
+    assert host_requests(decode_pod({"spec": spec})) == (3000, 0)
 
 
 @pytest.mark.parametrize("text", QUANTITY_TEXTS)

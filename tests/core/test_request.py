@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import GpuRequest, ModelRule, RequestError, effective, parse_pod_request
 
 GI = 1024**3
@@ -58,7 +59,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_effective_request(case: Case) -> None:
-    req = parse_pod_request(case.pod)
+    req = parse_pod_request(decode_pod(case.pod))
     assert req is not None
     assert (req.cores, req.memory, req.gpu_count) == (case.cores, case.memory, case.gpus)
 
@@ -88,11 +89,11 @@ def test_effective_request(case: Case) -> None:
 )
 def test_bad_requests_are_refused_with_a_reason(name: str, the_pod: dict[str, Any], message: str) -> None:
     with pytest.raises(RequestError, match=message):
-        parse_pod_request(the_pod)
+        parse_pod_request(decode_pod(the_pod))
 
 
 def test_pod_without_vgpu_core_is_not_ours() -> None:
-    assert parse_pod_request(pod({"name": "c", "resources": {"requests": {"cpu": "1"}}})) is None
+    assert parse_pod_request(decode_pod(pod({"name": "c", "resources": {"requests": {"cpu": "1"}}}))) is None
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import pytest
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, LABEL_ENABLED, LABEL_ZONE
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.registry import PolicyConfigError, parse_policies
 from fracgpu.core.snapshot import (
     NODE_BAD_INVENTORY,
@@ -67,14 +68,15 @@ def test_pod_records() -> None:
     assert (rec.key, rec.node, rec.priority, rec.deleting, rec.finished) == ("ns/p", "n", 5, True, False)
     assert rec.request is not None and rec.request.cores == 20
     assert (rec.cpu_milli, rec.memory_bytes) == (2000, 1024**3)
-    assert rec.raw is None  # bound pods keep no raw object
+    assert rec.pod is None  # bound pods keep no decoded pod
     bad = pod_record({"metadata": {"name": "b"}, "spec": {"containers": [
         {"name": "c", "resources": {"requests": {"fracgpu.io/vgpu-core": "150"}}}]}})
-    assert bad.request is None and "neither a share" in bad.request_error and bad.raw is not None
+    assert bad.request is None and "neither a share" in bad.request_error and bad.pod is not None
 
 
 def test_host_requests_tolerate_garbage() -> None:
-    assert host_requests({"containers": [{"resources": {"requests": {"cpu": "lots"}}}, "x"]}) == (0, 0)
+    pod = decode_pod({"spec": {"containers": [{"resources": {"requests": {"cpu": "lots"}}}, "x"]}})
+    assert host_requests(pod) == (0, 0)
 
 
 def test_parse_list_by_kind_and_errors() -> None:

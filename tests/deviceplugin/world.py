@@ -14,6 +14,7 @@ from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATING, RESOURCE_CORE, RESOURCE_MEMORY
 from fracgpu.core.health import HealthConfig
 from fracgpu.core.inventory import split_device_id
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import format_bytes
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.reservation import build_assignment
@@ -134,7 +135,7 @@ class World:
         """
         obj = pod_object(name, containers, node=node, memory=memory, annotations=annotations, namespace=namespace)
         if gpu_indexes is not None:
-            req = parse_pod_request(obj)
+            req = parse_pod_request(decode_pod(obj))
             assert req is not None
             held: dict[str, set[int]] = {}
             for a in self.reservations().values():

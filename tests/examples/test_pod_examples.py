@@ -15,6 +15,7 @@ import yaml
 
 from fracgpu.api.v1beta1 import names
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.tenant import Limits, NamespaceInfo, Tenants
 from fracgpu.webhook.admission import review
@@ -56,7 +57,7 @@ def test_a_pod_example_asks_for_what_its_comment_says(example: PodExample) -> No
     (pod,) = docs(EXAMPLES / example.file)
     for version in VERSIONS:
         kubernetes_validate.validate(pod, version, strict=True)
-    request = parse_pod_request(pod)
+    request = parse_pod_request(decode_pod(pod))
     assert request is not None
     assert (request.cores, request.gpu_count, request.memory, request.topology) == (
         example.cores, example.gpus, example.memory, example.topology)

@@ -16,6 +16,7 @@ import pytest
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
 from fracgpu.core.fit import reason_capacity
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.extender.decide import RETRY_ALLOCATING
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
@@ -56,7 +57,7 @@ def test_nodes_reporting_the_same_gpu_uuids_are_all_filled(apiserver: FakeApiSer
                 apiserver.patch_object("pods", name, {"metadata": {"annotations": {ANN_PHASE: PHASE_ALLOCATED}}},
                                        namespace="default")
             status, out = http.post_json("/filter", filter_args(extra, names))
-        req = parse_pod_request(extra)
+        req = parse_pod_request(decode_pod(extra))
         assert req is not None
         assert out["NodeNames"] == [] and out["FailedNodes"] == {n: reason_capacity(req) for n in names}
     finally:

@@ -18,6 +18,7 @@ from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.fit import FitOptions
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.policies import live_default
 from fracgpu.core.policies.planned import PatternPlanner
 from fracgpu.core.ranking import Weighted, rank
@@ -55,7 +56,7 @@ async def test_http_placements_are_the_core_ranking(serve: ClientFactory) -> Non
     names = [f"n{i}" for i in range(6)]
     mirror = mirror_of(nodes)  # the same cluster, booked by this test from the Bindings written
     for pod in pods:
-        req = parse_pod_request(pod)
+        req = parse_pod_request(decode_pod(pod))
         assert req is not None
         expect = rank(mirror, req, [Weighted(mine)], opts=FitOptions(), limit=1).ranked
         out = await (await client.post("/filter", json=filter_args(pod, names))).json()

@@ -12,6 +12,7 @@ import pytest
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_NS_CORE_QUOTA, ZONE_SAME, ZONE_SPREAD
 from fracgpu.core import confusable, fit, snapshot, zone
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, refusal
 from fracgpu.core.request import GpuRequest, parse_pod_request
 from fracgpu.core.snapshot import pod_record
@@ -24,7 +25,7 @@ from tests.extender.conftest import ClientFactory, build_world
 
 
 def request(cores: int, memory: str | None = "8Gi") -> GpuRequest:
-    req = parse_pod_request(pod_obj("p", cores, memory))
+    req = parse_pod_request(decode_pod(pod_obj("p", cores, memory)))
     assert req is not None
     return req
 
@@ -54,8 +55,8 @@ BUILT: list[tuple[ReasonKind, Callable[[], str]]] = [
     (ReasonKind.NODE_HEARTBEAT, lambda: snapshot.NODE_STALE_HEARTBEAT),
     (ReasonKind.NODE_UNREADABLE_RESERVATION, lambda: snapshot.node_unreadable_reservation(["ns/a", "ns/b"])),
     (ReasonKind.NO_GPUS, lambda: fit.NO_GPUS),
-    (ReasonKind.GPU_MODEL, lambda: fit.reason_model(parse_pod_request(pod_obj(
-        "p", 50, annotations={"fracgpu.io/gpu-model": "A100*"})) or request(50))),
+    (ReasonKind.GPU_MODEL, lambda: fit.reason_model(parse_pod_request(decode_pod(pod_obj(
+        "p", 50, annotations={"fracgpu.io/gpu-model": "A100*"}))) or request(50))),
     (ReasonKind.NO_HEALTHY_GPU, lambda: fit.NO_HEALTHY),
     (ReasonKind.UNHEALTHY_ROOM, lambda: fit.reason_unhealthy_room(request(100, None))),
     (ReasonKind.CAPACITY, lambda: fit.reason_capacity(request(40))),

@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestClient
 
 from fracgpu.core import confusable
 from fracgpu.core.fit import reason_capacity
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.snapshot import node_record, parse_list, pod_record
 from fracgpu.extender.decide import NOT_READY
@@ -56,7 +57,7 @@ async def test_only_fitting_node_waits_for_an_allocating_pod_answers_error(serve
     b = pod_obj("b", 50, "4Gi")
     resp = await client.post("/filter", json=filter_args(b, ["n1", "n2"]))
     assert resp.status == 200
-    req = parse_pod_request(b)
+    req = parse_pod_request(decode_pod(b))
     assert req is not None
     assert await resp.json() == {
         "Nodes": None, "NodeNames": [], "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
@@ -81,7 +82,7 @@ async def test_a_cache_not_synced_answers_error(serve: ClientFactory) -> None:
     assert out == {"Nodes": None, "NodeNames": [], "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                    "Error": NOT_READY}
     load_into(world.scheduler, parse_list({"kind": "List", "items": [node_obj("n1", 1)]}))
-    req = parse_pod_request(big)
+    req = parse_pod_request(decode_pod(big))
     assert req is not None
     out = await (await client.post("/filter", json=filter_args(big, ["n1"]))).json()
     assert out["Error"] == "" and out["FailedNodes"] == {"n1": reason_capacity(req)}

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
+from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import QuantityError, parse_bytes, parse_count, parse_milli, parse_quantity
 from fracgpu.core.request import RequestError, parse_pod_request
 
@@ -66,7 +67,7 @@ def _pod_with(resources: Any, annotations: Any = None) -> dict[str, Any]:
 )
 def test_pod_requests_parse_or_refuse(requests: dict[str, Any], annotations: dict[str, str]) -> None:
     try:
-        req = parse_pod_request(_pod_with({"requests": requests}, annotations))
+        req = parse_pod_request(decode_pod(_pod_with({"requests": requests}, annotations)))
     except RequestError as e:
         assert str(e)
         return
@@ -81,7 +82,7 @@ def test_arbitrary_pod_json_never_crashes(value: Any) -> None:
     for doc in (value, {"spec": value}, {"spec": {"containers": value}}, {"spec": {"containers": [value]}},
                 _pod_with(value)):
         try:
-            parse_pod_request(doc)
+            parse_pod_request(decode_pod(doc))
         except RequestError:
             pass
         except Exception as e:
