@@ -24,7 +24,6 @@ How the extender uses it::
     # bind, under the reservation lock
     r = ledger.try_reserve(key, tenant, cores, memory)    # checks and charges; dequeues the pod
     if not r.ok: return r.reason
-    ... GPU reservation fails -> r.undo()
 
     # TenantQuota status, rate-limited, skipped when unchanged
     new = ledger.status(tenant, merge_conditions(old.conditions, tenants.conditions(name, now)))
@@ -138,18 +137,6 @@ def refusal(tenant: str, used: Usage, limits: Limits, ask: Usage) -> str | None:
     return f"tenant {tenant}: {'; '.join(parts)}" if parts else None
 
 
-def exceeded(tenant: str, used: Usage, limits: Limits | QuotaError) -> str | None:
-    """For the device plugin's Allocate: why `used` (the pod's own charge included) breaks the quota."""
-    if isinstance(limits, QuotaError):
-        return limits.reason
-    parts: list[str] = []
-    if limits.memory is not None and used.memory > limits.memory:
-        parts.append(f"vgpu-memory {format_bytes_human(used.memory)} used of {format_bytes_human(limits.memory)}")
-    if limits.cores is not None and used.cores > limits.cores:
-        parts.append(f"vgpu-core {used.cores} used of {limits.cores}")
-    return f"tenant {tenant} over quota: {'; '.join(parts)}" if parts else None
-
-
 @dataclass(frozen=True, slots=True)
 class PendingPod:
     """A pod waiting for (or asking for) quota: what it asks and where it ranks."""
@@ -189,26 +176,6 @@ class TenantSnapshot:
     limits: Limits | QuotaError
     pending: int
     queue: tuple[PodKey, ...]  # first `status_queue_length`, admission order
-
-
-class Reservation:
-    """The result of `try_reserve`; `undo()` puts the ledger back exactly as it was (once)."""
-
-    __slots__ = ("_undo", "ok", "reason")
-
-    def __init__(self, ok: bool, reason: str, undo: Callable[[], None]) -> None:
-        self.ok = ok
-        self.reason = reason
-        self._undo: Callable[[], None] | None = undo
-
-    def undo(self) -> None:
-        if self._undo is not None:
-            self._undo()
-            self._undo = None
-
-
-def _noop() -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,32 +282,14 @@ class QuotaLedger:
         why = refusal(tenant, used, limits, Usage(memory=memory, cores=cores))
         return OK if why is None else Outcome(ok=False, reason=why)
 
-    def try_reserve(self, pod: PodKey, tenant: str, cores: int, memory: int) -> Reservation:
+    def try_reserve(self, pod: PodKey, tenant: str, cores: int, memory: int) -> Outcome:
         """Check and charge in one call; on success the pod also leaves its tenant's queue.
-
-        `undo()` restores the previous charge (none, or the same one for a repeated bind) and
-        queue entry. Refused: nothing changes and undo() does nothing.
-        """
+        Refused: nothing changes."""
         outcome = self.fits(tenant, cores, memory, pod=pod)
-        if not outcome.ok:
-            return Reservation(False, outcome.reason, _noop)
-        previous = self._charges.get(pod)
-        queued = self._find(pod)
-        since = self._blocking_since.get(pod)
-        self.charge(pod, tenant, cores, memory)
-        self.dequeue(pod)
-
-        def undo() -> None:
-            if previous is None:
-                self.release(pod)
-            else:
-                self.charge(pod, previous.tenant, previous.usage.cores, previous.usage.memory)
-            if queued is not None:
-                self._insert(queued)
-                if since is not None:
-                    self._blocking_since[pod] = since
-
-        return Reservation(True, "", undo)
+        if outcome.ok:
+            self.charge(pod, tenant, cores, memory)
+            self.dequeue(pod)
+        return outcome
 
     # -- queue ------------------------------------------------------------------------------
 

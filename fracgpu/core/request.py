@@ -29,7 +29,7 @@ from fracgpu.api.v1beta1.names import (
     ZONE_SAME,
     ZONE_SPREAD,
 )
-from fracgpu.core.quantity import QuantityError, format_bytes_human, parse_bytes, parse_count, parse_milli
+from fracgpu.core.quantity import QuantityError, parse_bytes, parse_count, parse_milli
 
 # Largest number of whole GPUs one pod may ask for; bigger is surely a typo and would only waste time.
 MAX_GPUS = 64
@@ -107,13 +107,6 @@ class GpuRequest:
         if self.memory is not None:
             return self.memory
         return gpu_memory * self.cores_per_gpu // self.units_per_gpu
-
-    def describe(self) -> str:
-        """The pod's numbers as they appear in every refusal, e.g. '50 vgpu-core, 8Gi vgpu-memory'."""
-        text = f"{self.cores} vgpu-core" if self.cores <= CORES_PER_GPU else f"{self.gpu_count} whole GPUs"
-        if self.memory is not None:
-            text += f", {format_bytes_human(self.memory)} vgpu-memory"
-        return text
 
 
 def validate_core_value(cores: int, where: str) -> None:
