@@ -38,26 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
-from fracgpu.core.healthconfig import (
-    XID_DESCRIPTIONS,
-    HealthConfig,
-    HealthConfigError,
-    NodePolicy,
-    Thresholds,
-    UnknownXids,
-    XidPolicy,
-    parse_xid_list,
-)
-
-# The settings are core.healthconfig's; they are importable from here too, where the programs name them.
-__all__ = [
-    "NODE_REASON_ALL", "NODE_REASON_ANY", "NODE_REASON_NO_GPUS", "REASON_ECC", "REASON_LOST", "REASON_MEMORY",
-    "REASON_NVML", "REASON_POWER", "REASON_REMAP_FAILED", "REASON_REMAP_PENDING", "REASON_RETIRED",
-    "REASON_RETIRED_PENDING", "REASON_TEMPERATURE", "REASON_XID", "Check", "GpuHealth", "GpuSample", "HasHealth",
-    "HealthChange", "HealthConfig", "HealthConfigError", "HealthTracker", "NodePolicy", "NodeVerdict",
-    "Thresholds", "UnknownXids", "XidPolicy", "apply_check", "check_sample", "describe_xid", "node_verdict",
-    "parse_xid_list", "required_good_checks", "step",
-]
+from fracgpu.core.healthconfig import XID_DESCRIPTIONS, HealthConfig, NodePolicy, Thresholds
 
 # Reasons: the start of each reason string, so that callers and tests can tell causes apart.
 REASON_XID: Final = "xid"

@@ -25,7 +25,7 @@ How the extender uses it::
     r = ledger.try_reserve(key, tenant, cores, memory)    # checks and charges; dequeues the pod
     if not r.ok: return r.reason
 
-    # TenantQuota status, rate-limited, skipped when unchanged
+    # TenantQuota status, rate-limited, skipped when unchanged (core.quotastatus)
     new = ledger.status(tenant, merge_conditions(old.conditions, tenants.conditions(name, now)))
     if should_write_status(old, new, last_write, now, config.status_min_interval): patch(new.to_dict())
 
@@ -47,14 +47,12 @@ from dataclasses import dataclass
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
 from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, holds_quota, refusal
 from fracgpu.core.quantity import format_bytes
-from fracgpu.core.quotastatus import merge_conditions, should_write_status, status_changed, status_write_delay
 from fracgpu.core.tenant import Limits, QuotaError
 
-# The charge (core.charge) and the status writes (core.quotastatus) are importable from here too.
+# A pod's charge (core.charge) is in this module's interface; importable from here too.
 __all__ = [
     "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
-    "charge_of", "holds_quota", "merge_conditions", "refusal", "should_write_status", "status_changed",
-    "status_write_delay",
+    "charge_of", "holds_quota", "refusal",
 ]
 
 LimitsLookup = Callable[[str], Limits | QuotaError]

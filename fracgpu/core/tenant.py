@@ -268,7 +268,7 @@ class Tenants:
     def conditions(self, quota_name: str, now: float, generation: int = 0) -> tuple[Condition, ...]:
         """The NamespaceConflict and QuotaValid conditions for a TenantQuota's status.
 
-        lastTransitionTime is `now`; merge with the stored ones (quota.merge_conditions) so that it
+        lastTransitionTime is `now`; merge with the stored ones (quotastatus.merge_conditions) so that it
         only moves when a condition's status changes.
         """
         stamp = rfc3339.format_time(now)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from fracgpu.api.v1beta1.inventory import GpuInfo
-from fracgpu.core.health import GpuSample, HealthConfig, HealthTracker
+from fracgpu.core.health import GpuSample, HealthTracker
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.deviceplugin.backends.base import BackendError, EventKind, GpuBackend
 
 log = logging.getLogger(__name__)

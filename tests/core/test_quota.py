@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fracgpu.api.v1beta1.assignment import Assignment, GpuShare
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
 from fracgpu.core import quota as q
+from fracgpu.core import quotastatus as qs
 from fracgpu.core.tenant import Limits, QuotaError
 
 GI = 1024**3
@@ -409,9 +410,9 @@ def cond(status: str, at: str, message: str = "m") -> Condition:
 
 def test_merge_conditions_keeps_transition_time_while_status_holds() -> None:
     old = (cond("True", "2026-01-01T00:00:00Z"),)
-    same = q.merge_conditions(old, (cond("True", "2026-05-05T00:00:00Z", "new text"),))
+    same = qs.merge_conditions(old, (cond("True", "2026-05-05T00:00:00Z", "new text"),))
     assert same == (cond("True", "2026-01-01T00:00:00Z", "new text"),)
-    flipped = q.merge_conditions(old, (cond("False", "2026-05-05T00:00:00Z"),))
+    flipped = qs.merge_conditions(old, (cond("False", "2026-05-05T00:00:00Z"),))
     assert flipped == (cond("False", "2026-05-05T00:00:00Z"),)
 
 
@@ -419,12 +420,12 @@ def test_status_changed_skips_no_op_writes() -> None:
     ledger = ledger_with(TEAM_A, [("r1", A, 150, 24 * GI)])
     conditions = (cond("False", "2026-01-01T00:00:00Z"),)
     written = ledger.status(A, conditions)
-    assert q.status_changed(None, written)
+    assert qs.status_changed(None, written)
     # same numbers and, after merging, the same conditions: no write
-    again = ledger.status(A, q.merge_conditions(written.conditions, (cond("False", "2026-02-02T00:00:00Z"),)))
-    assert not q.status_changed(written, again)
+    again = ledger.status(A, qs.merge_conditions(written.conditions, (cond("False", "2026-02-02T00:00:00Z"),)))
+    assert not qs.status_changed(written, again)
     ledger.charge(key("r2"), A, 10, GI)
-    assert q.status_changed(written, ledger.status(A, conditions))
+    assert qs.status_changed(written, ledger.status(A, conditions))
 
 
 @pytest.mark.parametrize(
@@ -439,14 +440,14 @@ def test_status_changed_skips_no_op_writes() -> None:
     ],
 )
 def test_status_write_delay(last: float | None, now: float, delay: float) -> None:
-    assert q.status_write_delay(last, now, 10.0) == delay
+    assert qs.status_write_delay(last, now, 10.0) == delay
 
 
 def test_should_write_status() -> None:
     a, b = TenantQuotaStatus(pending=1), TenantQuotaStatus(pending=2)
-    assert q.should_write_status(a, b, last_write=0.0, now=10.0, min_interval=10.0)
-    assert not q.should_write_status(a, b, last_write=5.0, now=10.0, min_interval=10.0)  # too soon
-    assert not q.should_write_status(a, a, last_write=None, now=10.0, min_interval=10.0)  # nothing changed
+    assert qs.should_write_status(a, b, last_write=0.0, now=10.0, min_interval=10.0)
+    assert not qs.should_write_status(a, b, last_write=5.0, now=10.0, min_interval=10.0)  # too soon
+    assert not qs.should_write_status(a, a, last_write=None, now=10.0, min_interval=10.0)  # nothing changed
 
 
 def test_config_is_validated() -> None:
