@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEFAULT_RECOVERY_NAMESPACE, TAINT_GPU_FAILED
-from fracgpu.core.health import NodePolicy
+from fracgpu.core.healthconfig import NodePolicy
 
 _QUALIFIED_NAME = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"

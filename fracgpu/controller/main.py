@@ -22,7 +22,7 @@ from fracgpu.controller.config import ConfigError, ControllerConfig
 from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
-from fracgpu.core.health import HealthConfigError, NodePolicy
+from fracgpu.core.healthconfig import HealthConfigError, NodePolicy
 from fracgpu.kube import client
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.kube.leader import LeaderElector, LeaseTiming, SystemClock

@@ -149,12 +149,6 @@ def frag_from_terms(model: FragModel, big: IntArray, cnt: IntArray, idle: IntArr
     return out
 
 
-def node_frag(state: ClusterState, rows: IntArray, model: FragModel) -> FloatArray:
-    """F_n(M) for the given rows, from scratch."""
-    t = node_terms(state, rows, model)
-    return frag_from_terms(model, t.big, t.cnt, t.idle, state.cpu_free[rows])
-
-
 class FragCache:
     """F_n(M) and its terms for every row of one ClusterState, recomputed only for changed rows."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from fracgpu.api.v1beta1.inventory import GpuInfo, LinkClass, NodeInventoryDoc
+from fracgpu.api.v1beta1.inventory import GpuInfo, LinkClass
 from fracgpu.api.v1beta1.names import CORES_PER_GPU, DEVICE_ID_SEPARATOR
 
 _VENDOR_PREFIXES = ("NVIDIA ", "Tesla ")
@@ -53,15 +53,3 @@ def link_between(a: GpuInfo, b: GpuInfo) -> LinkClass:
     if a.numa >= 0 and a.numa == b.numa:
         return LinkClass.NUMA
     return LinkClass.SYSTEM
-
-
-def best_link_class(inv: NodeInventoryDoc) -> LinkClass | None:
-    """The best link class any pair of this node's GPUs has; None with fewer than two GPUs."""
-    gpus = inv.gpus
-    best: LinkClass | None = None
-    for i, a in enumerate(gpus):
-        for b in gpus[i + 1 :]:
-            cls = link_between(a, b)
-            if best is None or cls > best:
-                best = cls
-    return best

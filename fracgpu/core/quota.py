@@ -24,9 +24,8 @@ How the extender uses it::
     # bind, under the reservation lock
     r = ledger.try_reserve(key, tenant, cores, memory)    # checks and charges; dequeues the pod
     if not r.ok: return r.reason
-    ... GPU reservation fails -> r.undo()
 
-    # TenantQuota status, rate-limited, skipped when unchanged
+    # TenantQuota status, rate-limited, skipped when unchanged (core.quotastatus)
     new = ledger.status(tenant, merge_conditions(old.conditions, tenants.conditions(name, now)))
     if should_write_status(old, new, last_write, now, config.status_min_interval): patch(new.to_dict())
 
@@ -42,112 +41,21 @@ See `holds_quota`.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from fracgpu.api.v1beta1.assignment import Assignment
-from fracgpu.api.v1beta1.names import CORES_PER_GPU
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
-from fracgpu.core.quantity import format_bytes, format_bytes_human
+from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, holds_quota, refusal
+from fracgpu.core.quantity import format_bytes
 from fracgpu.core.tenant import Limits, QuotaError
 
-POD_SUCCEEDED = "Succeeded"
-POD_FAILED = "Failed"
+# A pod's charge (core.charge) is in this module's interface; importable from here too.
+__all__ = [
+    "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
+    "charge_of", "holds_quota", "refusal",
+]
 
 LimitsLookup = Callable[[str], Limits | QuotaError]
-
-
-def holds_quota(pod_phase: str, deleted: bool) -> bool:
-    """Whether a charged pod still holds its quota (and its GPU share).
-
-    `deleted` is True once the pod object is gone (a watch DELETE, or absent from a fresh list).
-    A deletionTimestamp alone does not release: during the grace period the containers still
-    run and the kubelet still holds the devices.
-    """
-    return not deleted and pod_phase not in (POD_SUCCEEDED, POD_FAILED)
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class PodKey:
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """VRAM bytes and vgpu-core units, summed over GPUs."""
-
-    memory: int = 0
-    cores: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(self.memory + other.memory, self.cores + other.cores)
-
-    def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.memory - other.memory, self.cores - other.cores)
-
-    @staticmethod
-    def for_pod(cores: int, memory_per_gpu: int) -> Usage:
-        """A pod's charge: 250 cores is not valid, 300 is 3 GPUs -> 3 x memory_per_gpu."""
-        gpus = 1 if cores <= CORES_PER_GPU else cores // CORES_PER_GPU
-        return Usage(memory=memory_per_gpu * gpus, cores=cores)
-
-
-def charge_of(assignment: Assignment) -> tuple[int, int]:
-    """(cores, memory) a bound pod is charged, from its fracgpu.io/assigned reservation."""
-    return sum(g.cores for g in assignment.gpus), sum(g.memory for g in assignment.gpus)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """ok, or why not. Quota refusals cannot be cured by preemption: report them as unresolvable."""
-
-    ok: bool
-    reason: str = ""
-
-
-OK = Outcome(ok=True)
-
-
-def _over(what: str, used: str, hard: str, ask: str) -> str:
-    return f"{what} {used} of {hard} used, pod asks {ask}"
-
-
-def refusal(tenant: str, used: Usage, limits: Limits, ask: Usage) -> str | None:
-    """Why `ask` does not fit next to `used` under `limits`, or None when it fits.
-
-    The text holds the tenant's and the pod's numbers only, so it is the same on every node:
-    'tenant tq/team-a: vgpu-memory 60Gi of 64Gi used, pod asks 8Gi' (vgpu-core part after '; ').
-    """
-    parts: list[str] = []
-    if limits.memory is not None and used.memory + ask.memory > limits.memory:
-        parts.append(
-            _over(
-                "vgpu-memory",
-                format_bytes_human(used.memory),
-                format_bytes_human(limits.memory),
-                format_bytes_human(ask.memory),
-            )
-        )
-    if limits.cores is not None and used.cores + ask.cores > limits.cores:
-        parts.append(_over("vgpu-core", str(used.cores), str(limits.cores), str(ask.cores)))
-    return f"tenant {tenant}: {'; '.join(parts)}" if parts else None
-
-
-def exceeded(tenant: str, used: Usage, limits: Limits | QuotaError) -> str | None:
-    """For the device plugin's Allocate: why `used` (the pod's own charge included) breaks the quota."""
-    if isinstance(limits, QuotaError):
-        return limits.reason
-    parts: list[str] = []
-    if limits.memory is not None and used.memory > limits.memory:
-        parts.append(f"vgpu-memory {format_bytes_human(used.memory)} used of {format_bytes_human(limits.memory)}")
-    if limits.cores is not None and used.cores > limits.cores:
-        parts.append(f"vgpu-core {used.cores} used of {limits.cores}")
-    return f"tenant {tenant} over quota: {'; '.join(parts)}" if parts else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,26 +97,6 @@ class TenantSnapshot:
     limits: Limits | QuotaError
     pending: int
     queue: tuple[PodKey, ...]  # first `status_queue_length`, admission order
-
-
-class Reservation:
-    """The result of `try_reserve`; `undo()` puts the ledger back exactly as it was (once)."""
-
-    __slots__ = ("_undo", "ok", "reason")
-
-    def __init__(self, ok: bool, reason: str, undo: Callable[[], None]) -> None:
-        self.ok = ok
-        self.reason = reason
-        self._undo: Callable[[], None] | None = undo
-
-    def undo(self) -> None:
-        if self._undo is not None:
-            self._undo()
-            self._undo = None
-
-
-def _noop() -> None:
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,32 +203,14 @@ class QuotaLedger:
         why = refusal(tenant, used, limits, Usage(memory=memory, cores=cores))
         return OK if why is None else Outcome(ok=False, reason=why)
 
-    def try_reserve(self, pod: PodKey, tenant: str, cores: int, memory: int) -> Reservation:
+    def try_reserve(self, pod: PodKey, tenant: str, cores: int, memory: int) -> Outcome:
         """Check and charge in one call; on success the pod also leaves its tenant's queue.
-
-        `undo()` restores the previous charge (none, or the same one for a repeated bind) and
-        queue entry. Refused: nothing changes and undo() does nothing.
-        """
+        Refused: nothing changes."""
         outcome = self.fits(tenant, cores, memory, pod=pod)
-        if not outcome.ok:
-            return Reservation(False, outcome.reason, _noop)
-        previous = self._charges.get(pod)
-        queued = self._find(pod)
-        since = self._blocking_since.get(pod)
-        self.charge(pod, tenant, cores, memory)
-        self.dequeue(pod)
-
-        def undo() -> None:
-            if previous is None:
-                self.release(pod)
-            else:
-                self.charge(pod, previous.tenant, previous.usage.cores, previous.usage.memory)
-            if queued is not None:
-                self._insert(queued)
-                if since is not None:
-                    self._blocking_since[pod] = since
-
-        return Reservation(True, "", undo)
+        if outcome.ok:
+            self.charge(pod, tenant, cores, memory)
+            self.dequeue(pod)
+        return outcome
 
     # -- queue ------------------------------------------------------------------------------
 
@@ -449,42 +319,3 @@ class QuotaLedger:
             queue=tuple(str(k) for k in snap.queue),
             conditions=tuple(conditions),
         )
-
-
-def merge_conditions(old: Iterable[Condition], new: Iterable[Condition]) -> tuple[Condition, ...]:
-    """`new`, but a condition whose status did not change keeps its old lastTransitionTime."""
-    previous = {c.type: c for c in old}
-    out: list[Condition] = []
-    for c in new:
-        p = previous.get(c.type)
-        if p is not None and p.status == c.status:
-            out.append(dataclasses.replace(c, last_transition_time=p.last_transition_time))
-        else:
-            out.append(c)
-    return tuple(out)
-
-
-def status_changed(old: TenantQuotaStatus | None, new: TenantQuotaStatus) -> bool:
-    """Whether writing `new` over `old` changes anything (merge conditions first)."""
-    return old is None or old.to_dict() != new.to_dict()
-
-
-def status_write_delay(last_write: float | None, now: float, min_interval: float) -> float:
-    """Seconds to wait before the next status write of one object (0: write now).
-
-    `last_write` None: never written. A clock that went backwards counts as due.
-    """
-    if last_write is None or now < last_write:
-        return 0.0
-    return max(0.0, min_interval - (now - last_write))
-
-
-def should_write_status(
-    old: TenantQuotaStatus | None,
-    new: TenantQuotaStatus,
-    last_write: float | None,
-    now: float,
-    min_interval: float,
-) -> bool:
-    """Write only when something changed and the object was not written in the last min_interval."""
-    return status_changed(old, new) and status_write_delay(last_write, now, min_interval) == 0.0

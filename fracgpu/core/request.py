@@ -119,13 +119,6 @@ class GpuRequest:
             return self.memory
         return gpu_memory * self.cores_per_gpu // self.units_per_gpu
 
-    def describe(self) -> str:
-        """The pod's numbers as they appear in every refusal, e.g. '50 vgpu-core, 8Gi vgpu-memory'."""
-        text = f"{self.cores} vgpu-core" if self.cores <= CORES_PER_GPU else f"{self.gpu_count} whole GPUs"
-        if self.memory is not None:
-            text += f", {format_bytes_human(self.memory)} vgpu-memory"
-        return text
-
 
 def validate_core_value(cores: int, where: str) -> None:
     if cores == 0:

@@ -46,7 +46,6 @@ from fracgpu.api.v1beta1.tenantquota import (
     TenantQuota,
 )
 from fracgpu.core.quantity import QuantityError, parse_bytes, parse_count
-from fracgpu.core.zone import allowed_zones_refusal
 
 SOURCE_TENANTQUOTA = "TenantQuota"
 SOURCE_NAMESPACE = "namespace annotation"
@@ -217,10 +216,6 @@ class Tenants:
         found = {tq_tenant(n) for n in self._quotas} | {self.tenant_of(n) for n in self._namespaces}
         return tuple(sorted(found))
 
-    def namespaces_of(self, tenant: str) -> tuple[str, ...]:
-        """Known namespaces whose pods belong to `tenant`, sorted."""
-        return tuple(sorted(n for n in self._namespaces if self.tenant_of(n) == tenant))
-
     def limits(self, tenant: str) -> Limits | QuotaError:
         """The tenant's limits (see the module rules), or why they cannot be used."""
         if tenant.startswith(TENANT_TQ_PREFIX):
@@ -270,20 +265,10 @@ class Tenants:
         quota = self._quotas.get(tenant[len(TENANT_TQ_PREFIX) :])
         return None if quota is None else quota.spec.allowed_zones
 
-    def zone_refusal(self, tenant: str, zone: str) -> str | None:
-        """Why a node in `zone` is refused for this tenant's pods, or None.
-
-        The text names the tenant's zones, not the node's, so it is the same on every refused node.
-        """
-        zones = self.allowed_zones(tenant)
-        if zones is None or zone in zones:
-            return None
-        return allowed_zones_refusal(tenant, zones)
-
     def conditions(self, quota_name: str, now: float, generation: int = 0) -> tuple[Condition, ...]:
         """The NamespaceConflict and QuotaValid conditions for a TenantQuota's status.
 
-        lastTransitionTime is `now`; merge with the stored ones (quota.merge_conditions) so that it
+        lastTransitionTime is `now`; merge with the stored ones (quotastatus.merge_conditions) so that it
         only moves when a condition's status changes.
         """
         stamp = rfc3339.format_time(now)

@@ -78,7 +78,7 @@ def zone_rule(
 
 
 def allowed_zones_refusal(tenant: str, zones: Iterable[str]) -> str:
-    """The refusal for a node outside a tenant's allowed zones (also core.tenant.Tenants.zone_refusal's text)."""
+    """The refusal for a node outside a tenant's allowed zones."""
     return f"tenant {tenant} may use only zones {', '.join(zones)}"
 
 

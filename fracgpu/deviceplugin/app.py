@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from fracgpu.api.v1beta1.deviceplugin import api_pb2_grpc
-from fracgpu.core.health import HealthConfig, HealthTracker
+from fracgpu.core.health import HealthTracker
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.deviceplugin.backends.base import GpuBackend
 from fracgpu.deviceplugin.cluster import Cluster
 from fracgpu.deviceplugin.health import DeviceState, HealthMonitor

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from fracgpu.api.v1beta1.inventory import GpuInfo
-from fracgpu.core.health import GpuSample, HealthConfig, HealthTracker, node_verdict
+from fracgpu.core.health import GpuSample, HealthTracker
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.deviceplugin.backends.base import BackendError, EventKind, GpuBackend
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ class DeviceState:
         """Wake the waiters (e.g. at shutdown) without a change."""
         with self._cond:
             self._cond.notify_all()
-
-    def node_broken(self, cfg: HealthConfig) -> tuple[bool, str]:
-        v = node_verdict(self.node_ok, self.node_reason, self.gpus(), cfg.node_policy)
-        return v.broken, v.reason
 
 
 class HealthMonitor:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TypeVar
 
-from fracgpu.core.health import (
+from fracgpu.core.healthconfig import (
     HealthConfig,
     HealthConfigError,
     NodePolicy,

@@ -23,7 +23,7 @@ from fracgpu.api.v1beta1.names import (
     POD_RESOURCES_SOCKET,
     RESOURCE_CORE,
 )
-from fracgpu.core.health import HealthConfigError
+from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp

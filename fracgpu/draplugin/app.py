@@ -19,7 +19,8 @@ from fracgpu.api.v1beta1.dra.resource import Device
 from fracgpu.api.v1beta1.names import DRA_SERVICES
 from fracgpu.api.v1beta1.pluginregistration import api_pb2_grpc as reg_grpc
 from fracgpu.core.draslices import SliceOptions, node_devices
-from fracgpu.core.health import HealthConfig, HealthTracker
+from fracgpu.core.health import HealthTracker
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.deviceplugin.backends.base import GpuBackend
 from fracgpu.deviceplugin.health import DeviceState, HealthMonitor
 from fracgpu.draplugin.driver import ClaimSource, Driver, DriverConfig

@@ -17,7 +17,7 @@ from types import FrameType
 
 from fracgpu.api.v1beta1.names import CDI_DIR, DRA_CDI_KIND, DRA_DRIVER, DRA_PLUGINS_DIR, DRA_REGISTRY_DIR
 from fracgpu.core.draslices import SliceOptions
-from fracgpu.core.health import HealthConfigError
+from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.core.shareenv import LimiterConfig
 from fracgpu.deviceplugin.backends import open_backend
 from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend

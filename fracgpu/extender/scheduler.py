@@ -20,9 +20,9 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from fracgpu.api.rfc3339 import format_time
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.extender import (
     MAX_SCORE,
@@ -54,7 +54,7 @@ from fracgpu.extender.store import Clock, Store
 from fracgpu.extender.tenants import TenantBook
 from fracgpu.kube.errors import outcome_unknown
 
-__all__ = ["BindRefused", "Scheduler", "SchedulerConfig", "Stats", "binding_annotations", "rfc3339"]
+__all__ = ["BindRefused", "Scheduler", "SchedulerConfig", "Stats", "binding_annotations"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,6 @@ class Stats:
     awaiting_watch: int = 0  # our binds the pod watch has not shown yet (snapshot mode: all of them)
     unreadable: int = 0  # bound pods whose fracgpu.io/assigned cannot be read (their nodes take no new pod)
     observed: int = 0  # placed pods fed to the policies' workload histograms
-
-
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def binding_annotations(a: Assignment) -> dict[str, str]:
@@ -148,15 +144,6 @@ class Scheduler:
     def delete_pod(self, key: str) -> None:
         with self._lock:
             self._store.forget_pod(key)
-
-    def replace_all(self, *, nodes: Iterable[NodeRecord] | None = None,
-                    pods: Iterable[PodRecord] | None = None) -> None:
-        """A relist: objects not in the new list are gone (assumed binds survive until confirmed)."""
-        with self._lock:
-            self._store.replace(nodes, pods)
-            listed = list(self._store.nodes.values()) if nodes is not None else []
-        for rec in listed:
-            self.apply_node(rec)
 
     # ---- what the cache holds -----------------------------------------------------------------
     def cached_node(self, name: str) -> NodeRecord | None:
@@ -290,7 +277,7 @@ class Scheduler:
             now = self.clock()
             try:
                 a = build_assignment(req, args.node, self._book.tenants().tenant_of(rec.namespace),
-                                     rfc3339(self.wall()), gpus,
+                                     format_time(self.wall()), gpus,
                                      [self._holds.ids_on(args.node, u) for u, _ in gpus])
             except NoFreeDeviceIds as e:
                 raise BindRefused(f"node {args.node}: {e}") from None

@@ -33,8 +33,10 @@ def load_into(scheduler: Scheduler, doc: SnapshotDoc) -> None:
             scheduler.apply_tenant_quota(TenantQuota.from_dict(raw))
         except InvalidDocument as e:
             log.warning("snapshot tenantquota skipped error=%s", e)
-    scheduler.replace_all(nodes=[node_record(n) for n in doc.nodes])
-    scheduler.replace_all(pods=[pod_record(p) for p in doc.pods])
+    for node in doc.nodes:
+        scheduler.apply_node(node_record(node))
+    for pod in doc.pods:
+        scheduler.apply_pod(pod_record(pod))
     scheduler.mark_synced()
 
 

@@ -9,7 +9,7 @@ them in step, kube-scheduler's AddPod / UpdatePod / RemovePod for a cache that a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -110,27 +110,6 @@ class Store:
     def delete_heartbeat(self, node: str) -> None:
         self.beats.pop(node, None)
         self.rejudge(node)
-
-    def replace(self, nodes: Iterable[NodeRecord] | None, pods: Iterable[PodRecord] | None) -> None:
-        """A relist: objects not in the new list are gone (assumed binds survive until confirmed).
-        The nodes listed are stored; the caller applies each afterwards."""
-        if nodes is not None:
-            fresh = {r.name: r for r in nodes}
-            for name in [n for n in self.nodes if n not in fresh]:
-                self._node_gen += 1
-                self.nodes.pop(name, None)
-                self._remove_node(name)
-            for rec in fresh.values():
-                self.nodes[rec.name] = rec
-        if pods is not None:
-            fresh_pods = {r.key: r for r in pods}
-            for key in [k for k in self.pods if k not in fresh_pods]:
-                hold = self.holds.get(key)
-                if hold is not None and hold.assumed_at is not None:
-                    continue
-                self.forget_pod(key)
-            for prec in fresh_pods.values():
-                self.apply_pod(prec)
 
     # ---- node usability -----------------------------------------------------------------------
     def unusable(self, rec: NodeRecord, now: float) -> str:

@@ -13,9 +13,8 @@ from fracgpu.core.quota import (
     QuotaConfig,
     QuotaLedger,
     TenantSnapshot,
-    merge_conditions,
-    should_write_status,
 )
+from fracgpu.core.quotastatus import merge_conditions, should_write_status
 from fracgpu.core.snapshot import NamespaceRecord
 from fracgpu.core.tenant import SOURCE_DEFAULT, SOURCE_NONE, Limits, NamespaceInfo, Tenants, tq_tenant
 

@@ -288,8 +288,5 @@ class KubeWriter:
 
     # -- namespaces -------------------------------------------------------------------------
 
-    def get_namespace(self, name: str) -> Obj:
-        return self.get_object(NAMESPACES, name)
-
     def list_namespaces(self, *, label_selector: str | None = None) -> list[Obj]:
         return self.list_objects(NAMESPACES, label_selector=label_selector)

@@ -11,7 +11,7 @@ import pytest
 
 from fracgpu.controller import main as cmain
 from fracgpu.controller.config import ConfigError
-from fracgpu.core.health import NodePolicy
+from fracgpu.core.healthconfig import NodePolicy
 from tests.controller.conftest import NS, inventory
 from tests.controller.test_self_heal import set_inventory, taints, terminating
 from tests.fakes.apiserver import FakeApiServer

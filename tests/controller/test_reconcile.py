@@ -11,7 +11,7 @@ from fracgpu.controller import reconcile as r
 from fracgpu.controller.config import ConfigError, ControllerConfig
 from fracgpu.controller.reconcile import EvictionOutcome, Memory, plan
 from fracgpu.controller.views import NodeView, PodView, World
-from fracgpu.core.health import NodePolicy
+from fracgpu.core.healthconfig import NodePolicy
 
 CFG = ControllerConfig(taint_hold=60.0, max_evictions_per_node=2, heartbeat_grace=30.0)
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, TAINT_GPU_FAILED
 from fracgpu.controller import reconcile as r
-from fracgpu.core.health import GpuHealth, GpuSample, HealthConfig, HealthTracker
+from fracgpu.core.health import GpuHealth, GpuSample, HealthTracker
+from fracgpu.core.healthconfig import HealthConfig
 from tests.controller.clock import FakeClock
 from tests.controller.conftest import NS, MakeReplica, inventory, lease_obj, pdb_obj, pod_obj, with_cfg
 from tests.fakes.apiserver import FakeApiServer

@@ -16,11 +16,17 @@ from fracgpu.core.fragmentation import (
     WorkloadMix,
     after_share,
     after_whole,
-    node_frag,
     typical_mix,
 )
 
 U = 1000  # milli-GPU, the trace's unit
+
+
+def frag_now(s: ClusterState, model: FragModel) -> float:
+    """F_n(M) of the node, computed from scratch by a fresh cache."""
+    cache = FragCache(model)
+    cache.refresh(s)
+    return float(cache.frag[0])
 
 HALF = TaskShape(cpu_milli=1000, units=500, gpus=1)
 WHOLE = TaskShape(cpu_milli=1000, units=1000, gpus=1)
@@ -72,8 +78,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_node_frag(case: Case) -> None:
     s = world(case.used, cpu=case.cpu, model=case.model)
-    got = node_frag(s, np.array([0]), FragModel(case.mix))
-    assert got[0] == pytest.approx(case.frag)
+    assert frag_now(s, FragModel(case.mix)) == pytest.approx(case.frag)
 
 
 @pytest.mark.parametrize(("used", "slot", "units"), [((0, 700), 0, 500), ((0, 700), 1, 300), ((200, 0, 0), 0, 800)])
@@ -84,7 +89,7 @@ def test_after_share_matches_recomputation(used: tuple[int, ...], slot: int, uni
     cache.refresh(s)
     predicted = after_share(s, cache, np.array([0]), np.array([slot]), units, 1000)[0]
     s.add_pod("new", PodUse("n", (GpuUse(f"g{slot}", units, 0),), cpu_milli=1000))
-    assert predicted == pytest.approx(node_frag(s, np.array([0]), model)[0])
+    assert predicted == pytest.approx(frag_now(s, model))
 
 
 def test_after_share_worked_example() -> None:
@@ -103,7 +108,7 @@ def test_after_whole_matches_recomputation() -> None:
     cache.refresh(s)
     predicted = after_whole(s, cache, np.array([0]), np.array([[0]]), 2000)[0]
     s.add_pod("new", PodUse("n", (GpuUse("g0", U, 0),), cpu_milli=2000))
-    assert predicted == pytest.approx(node_frag(s, np.array([0]), model)[0])
+    assert predicted == pytest.approx(frag_now(s, model))
 
 
 def test_cache_recomputes_only_changed_rows() -> None:

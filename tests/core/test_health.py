@@ -8,17 +8,8 @@ import pytest
 
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.core import health as h
-from fracgpu.core.health import (
-    GpuHealth,
-    GpuSample,
-    HealthConfig,
-    HealthConfigError,
-    HealthTracker,
-    NodePolicy,
-    Thresholds,
-    UnknownXids,
-    XidPolicy,
-)
+from fracgpu.core.health import GpuHealth, GpuSample, HealthTracker
+from fracgpu.core.healthconfig import HealthConfig, HealthConfigError, NodePolicy, Thresholds, UnknownXids, XidPolicy
 
 OK = GpuSample(temperature_c=60, power_w=300, power_limit_w=400, ecc_uncorrectable=0, retired_pages=0)
 HOT = GpuSample(temperature_c=95, power_w=300, power_limit_w=400)

@@ -7,7 +7,7 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass, NodeInventoryDoc
-from fracgpu.core.inventory import best_link_class, normalise_model, split_device_id
+from fracgpu.core.inventory import link_between, normalise_model, split_device_id
 
 GI = 1024**3
 
@@ -27,7 +27,7 @@ def test_inventory_round_trip_and_links() -> None:
         GpuInfo("GPU-b", 1, "A100", 80 * GI, 0, "0000:0f:00.0", healthy=False, reason="xid 79"),
     ))
     assert NodeInventoryDoc.from_json(doc.to_json()) == doc
-    assert best_link_class(doc) == LinkClass.NVLINK
+    assert link_between(*doc.gpus) == LinkClass.NVLINK
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The quota ledger: charges, what-if fits, reservations with undo, tenant queues, status helpers.
+"""The quota ledger: charges, what-if fits, reservations, tenant queues, status helpers.
 
 Worlds are small: a tenant's limits, the pods already charged, the queue; arithmetic in comments.
 """
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from fracgpu.api.v1beta1.assignment import Assignment, GpuShare
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
 from fracgpu.core import quota as q
+from fracgpu.core import quotastatus as qs
 from fracgpu.core.tenant import Limits, QuotaError
 
 GI = 1024**3
@@ -196,39 +197,23 @@ def test_other_tenants_are_unaffected() -> None:
     assert ledger.fits(B, 10, 8 * GI).ok
 
 
-def test_exceeded_for_allocate() -> None:
-    limits = Limits(64 * GI, 400)
-    assert q.exceeded(A, q.Usage(64 * GI, 400), limits) is None  # at the limit is fine
-    assert q.exceeded(A, q.Usage(72 * GI, 450), limits) == (
-        "tenant tq/team-a over quota: vgpu-memory 72Gi used of 64Gi; vgpu-core 450 used of 400"
-    )
-    assert q.exceeded(A, q.Usage(1, 1), QuotaError(A, "bad")) == "tenant tq/team-a: quota unusable, bad"
+# -- try_reserve -------------------------------------------------------------------------------
 
 
-# -- try_reserve / undo ------------------------------------------------------------------------
-
-
-def test_try_reserve_charges_and_undo_restores() -> None:
+def test_try_reserve_charges_and_dequeues() -> None:
     ledger = ledger_with(TEAM_A, [("p0", A, 100, 48 * GI)])
     ledger.enqueue(q.PendingPod(key("p1"), A, q.Usage(8 * GI, 50)))
     r = ledger.try_reserve(key("p1"), A, 50, 8 * GI)
     assert (r.ok, r.reason) == (True, "")
     assert ledger.used(A) == q.Usage(56 * GI, 150)  # 48 + 8, 100 + 50
     assert ledger.queue(A) == ()  # reserved pods leave the queue
-    r.undo()
-    assert ledger.used(A) == q.Usage(48 * GI, 100)
-    assert [p.key for p in ledger.queue(A)] == [key("p1")]
-    r.undo()  # only once
-    assert ledger.used(A) == q.Usage(48 * GI, 100)
 
 
-def test_repeated_reserve_is_idempotent_and_its_undo_keeps_the_first() -> None:
+def test_repeated_reserve_is_idempotent() -> None:
     ledger = ledger_with(TEAM_A)
     first = ledger.try_reserve(key("p1"), A, 50, 60 * GI)
     again = ledger.try_reserve(key("p1"), A, 50, 60 * GI)  # 60 - 60 + 60 = 60 <= 64: fits
     assert first.ok and again.ok
-    assert ledger.used(A) == q.Usage(60 * GI, 50)
-    again.undo()  # the repeat's undo must not drop the first bind's charge
     assert ledger.used(A) == q.Usage(60 * GI, 50)
 
 
@@ -236,7 +221,6 @@ def test_refused_reserve_changes_nothing() -> None:
     ledger = ledger_with(TEAM_A, [("p0", A, 100, 60 * GI)])
     r = ledger.try_reserve(key("p1"), A, 50, 8 * GI)
     assert (r.ok, r.reason) == (False, "tenant tq/team-a: vgpu-memory 60Gi of 64Gi used, pod asks 8Gi")
-    r.undo()
     assert ledger.used(A) == q.Usage(60 * GI, 100)
 
 
@@ -426,9 +410,9 @@ def cond(status: str, at: str, message: str = "m") -> Condition:
 
 def test_merge_conditions_keeps_transition_time_while_status_holds() -> None:
     old = (cond("True", "2026-01-01T00:00:00Z"),)
-    same = q.merge_conditions(old, (cond("True", "2026-05-05T00:00:00Z", "new text"),))
+    same = qs.merge_conditions(old, (cond("True", "2026-05-05T00:00:00Z", "new text"),))
     assert same == (cond("True", "2026-01-01T00:00:00Z", "new text"),)
-    flipped = q.merge_conditions(old, (cond("False", "2026-05-05T00:00:00Z"),))
+    flipped = qs.merge_conditions(old, (cond("False", "2026-05-05T00:00:00Z"),))
     assert flipped == (cond("False", "2026-05-05T00:00:00Z"),)
 
 
@@ -436,12 +420,12 @@ def test_status_changed_skips_no_op_writes() -> None:
     ledger = ledger_with(TEAM_A, [("r1", A, 150, 24 * GI)])
     conditions = (cond("False", "2026-01-01T00:00:00Z"),)
     written = ledger.status(A, conditions)
-    assert q.status_changed(None, written)
+    assert qs.status_changed(None, written)
     # same numbers and, after merging, the same conditions: no write
-    again = ledger.status(A, q.merge_conditions(written.conditions, (cond("False", "2026-02-02T00:00:00Z"),)))
-    assert not q.status_changed(written, again)
+    again = ledger.status(A, qs.merge_conditions(written.conditions, (cond("False", "2026-02-02T00:00:00Z"),)))
+    assert not qs.status_changed(written, again)
     ledger.charge(key("r2"), A, 10, GI)
-    assert q.status_changed(written, ledger.status(A, conditions))
+    assert qs.status_changed(written, ledger.status(A, conditions))
 
 
 @pytest.mark.parametrize(
@@ -456,14 +440,14 @@ def test_status_changed_skips_no_op_writes() -> None:
     ],
 )
 def test_status_write_delay(last: float | None, now: float, delay: float) -> None:
-    assert q.status_write_delay(last, now, 10.0) == delay
+    assert qs.status_write_delay(last, now, 10.0) == delay
 
 
 def test_should_write_status() -> None:
     a, b = TenantQuotaStatus(pending=1), TenantQuotaStatus(pending=2)
-    assert q.should_write_status(a, b, last_write=0.0, now=10.0, min_interval=10.0)
-    assert not q.should_write_status(a, b, last_write=5.0, now=10.0, min_interval=10.0)  # too soon
-    assert not q.should_write_status(a, a, last_write=None, now=10.0, min_interval=10.0)  # nothing changed
+    assert qs.should_write_status(a, b, last_write=0.0, now=10.0, min_interval=10.0)
+    assert not qs.should_write_status(a, b, last_write=5.0, now=10.0, min_interval=10.0)  # too soon
+    assert not qs.should_write_status(a, a, last_write=None, now=10.0, min_interval=10.0)  # nothing changed
 
 
 def test_config_is_validated() -> None:
@@ -485,7 +469,7 @@ def test_clone_is_independent() -> None:
 
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["charge", "release", "reserve", "undo"]),
+        st.sampled_from(["charge", "release", "reserve"]),
         st.integers(0, 5),  # pod
         st.sampled_from([A, B]),
         st.integers(0, 300),  # cores
@@ -499,17 +483,14 @@ OPS = st.lists(
 @given(OPS)
 def test_used_is_the_sum_of_charges(ops: list[tuple[str, int, str, int, int]]) -> None:
     ledger = ledger_with({A: Limits(memory=100 * GI, cores=500), B: Limits()})
-    undo: list[q.Reservation] = []
     for op, pod, tenant, cores, gi in ops:
         k = key(f"p{pod}")
         if op == "charge":
             ledger.charge(k, tenant, cores, gi * GI)
         elif op == "release":
             ledger.release(k)
-        elif op == "reserve":
-            undo.append(ledger.try_reserve(k, tenant, cores, gi * GI))
-        elif undo:
-            undo.pop().undo()
+        else:
+            ledger.try_reserve(k, tenant, cores, gi * GI)
         for t in (A, B):
             charges = [ledger.charged(key(f"p{i}")) for i in range(6)]
             expected = sum((u for c in charges if c is not None and c[0] == t for u in [c[1]]), q.Usage())

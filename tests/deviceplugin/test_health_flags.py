@@ -9,7 +9,7 @@ import pytest
 
 from fracgpu.cli import COMMANDS
 from fracgpu.configfile import apply
-from fracgpu.core.health import HealthConfig, HealthConfigError, NodePolicy, Thresholds, UnknownXids, XidPolicy
+from fracgpu.core.healthconfig import HealthConfig, HealthConfigError, NodePolicy, Thresholds, UnknownXids, XidPolicy
 from fracgpu.deviceplugin.healthflags import health_config
 from fracgpu.deviceplugin.main import main, parser
 from tests.deviceplugin.test_main import EXAMPLE

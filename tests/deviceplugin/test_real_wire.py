@@ -24,7 +24,7 @@ import yaml
 
 from fracgpu.api.v1beta1.deviceplugin import api_pb2, api_pb2_grpc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, ANN_PHASE, PHASE_ALLOCATED, RESOURCE_CORE
-from fracgpu.core.health import HealthConfig
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.cluster import MemoryCluster
 from fracgpu.deviceplugin.main import build, parser

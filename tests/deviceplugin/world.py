@@ -12,7 +12,7 @@ from typing import Any
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATING, RESOURCE_CORE, RESOURCE_MEMORY
-from fracgpu.core.health import HealthConfig
+from fracgpu.core.healthconfig import HealthConfig
 from fracgpu.core.inventory import split_device_id
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import format_bytes

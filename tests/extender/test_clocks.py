@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
+from fracgpu.api.rfc3339 import format_time
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.core.snapshot import NODE_STALE_HEARTBEAT, pod_record
 from fracgpu.extender.decide import reason_already_reserved
 from fracgpu.extender.main import new_scheduler
-from fracgpu.extender.scheduler import SchedulerConfig, rfc3339
+from fracgpu.extender.scheduler import SchedulerConfig
 from tests.extender.builders import GI, bind_args, bound_annotations, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, FakeClock, World, build_world
 
@@ -88,7 +89,7 @@ async def test_a_wall_clock_step_does_not_lift_the_confusable_rule(serve: Client
     pod through a wall-clock step; 300 s on the monotonic clock make it stuck, and it stops blocking."""
     c = clocks()
     ids = tuple(f"GPU-n1-0::{k}" for k in range(50))
-    assigned = Assignment(node="n1", tenant="ns/default", assigned_at=rfc3339(c.wall() - 10),
+    assigned = Assignment(node="n1", tenant="ns/default", assigned_at=format_time(c.wall() - 10),
                           gpus=(GpuShare("GPU-n1-0", 50, 8 * GI, ids),), containers=(ContainerShare("c0", "app", ids),))
     holder = pod_obj("holder", 50, "8Gi", node="n1", phase="Pending",
                      annotations=bound_annotations(assigned.to_json(), "allocating"))

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from fracgpu.api.rfc3339 import format_time
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, LABEL_TENANT, PHASE_ALLOCATED
 from fracgpu.core.snapshot import node_unreadable_reservation, pod_record
-from fracgpu.extender.scheduler import rfc3339
 from fracgpu.kube.errors import ServerError, Unavailable, error_from_status, outcome_unknown
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
@@ -267,7 +267,7 @@ def test_an_unknown_outcome_keeps_the_reservation_and_the_retry_resends_it(one_g
         assert post_bind(ext, A) == {"Error": ""}  # the same Binding again: it lands (or is known as ours)
         pod = one_gpu.get_object("pods", "a", "default") or {}
         landed = Assignment.from_json(pod["metadata"]["annotations"][ANN_ASSIGNED])
-        assert pod["spec"]["nodeName"] == "n1" and landed.assigned_at == rfc3339(first)  # the first one's
+        assert pod["spec"]["nodeName"] == "n1" and landed.assigned_at == format_time(first)  # the first one's
         assert ext.scheduler.stats().assumed == 0 and free(ext) == 40
         assert post_bind(ext, B, "n2")["Error"]  # tenant t: 60 of 100 used, b asks 60
     finally:
