@@ -108,8 +108,9 @@ def inspect_doc(world: World) -> dict[str, Any]:
                 "memory_total": int(s.total_memory[row, i]),
                 "pods": holders, "healthy": g.healthy, "reason": g.reason,
             })
-        nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus,
-                      "source": "dra" if name in world.dra_nodes else "device-plugin"})
+        nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus})
+        if name in world.dra_nodes:  # GPUs read from ResourceSlices; device-plugin nodes carry no source
+            nodes[-1]["source"] = "dra"
     used: dict[str, list[int]] = {}
     for rec in world.pods:
         if rec.assignment is not None and rec.node and holds_quota(rec.phase, False):

@@ -3,8 +3,10 @@ ResourceClaims. `fracgpu inspect` and `fracgpu simulate` must see the same clust
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,9 @@ from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY
 from fracgpu.cli import main as cli_main
 from fracgpu.core.draslices import node_devices, same_devices
+from fracgpu.core.snapshot import parse_list
 from fracgpu.sim import inspect
+from fracgpu.sim.whatif import build_world, inspect_doc, pending_whatif
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra"
 PODS, CLAIMS = EXAMPLES / "snapshot-pods.yaml", EXAMPLES / "snapshot-claims.yaml"
@@ -51,9 +55,7 @@ def test_inspect_json_is_the_same_but_for_the_source() -> None:
         return json.loads(out.getvalue())
 
     plugin, dra = view(PODS), view(CLAIMS)
-    assert {n["source"] for n in plugin["nodes"]} == {"device-plugin"} and {n["source"] for n in dra["nodes"]} == {"dra"}
-    for n in dra["nodes"]:
-        n["source"] = "device-plugin"
+    assert all("source" not in n for n in plugin["nodes"]) and [n.pop("source") for n in dra["nodes"]] == ["dra"] * 2
     assert dra == plugin
 
 
@@ -84,3 +86,31 @@ def test_the_example_dra_objects_validate_against_the_resource_v1_schema(version
     assert {i["kind"] for i in dra} == {"ResourceSlice", "ResourceClaim", "ResourceClaimTemplate"}
     for obj in items(CLAIMS):
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def _leaves(o: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(o, dict):
+        return [p for k, v in o.items() for p in _leaves(v, (*path, k))] or [path]
+    if isinstance(o, list):
+        return [p for i, v in enumerate(o) for p in _leaves(v, (*path, i))] or [path]
+    return [path]
+
+
+def test_hostile_values_anywhere_in_the_dra_objects_never_crash_the_reading() -> None:
+    """Every value of the example's slices, claims, templates and claim pods, replaced in turn (seeded sample)
+    by a hostile one: the snapshot reads, the views build, pending pods are placed or refused."""
+    base = items(CLAIMS)
+    rng = random.Random(17)
+    hostile: list[Any] = [None, "", "x", -1, 10**30, True, [], {}, "1e400", "99999999999999999999Gi"]
+    targets = [(i, p) for i, obj in enumerate(base) if obj["kind"] != "Node" and obj["kind"] != "Namespace"
+               for p in _leaves(obj) if p and p[:2] != ("metadata", "name") and p[0] not in ("kind", "apiVersion")]
+    for i, path in rng.sample(targets, 60):
+        snapshot = copy.deepcopy(base)
+        parent = snapshot[i]
+        for k in path[:-1]:
+            parent = parent[k]
+        parent[path[-1]] = rng.choice(hostile)
+        world = build_world(parse_list(snapshot))
+        inspect_doc(world)
+        for r in pending_whatif(world, "fracgpu"):
+            assert r["fits"] or r["reason"]
