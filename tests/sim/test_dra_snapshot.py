@@ -21,7 +21,7 @@ from fracgpu.cli import main as cli_main
 from fracgpu.core.draslices import node_devices, same_devices
 from fracgpu.core.snapshot import parse_list
 from fracgpu.sim import inspect
-from fracgpu.sim.whatif import build_world, inspect_doc, pending_whatif
+from fracgpu.sim.whatif import build_world, pending_whatif
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra"
 PODS, CLAIMS = EXAMPLES / "snapshot-pods.yaml", EXAMPLES / "snapshot-claims.yaml"
@@ -98,19 +98,18 @@ def _leaves(o: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 def test_hostile_values_anywhere_in_the_dra_objects_never_crash_the_reading() -> None:
     """Every value of the example's slices, claims, templates and claim pods, replaced in turn (seeded sample)
-    by a hostile one: the snapshot reads, the views build, pending pods are placed or refused."""
+    by a hostile one: the snapshot reads, the world builds, pending pods are placed or refused."""
     base = items(CLAIMS)
     rng = random.Random(17)
     hostile: list[Any] = [None, "", "x", -1, 10**30, True, [], {}, "1e400", "99999999999999999999Gi"]
     targets = [(i, p) for i, obj in enumerate(base) if obj["kind"] != "Node" and obj["kind"] != "Namespace"
                for p in _leaves(obj) if p and p[:2] != ("metadata", "name") and p[0] not in ("kind", "apiVersion")]
-    for i, path in rng.sample(targets, 60):
+    for i, path in rng.sample(targets, 100):
         snapshot = copy.deepcopy(base)
         parent = snapshot[i]
         for k in path[:-1]:
             parent = parent[k]
         parent[path[-1]] = rng.choice(hostile)
         world = build_world(parse_list(snapshot))
-        inspect_doc(world)
         for r in pending_whatif(world, "fracgpu"):
             assert r["fits"] or r["reason"]
