@@ -394,9 +394,9 @@ def _with_request(pod: Mapping[str, Any], demand: Demand) -> dict[str, Any]:
 
 def _asks_vgpu(pod: Mapping[str, Any]) -> bool:
     spec = pod.get("spec")
-    items = [c for k in ("initContainers", "containers") for c in (spec.get(k) or [] if isinstance(spec, Mapping)
-                                                                      else []) if isinstance(c, Mapping)]
-    for c in items:
+    spec = spec if isinstance(spec, Mapping) else {}
+    lists = [spec.get(k) for k in ("initContainers", "containers")]
+    for c in (c for cs in lists if isinstance(cs, list) for c in cs if isinstance(c, Mapping)):
         res = c.get("resources")
         if isinstance(res, Mapping) and any(isinstance(res.get(p), Mapping) and RESOURCE_CORE in res[p]
                                             for p in ("requests", "limits")):

@@ -362,3 +362,12 @@ def test_a_bound_pod_whose_claim_is_missing_closes_its_node() -> None:
                                     claim_pod("p", claim="gone", node="n1")]))
     spec = world.state.specs[0]
     assert spec is not None and "(claim ns/gone is not in the snapshot)" in spec.unusable
+
+
+@pytest.mark.parametrize("containers", [5, "main", [5], None])
+def test_a_claim_pod_with_broken_containers_is_read_without_crashing(containers: Any) -> None:
+    pod = claim_pod("p", template="t")
+    pod["spec"]["initContainers"] = containers
+    reasons = pending_reasons([template("t", {"requests": [{"name": "g", "exactly": SHARE}]}), pod])
+    assert reasons["ns/p"] in ("fits", "pod: spec.initContainers must be a list", "pod: spec.initContainers[0] must "
+                                                                                   "be an object")
