@@ -82,7 +82,8 @@ def _snapshot_file() -> str:
 
     return (f"{(inspect.getdoc(snapshot) or '').split(chr(10) + chr(10))[0]} Kinds: "
             f"{', '.join(f'`{k}`' for k in KINDS)}; any other kind is an error. Make one with "
-            "`kubectl get nodes,pods,namespaces,tenantquotas -A -o yaml > snap.yaml`.")
+            "`kubectl get nodes,pods,namespaces,tenantquotas -A -o yaml > snap.yaml` (DRA path: add "
+            "`resourceslices,resourceclaims,resourceclaimtemplates`; docs/dra.md).")
 
 
 def _files(command: str) -> tuple[FileFormat, ...]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Final, Literal
 
@@ -40,13 +40,14 @@ from fracgpu.api.v1beta1.dra.resource import (
     ResourceSlice,
     ResourceSliceSpec,
 )
-from fracgpu.api.v1beta1.inventory import GpuInfo, LinkClass
+from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import (
     CORES_PER_GPU,
     DRA_CAPACITY_CORES,
     DRA_CAPACITY_MEMORY,
     DRA_DRIVER,
     DRA_TAINT_UNHEALTHY,
+    MAX_GPU_MEMORY,
 )
 from fracgpu.core.quantity import QuantityError, format_bytes, parse_quantity
 from fracgpu.core.shareenv import MIB
@@ -399,3 +400,73 @@ def validate_slice(s: ResourceSlice) -> list[str]:
             if t.effect not in (TAINT_NONE, TAINT_NO_SCHEDULE, TAINT_NO_EXECUTE):
                 errs.append(f"{where}.taints[{j}].effect {t.effect!r}: None, NoSchedule or NoExecute")
     return errs
+
+
+# -- the reverse: a node's published devices back to its GPU inventory (snapshots: fracgpu simulate, inspect) --
+
+
+class SliceReadError(ValueError):
+    """The devices cannot be read back as fracgpu GPUs; the message names the device and the field."""
+
+
+def _int_attr(dev: Device, name: str, default: int | None = None) -> int:
+    a = dev.attributes.get(name)
+    if a is None and default is not None:
+        return default
+    if a is None or a.kind != "int" or isinstance(a.value, bool) or not isinstance(a.value, int):
+        raise SliceReadError(f"device {dev.name}: attribute {name} must be an int")
+    return a.value
+
+
+def _whole_capacity(dev: Device, name: str) -> int:
+    cap = dev.capacity.get(name)
+    value = _q(cap.value) if cap is not None else None
+    if value is None or value != value.to_integral_value() or value < 1:
+        raise SliceReadError(f"device {dev.name}: capacity {name} must be a whole positive quantity")
+    return int(value)
+
+
+def gpu_from_device(dev: Device) -> GpuInfo:
+    """One device of driver gpu.fracgpu.io as the GPU it publishes (``gpu_device`` read backwards): uuid,
+    index, model, memory, NUMA node, PCI bus ID and health. A NoSchedule/NoExecute taint makes it unhealthy
+    with the taint's value as the reason. NVLink peers come from ``nvlinkDomain`` (``gpus_from_devices``)."""
+    uuid_attr = dev.attributes.get("uuid")
+    if uuid_attr is None or uuid_attr.kind != "string" or not uuid_attr.value or "::" in str(uuid_attr.value):
+        raise SliceReadError(f"device {dev.name}: attribute uuid must be a non-empty string without '::'")
+    cores = _whole_capacity(dev, DRA_CAPACITY_CORES)
+    if cores != CORES_PER_GPU:
+        raise SliceReadError(f"device {dev.name}: capacity {DRA_CAPACITY_CORES} is {cores}, a fracgpu GPU has "
+                             f"{CORES_PER_GPU}")
+    memory = _whole_capacity(dev, DRA_CAPACITY_MEMORY)
+    if memory > MAX_GPU_MEMORY:
+        raise SliceReadError(f"device {dev.name}: capacity {DRA_CAPACITY_MEMORY} {memory} is more than a GPU has")
+    model = dev.attributes.get("model")
+    healthy_attr = dev.attributes.get("healthy")
+    healthy = not (healthy_attr is not None and healthy_attr.value is False)
+    reason = "" if healthy else "unhealthy"
+    for t in dev.taints:
+        if t.effect in (TAINT_NO_SCHEDULE, TAINT_NO_EXECUTE):
+            healthy, reason = False, t.value or t.key
+            break
+    bus = dev.attributes.get(ATTR_PCI_BUS_ID)
+    return GpuInfo(uuid=str(uuid_attr.value), index=_int_attr(dev, "index"),
+                   model=str(model.value) if model is not None and model.kind == "string" else "",
+                   memory=memory, numa=_int_attr(dev, ATTR_NUMA_NODE, -1),
+                   pci_bus_id=str(bus.value) if bus is not None and bus.kind == "string" else "",
+                   healthy=healthy, reason=reason)
+
+
+def gpus_from_devices(devices: Sequence[Device]) -> tuple[GpuInfo, ...]:
+    """A node's devices as its GPU inventory, in index order. GPUs of one ``nvlinkDomain`` are NVLink peers of
+    each other (one lane: the lane count and the PCIe link classes are not published)."""
+    gpus = [gpu_from_device(dev) for dev in devices]
+    for seen, what in (([g.uuid for g in gpus], "uuid"), ([str(g.index) for g in gpus], "index")):
+        if len(set(seen)) != len(seen):
+            raise SliceReadError(f"two devices publish the same GPU {what}")
+    domain = {gpu.uuid: _int_attr(dev, "nvlinkDomain", -1) for gpu, dev in zip(gpus, devices, strict=True)}
+    out = []
+    for g in gpus:
+        peers = tuple(GpuLink(p.uuid, LinkClass.NVLINK, 1) for p in sorted(gpus, key=lambda x: x.index)
+                      if p.uuid != g.uuid and domain[g.uuid] >= 0 and domain[p.uuid] == domain[g.uuid])
+        out.append(replace(g, links=peers))
+    return tuple(sorted(out, key=lambda x: x.index))

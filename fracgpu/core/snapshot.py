@@ -25,6 +25,7 @@ from fracgpu.api.v1beta1.names import (
     LABEL_ZONE,
     TAINT_GPU_FAILED,
 )
+from fracgpu.core.drasnapshot import lower_dra
 from fracgpu.core.pod import PodObject, decode_pod, pod_finished
 from fracgpu.core.quantity import MAX_QUANTITY, MAX_WHOLE_MILLI, QuantityError, parse_bytes, parse_milli
 from fracgpu.core.request import GpuRequest, RequestError, effective_host, parse_pod_request
@@ -250,9 +251,19 @@ class SnapshotDoc:
     namespaces: tuple[Mapping[str, Any], ...] = ()
     tenant_quotas: tuple[Mapping[str, Any], ...] = ()
     leases: tuple[Mapping[str, Any], ...] = ()
+    # resource.k8s.io/v1 (DRA), read into the nodes' and pods' fracgpu form by parse_list (core.drasnapshot)
+    resource_slices: tuple[Mapping[str, Any], ...] = ()
+    resource_claims: tuple[Mapping[str, Any], ...] = ()
+    resource_claim_templates: tuple[Mapping[str, Any], ...] = ()
+    device_classes: tuple[Mapping[str, Any], ...] = ()
+    dra_nodes: frozenset[str] = frozenset()  # nodes whose GPU inventory came from ResourceSlices
+    dra_pods: frozenset[str] = frozenset()  # pods (namespace/name) whose GPU request came from claims
+    dra_node_problems: Mapping[str, str] = field(default_factory=dict)  # why a node's slices cannot be read
+    dra_pod_problems: Mapping[str, str] = field(default_factory=dict)  # why a pod's claims cannot be read
 
 
-KINDS = ("Node", "Pod", "Namespace", "TenantQuota", "Lease")
+KINDS = ("Node", "Pod", "Namespace", "TenantQuota", "Lease", "ResourceSlice", "ResourceClaim",
+         "ResourceClaimTemplate", "DeviceClass")
 
 
 def parse_list(doc: Any, where: str = "snapshot") -> SnapshotDoc:
@@ -273,12 +284,22 @@ def parse_list(doc: Any, where: str = "snapshot") -> SnapshotDoc:
         if not isinstance(_meta(item).get("name"), str) or not _meta(item).get("name"):
             raise InvalidDocument(f"{where}.items[{i}].metadata.name: expected a non-empty string")
         by_kind[str(kind)].append(item)
+    dra = lower_dra(by_kind["Node"], by_kind["Pod"], by_kind["ResourceSlice"], by_kind["ResourceClaim"],
+                    by_kind["ResourceClaimTemplate"])
     return SnapshotDoc(
-        nodes=tuple(by_kind["Node"]),
-        pods=tuple(by_kind["Pod"]),
+        nodes=dra.nodes,
+        pods=dra.pods,
         namespaces=tuple(by_kind["Namespace"]),
         tenant_quotas=tuple(by_kind["TenantQuota"]),
         leases=tuple(by_kind["Lease"]),
+        resource_slices=tuple(by_kind["ResourceSlice"]),
+        resource_claims=tuple(by_kind["ResourceClaim"]),
+        resource_claim_templates=tuple(by_kind["ResourceClaimTemplate"]),
+        device_classes=tuple(by_kind["DeviceClass"]),
+        dra_nodes=dra.dra_nodes,
+        dra_pods=dra.dra_pods,
+        dra_node_problems=dra.node_problems,
+        dra_pod_problems=dra.pod_problems,
     )
 
 

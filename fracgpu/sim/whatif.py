@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
@@ -25,6 +25,7 @@ from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
 from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
 from fracgpu.core.snapshot import (
+    NODE_NO_INVENTORY,
     NodeRecord,
     PodRecord,
     SnapshotDoc,
@@ -45,6 +46,7 @@ class World:
     pods: list[PodRecord]
     tenants: Tenants
     pending: list[PodRecord] = field(default_factory=list)
+    dra_nodes: frozenset[str] = frozenset()  # GPU inventory read from ResourceSlices (docs/dra.md)
 
 
 def build_world(doc: SnapshotDoc) -> World:
@@ -54,9 +56,12 @@ def build_world(doc: SnapshotDoc) -> World:
         nrec = node_record(obj)
         nodes[nrec.name] = nrec
         inventory = nrec.inventory.gpus if nrec.inventory is not None else ()
+        unusable = nrec.unusable()
+        if nrec.name in doc.dra_node_problems and unusable in ("", NODE_NO_INVENTORY):
+            unusable = doc.dra_node_problems[nrec.name]
         state.upsert_node(NodeSpec(name=nrec.name, gpus=inventory, cpu_milli=nrec.cpu_milli,
                                    memory_bytes=nrec.memory_bytes, zone=nrec.zone, labels=nrec.labels,
-                                   unusable=nrec.unusable(), priority=node_priority(nrec.name)))
+                                   unusable=unusable, priority=node_priority(nrec.name)))
     infos = [NamespaceInfo(n.name, n.labels, n.annotations) for n in map(namespace_record, doc.namespaces)]
     quotas = []
     for q in doc.tenant_quotas:
@@ -64,9 +69,11 @@ def build_world(doc: SnapshotDoc) -> World:
             quotas.append(TenantQuota.from_dict(q))
         except InvalidDocument:
             continue  # a broken TenantQuota selects nothing here; the extender reports it in its status
-    world = World(state, nodes, [], Tenants(infos, quotas))
+    world = World(state, nodes, [], Tenants(infos, quotas), dra_nodes=doc.dra_nodes)
     for obj in doc.pods:
         rec = pod_record(obj)
+        if rec.key in doc.dra_pod_problems:  # claims that have no vgpu-core equivalent: refused with the reason
+            rec = replace(rec, request=None, request_error=doc.dra_pod_problems[rec.key])
         world.pods.append(rec)
         if rec.finished:
             continue
@@ -102,6 +109,8 @@ def inspect_doc(world: World) -> dict[str, Any]:
                 "pods": holders, "healthy": g.healthy, "reason": g.reason,
             })
         nodes.append({"name": name, "usable": not spec.unusable, "reason": spec.unusable, "gpus": gpus})
+        if name in world.dra_nodes:  # GPUs read from ResourceSlices; device-plugin nodes carry no source
+            nodes[-1]["source"] = "dra"
     used: dict[str, list[int]] = {}
     for rec in world.pods:
         if rec.assignment is not None and rec.node and not rec.finished:
@@ -169,14 +178,15 @@ def _mem(x: int | None) -> str:
 def render_inspect(doc: Mapping[str, Any]) -> str:
     lines = [f"{'NODE':<20} {'GPU':>3} {'MODEL':<16} {'CORES':>9} {'VRAM':>17} {'HEALTH':<10} PODS"]
     for n in doc["nodes"]:
+        shown = n["name"] + (" (dra)" if n.get("source") == "dra" else "")
         if not n["gpus"]:
             why = n["reason"] or "no GPUs"
-            lines.append(f"{n['name']:<20} {'-':>3} {'-':<16} {'-':>9} {'-':>17} {'-':<10} ({why})")
+            lines.append(f"{shown:<20} {'-':>3} {'-':<16} {'-':>9} {'-':>17} {'-':<10} ({why})")
         for g in n["gpus"]:
             health = "ok" if g["healthy"] else "unhealthy"
             if not n["usable"]:
                 health += "*"
-            lines.append(f"{n['name']:<20} {g['index']:>3} {g['model']:<16} "
+            lines.append(f"{shown:<20} {g['index']:>3} {g['model']:<16} "
                          f"{g['cores_allocated']:>4}/{g['cores_total']:<4} "
                          f"{_mem(g['memory_allocated']):>8}/{_mem(g['memory_total']):<8} {health:<10} "
                          f"{', '.join(g['pods']) or '-'}")

@@ -1,0 +1,477 @@
+"""DRA objects in a snapshot read as the device-plugin path's objects, so simulate and inspect judge both alike.
+
+``lower_dra`` rewrites a snapshot's DRA side into what the rest of fracgpu already reads:
+
+- a node without a ``fracgpu.io/gpu-inventory`` annotation whose pool (driver gpu.fracgpu.io, pool = node) has
+  ResourceSlices gets that annotation, read back from the devices (``core.draslices.gpus_from_devices``); a
+  node labelled ``fracgpu.io/dra=true`` counts as opted in;
+- a pod whose ``spec.resourceClaims`` ask for gpu.fracgpu.io devices gets the equivalent ``vgpu-core`` /
+  ``vgpu-memory`` (class vgpu.fracgpu.io with capacity cores=N, memory=M: a share of N cores / M bytes; class
+  gpu.fracgpu.io with count K: K whole GPUs) and, once bound, a ``fracgpu.io/assigned`` reservation built
+  from its claims' ``status.allocation`` (consumedCapacity per device; none = the device whole).
+
+What has no such equivalent (another driver, CEL selectors, constraints, several shares, a share without
+``memory`` ...) is not guessed: the pod keeps its objects and the reason is recorded in ``pod_problems``
+(the node's in ``node_problems``), which ``sim.whatif.build_world`` shows as the pod's refusal. Pure.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fracgpu.api.v1beta1.assignment import Assignment, GpuShare
+from fracgpu.api.v1beta1.dra.resource import AllocatedDevice, ResourceClaim, ResourceSlice
+from fracgpu.api.v1beta1.errors import InvalidDocument
+from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
+from fracgpu.api.v1beta1.names import (
+    ANN_ASSIGNED,
+    ANN_INVENTORY,
+    CORES_PER_GPU,
+    DEVICE_ID_SEPARATOR,
+    DRA_CAPACITY_CORES,
+    DRA_CAPACITY_MEMORY,
+    DRA_DEVICE_CLASS,
+    DRA_DEVICE_CLASS_SHARED,
+    DRA_DRIVER,
+    LABEL_DRA,
+    LABEL_ENABLED,
+    MAX_GPU_MEMORY,
+    RESOURCE_CORE,
+    RESOURCE_MEMORY,
+)
+from fracgpu.core.draslices import SliceReadError, device_names, gpus_from_devices
+from fracgpu.core.quantity import QuantityError, parse_quantity
+
+NODE_BAD_SLICES = f"node's {DRA_DRIVER} ResourceSlices cannot be read as GPUs"
+OUR_CLASSES = (DRA_DEVICE_CLASS, DRA_DEVICE_CLASS_SHARED)
+MAX_WHOLE_GPUS = 64  # a claim for more whole GPUs than any node has is not a request to model
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a pod's claims ask of fracgpu: whole GPUs, or one share (cores, memory bytes)."""
+
+    whole: int = 0
+    shares: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PodDra:
+    """How one pod's claims read: its demand, its reservation on its node, or why it cannot be read."""
+
+    demand: Demand | None = None
+    gpus: tuple[GpuShare, ...] = ()
+    problem: str = ""  # why the request cannot be read (a pending pod is refused with it)
+    held_problem: str = ""  # why a bound pod's reservation cannot be read (its node takes no new GPU pod)
+
+
+@dataclass(frozen=True, slots=True)
+class Lowered:
+    nodes: tuple[Mapping[str, Any], ...]
+    pods: tuple[Mapping[str, Any], ...]
+    dra_nodes: frozenset[str] = frozenset()  # nodes whose inventory came from ResourceSlices
+    dra_pods: frozenset[str] = frozenset()  # pods (namespace/name) whose GPU request came from claims
+    node_problems: Mapping[str, str] = field(default_factory=dict)
+    pod_problems: Mapping[str, str] = field(default_factory=dict)
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    m = obj.get("metadata")
+    return m if isinstance(m, Mapping) else {}
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    m = _meta(obj)
+    return f"{m.get('namespace') or 'default'}/{m.get('name') or ''}"
+
+
+# -- nodes ----------------------------------------------------------------------------------------------
+
+
+def pool_inventories(slices: Sequence[Mapping[str, Any]]) -> tuple[dict[str, tuple[GpuInfo, ...]], dict[str, str]]:
+    """Per pool (= node) of driver gpu.fracgpu.io, its GPUs; or why they cannot be read. Only the newest
+    generation of a pool counts, and only when all its slices are there (as kube-scheduler's allocator)."""
+    by_pool: dict[str, list[ResourceSlice]] = {}
+    problems: dict[str, str] = {}
+    for raw in slices:
+        try:
+            s = ResourceSlice.from_json(raw)
+        except InvalidDocument as e:
+            node = str((raw.get("spec") or {}).get("nodeName") or "") if isinstance(raw.get("spec"), Mapping) else ""
+            if node:
+                problems[node] = f"ResourceSlice {_meta(raw).get('name')}: {e}"
+            continue
+        if s.spec.driver == DRA_DRIVER:
+            by_pool.setdefault(s.spec.pool.name, []).append(s)
+    out: dict[str, tuple[GpuInfo, ...]] = {}
+    for pool, items in by_pool.items():
+        if pool in problems:
+            continue
+        newest = max(s.spec.pool.generation for s in items)
+        current = [s for s in items if s.spec.pool.generation == newest]
+        if any(s.spec.node_name != pool for s in current):
+            problems[pool] = f"pool {pool} of {DRA_DRIVER}: a slice's nodeName is not the pool's node"
+            continue
+        if len(current) != current[0].spec.pool.resource_slice_count:
+            problems[pool] = (f"pool {pool} of {DRA_DRIVER}: {len(current)} of "
+                              f"{current[0].spec.pool.resource_slice_count} slices of generation {newest}")
+            continue
+        try:
+            out[pool] = gpus_from_devices([dev for s in sorted(current, key=lambda x: x.name)
+                                           for dev in s.spec.devices])
+        except SliceReadError as e:
+            problems[pool] = f"pool {pool} of {DRA_DRIVER}: {e}"
+    return out, problems
+
+
+# -- claims -----------------------------------------------------------------------------------------------
+
+
+def _capacity(requests: Mapping[str, Any], name: str) -> Any:
+    for k in (name, f"{DRA_DRIVER}/{name}"):
+        if k in requests:
+            return requests[k]
+    return None
+
+
+def _whole(text: Any, what: str) -> int:
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        raise ValueError(f"{what} is not a quantity")
+    try:
+        value = parse_quantity(text)
+    except QuantityError:
+        raise ValueError(f"{what} {text!r} is not a quantity") from None
+    # the request policy rounds up to the next step (1)
+    return int(value.to_integral_value(rounding="ROUND_CEILING")) if value > 0 else 0
+
+
+def request_demand(req: Any, where: str) -> Demand:
+    """One entry of ``spec.devices.requests`` as fracgpu GPUs; ValueError says what cannot be mapped."""
+    if not isinstance(req, Mapping):
+        raise ValueError(f"{where} is not an object")
+    if req.get("firstAvailable") is not None:
+        raise ValueError(f"{where} uses firstAvailable (prioritized alternatives)")
+    ex = req.get("exactly")
+    if not isinstance(ex, Mapping):
+        raise ValueError(f"{where} has no 'exactly'")
+    cls = ex.get("deviceClassName")
+    if cls not in OUR_CLASSES:
+        raise ValueError(f"{where} asks for device class {cls!r}, not {' or '.join(OUR_CLASSES)}")
+    for unsupported, why in (("selectors", "CEL selectors"), ("tolerations", "device taint tolerations"),
+                             ("adminAccess", "adminAccess")):
+        if ex.get(unsupported):
+            raise ValueError(f"{where} has {why}, which fracgpu simulate does not evaluate")
+    mode = ex.get("allocationMode") or "ExactCount"
+    if mode != "ExactCount":
+        raise ValueError(f"{where} has allocationMode {mode}")
+    count = ex.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WHOLE_GPUS:
+        raise ValueError(f"{where}.count must be 1..{MAX_WHOLE_GPUS}")
+    cap = ex.get("capacity")
+    requests = cap.get("requests") if isinstance(cap, Mapping) else None
+    if cap is not None and not isinstance(requests, Mapping):
+        raise ValueError(f"{where}.capacity.requests is not a map")
+    if not requests:
+        return Demand(whole=count)
+    unknown = sorted(k for k in requests if k.rpartition("/")[2] not in (DRA_CAPACITY_CORES, DRA_CAPACITY_MEMORY))
+    if unknown:
+        raise ValueError(f"{where} requests capacity {', '.join(unknown)}")
+    raw_cores, raw_memory = _capacity(requests, DRA_CAPACITY_CORES), _capacity(requests, DRA_CAPACITY_MEMORY)
+    cores = CORES_PER_GPU if raw_cores is None else _whole(raw_cores, f"{where} cores")
+    if raw_memory is None:
+        raise ValueError(f"{where} asks for {cores} cores without memory, which takes the GPU's whole memory "
+                         "(the request policy's default); state memory")
+    memory = _whole(raw_memory, f"{where} memory")
+    if not 1 <= cores <= CORES_PER_GPU or not 1 <= memory <= MAX_GPU_MEMORY:
+        raise ValueError(f"{where} asks for {cores} cores and {memory} bytes of one GPU")
+    if count != 1:
+        raise ValueError(f"{where} asks for {count} shares")
+    return Demand(shares=((cores, memory),))
+
+
+def devices_demand(devices: Any, where: str) -> Demand:
+    """A claim's ``spec.devices``: the sum of its requests; constraints and config are not modelled."""
+    if not isinstance(devices, Mapping):
+        raise ValueError(f"{where} has no spec.devices")
+    for unsupported in ("constraints", "config"):
+        if devices.get(unsupported):
+            raise ValueError(f"{where} has {unsupported}, which fracgpu simulate does not evaluate")
+    reqs = devices.get("requests")
+    if not isinstance(reqs, list) or not reqs:
+        raise ValueError(f"{where} has no requests")
+    whole, shares = 0, list[tuple[int, int]]()
+    for i, r in enumerate(reqs):
+        name = r.get("name") if isinstance(r, Mapping) else None
+        dm = request_demand(r, f"{where} request {name or i}")
+        whole += dm.whole
+        shares.extend(dm.shares)
+    return Demand(whole, tuple(shares))
+
+
+def allocated_gpus(claim: ResourceClaim, node: str, gpus: Mapping[str, GpuInfo], where: str) -> list[GpuShare]:
+    """The claim's allocation results on ``node``'s pool as shares; ValueError when they cannot be read."""
+    out: list[GpuShare] = []
+    for r in claim.results:
+        if r.admin_access:
+            continue  # admin access sees the device without holding any of it
+        if r.driver != DRA_DRIVER:
+            raise ValueError(f"{where} holds a device of driver {r.driver}")
+        if r.pool != node:
+            raise ValueError(f"{where} holds device {r.device} of pool {r.pool}, not of the pod's node {node}")
+        g = gpus.get(r.device)
+        if g is None:
+            raise ValueError(f"{where} holds device {r.device}, which node {node}'s ResourceSlices do not publish")
+        out.append(GpuShare(g.uuid, *_consumed(r, g, where), device_ids=()))
+    return out
+
+
+def _consumed(r: AllocatedDevice, g: GpuInfo, where: str) -> tuple[int, int]:
+    cores_text, memory_text = _capacity(r.consumed_capacity, DRA_CAPACITY_CORES), _capacity(
+        r.consumed_capacity, DRA_CAPACITY_MEMORY)
+    cores = CORES_PER_GPU if cores_text is None else _whole(cores_text, f"{where} consumed cores")
+    memory = g.memory if memory_text is None else _whole(memory_text, f"{where} consumed memory")
+    if not 1 <= cores <= CORES_PER_GPU or not 0 <= memory <= g.memory:
+        raise ValueError(f"{where} consumes {cores} cores and {memory} bytes of GPU {g.uuid}")
+    return cores, memory
+
+
+def pod_dra(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
+            templates: Mapping[str, Mapping[str, Any]], devices: Mapping[str, Mapping[str, GpuInfo]]) -> PodDra | None:
+    """The pod's GPU claims read as fracgpu's; None when the pod has no claim of fracgpu's."""
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    refs = spec.get("resourceClaims")
+    if not refs:
+        return None
+    ns = str(_meta(pod).get("namespace") or "default")
+    node = str(spec.get("nodeName") or "")
+    status = pod.get("status")
+    generated: dict[str, str] = {}
+    if isinstance(status, Mapping) and isinstance(status.get("resourceClaimStatuses"), list):
+        for st in status["resourceClaimStatuses"]:
+            if isinstance(st, Mapping) and isinstance(st.get("name"), str) and isinstance(st.get("resourceClaimName"),
+                                                                                            str):
+                generated[st["name"]] = st["resourceClaimName"]
+    if not isinstance(refs, list):
+        return PodDra(problem="spec.resourceClaims is not a list", held_problem="spec.resourceClaims is not a list"
+                      if node else "")
+    problems: list[str] = []
+    held_problems: list[str] = []
+    ref_problems: list[str] = []  # claims that cannot be found: a bound pod holds unknown devices
+    ours = False
+    whole, shares = 0, list[tuple[int, int]]()
+    held: dict[str, list[GpuShare]] = {}
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, Mapping):
+            ref_problems.append(f"spec.resourceClaims[{i}] is not an object")
+            ours = True  # what it asks for is unknown: reported, not ignored
+            continue
+        name = str(ref.get("name") or i)
+        claim_obj: Mapping[str, Any] | None = None
+        body: Any = None
+        if isinstance(ref.get("resourceClaimName"), str):
+            what = f"claim {ns}/{ref['resourceClaimName']}"
+            claim_obj = claims.get(f"{ns}/{ref['resourceClaimName']}")
+        elif isinstance(ref.get("resourceClaimTemplateName"), str):
+            made = generated.get(name)
+            claim_obj = claims.get(f"{ns}/{made}") if made else None
+            what = f"claim {ns}/{made}"
+            if claim_obj is None:  # not generated yet (a pending pod): the template says what it will ask
+                what = f"template {ns}/{ref['resourceClaimTemplateName']}"
+                tpl = templates.get(f"{ns}/{ref['resourceClaimTemplateName']}")
+                outer = tpl.get("spec") if tpl is not None else None
+                body = (outer.get("spec") if isinstance(outer, Mapping) else None) or ({} if tpl else None)
+        else:
+            ref_problems.append(f"spec.resourceClaims[{name}] names no claim or template")
+            ours = True
+            continue
+        if claim_obj is not None:
+            body = claim_obj.get("spec")
+        if body is None:
+            ref_problems.append(f"{what} is not in the snapshot")
+            ours = True
+            continue
+        devs = body.get("devices") if isinstance(body, Mapping) else None
+        reqs = devs.get("requests") if isinstance(devs, Mapping) else None
+        ours = ours or _maybe_ours(reqs)
+        try:
+            dm = devices_demand(devs, what)
+            whole += dm.whole
+            shares.extend(dm.shares)
+        except ValueError as e:
+            problems.append(str(e))
+        if claim_obj is not None and node:
+            try:
+                claim = ResourceClaim.from_json(claim_obj)
+            except InvalidDocument as e:
+                held_problems.append(f"{what}: {e}")
+                continue
+            if any(r.driver == DRA_DRIVER for r in claim.results):
+                ours = True
+            if not claim.allocated:
+                held_problems.append(f"{what} is not allocated but its pod is bound to {node}")
+                continue
+            try:
+                held[what] = allocated_gpus(claim, node, devices.get(node, {}), what)
+            except ValueError as e:
+                held_problems.append(str(e))
+    if not ours:
+        return None  # claims of other drivers only: not a GPU pod of fracgpu's
+    problems[:0] = ref_problems
+    if node:
+        held_problems[:0] = ref_problems
+    if shares and (whole or len(shares) > 1):
+        problems.append(f"the pod asks for {len(shares)} GPU share(s) and {whole} whole GPU(s); fracgpu places "
+                        "one share or whole GPUs per pod")
+    gpus = _merge([s for items in held.values() for s in items], held_problems)
+    held_problem = "; ".join(held_problems)
+    if problems:
+        return PodDra(gpus=gpus, problem="; ".join(problems), held_problem=held_problem)
+    return PodDra(demand=Demand(whole, tuple(shares)), gpus=gpus, held_problem=held_problem)
+
+
+def _maybe_ours(reqs: Any) -> bool:
+    """Whether a claim's requests may be for fracgpu: one names a class of fracgpu's (directly or as an
+    alternative), or one is malformed (what it asks for is unknown, so it is reported, not ignored)."""
+    if not isinstance(reqs, list) or not reqs:
+        return True
+    for r in reqs:
+        if not isinstance(r, Mapping):
+            return True
+        alternatives = r.get("firstAvailable")
+        options = [r.get("exactly")] if alternatives is None else alternatives
+        if not isinstance(options, list) or not all(isinstance(o, Mapping) for o in options):
+            return True
+        if any(o.get("deviceClassName") in OUR_CLASSES for o in options):
+            return True
+    return False
+
+
+def _merge(shares: Sequence[GpuShare], problems: list[str]) -> tuple[GpuShare, ...]:
+    """Several claims of one pod on one GPU hold the sum; device IDs are made up (one per core) as the
+    reservation format needs them and nothing in a snapshot reads them."""
+    by_uuid: dict[str, list[int]] = {}
+    for s in shares:
+        acc = by_uuid.setdefault(s.uuid, [0, 0])
+        acc[0] += s.cores
+        acc[1] += s.memory
+    out = []
+    for uuid, (cores, memory) in by_uuid.items():
+        if cores > CORES_PER_GPU:
+            problems.append(f"the pod's claims hold {cores} cores of GPU {uuid}")
+            continue
+        out.append(GpuShare(uuid, cores, memory,
+                            tuple(f"{uuid}{DEVICE_ID_SEPARATOR}claim-{i}" for i in range(cores))))
+    return tuple(out)
+
+
+# -- the snapshot -----------------------------------------------------------------------------------------
+
+
+def _with_request(pod: Mapping[str, Any], demand: Demand) -> dict[str, Any]:
+    out = copy.deepcopy(dict(pod))
+    containers = out["spec"].get("containers")
+    if not isinstance(containers, list) or not containers or not isinstance(containers[0], dict):
+        return out  # parse_pod_request reports the pod's broken containers itself
+    amounts: dict[str, str] = {}
+    if demand.shares:
+        cores, memory = demand.shares[0]
+        amounts = {RESOURCE_CORE: str(cores), RESOURCE_MEMORY: str(memory)}
+    elif demand.whole:
+        amounts = {RESOURCE_CORE: str(CORES_PER_GPU * demand.whole)}
+    first = dict(containers[0])
+    res = dict(first.get("resources") or {}) if isinstance(first.get("resources"), Mapping | None) else {}
+    for part in ("requests", "limits"):
+        cur = res.get(part)
+        res[part] = {**(cur if isinstance(cur, Mapping) else {}), **amounts}
+    first["resources"] = res
+    containers[0] = first
+    return out
+
+
+def _asks_vgpu(pod: Mapping[str, Any]) -> bool:
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    lists = [spec.get(k) for k in ("initContainers", "containers")]
+    for c in (c for cs in lists if isinstance(cs, list) for c in cs if isinstance(c, Mapping)):
+        res = c.get("resources")
+        if isinstance(res, Mapping) and any(isinstance(res.get(p), Mapping) and RESOURCE_CORE in res[p]
+                                            for p in ("requests", "limits")):
+            return True
+    return False
+
+
+def lower_dra(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]],
+              slices: Sequence[Mapping[str, Any]], claims: Sequence[Mapping[str, Any]],
+              templates: Sequence[Mapping[str, Any]]) -> Lowered:
+    """The snapshot's nodes and pods with their DRA side read as annotations and vgpu resources."""
+    if not slices and not claims and not templates:
+        return Lowered(tuple(nodes), tuple(pods))
+    inventories, pool_problems = pool_inventories(slices)
+    new_nodes: list[Mapping[str, Any]] = []
+    dra_nodes: set[str] = set()
+    node_problems: dict[str, str] = {}
+    devices: dict[str, dict[str, GpuInfo]] = {}
+    for node in nodes:
+        meta = _meta(node)
+        name = str(meta.get("name") or "")
+        annotations = meta.get("annotations")
+        has_annotation = isinstance(annotations, Mapping) and ANN_INVENTORY in annotations
+        if has_annotation or (name not in inventories and name not in pool_problems):
+            new_nodes.append(node)
+            continue
+        out = copy.deepcopy(dict(node))
+        m = out.setdefault("metadata", {})
+        labels = dict(m.get("labels") or {})
+        if labels.get(LABEL_DRA) == "true":
+            labels[LABEL_ENABLED] = "true"  # the DRA path's opt-in, as LABEL_ENABLED is the device plugin's
+        m["labels"] = labels
+        if name in pool_problems:
+            node_problems[name] = f"{NODE_BAD_SLICES}: {pool_problems[name]}"
+        else:
+            gpus = inventories[name]
+            m["annotations"] = {**dict(m.get("annotations") or {}),
+                                ANN_INVENTORY: NodeInventoryDoc(gpus=gpus).to_json()}
+            names = device_names(gpus)
+            devices[name] = {names[g.uuid]: g for g in gpus}
+        dra_nodes.add(name)
+        new_nodes.append(out)
+    claim_map = {_key(c): c for c in claims}
+    tpl_map = {_key(t): t for t in templates}
+    new_pods: list[Mapping[str, Any]] = []
+    dra_pods: set[str] = set()
+    pod_problems: dict[str, str] = {}
+    for pod in pods:
+        dra = pod_dra(pod, claim_map, tpl_map, devices)
+        if dra is None:
+            new_pods.append(pod)
+            continue
+        key = _key(pod)
+        dra_pods.add(key)
+        if _asks_vgpu(pod):
+            pod_problems[key] = f"the pod asks for {RESOURCE_CORE} and for {DRA_DRIVER} claims; one or the other"
+            new_pods.append(pod)
+            continue
+        out = _with_request(pod, dra.demand) if dra.demand is not None else copy.deepcopy(dict(pod))
+        if dra.problem:
+            pod_problems[key] = f"claims not understood: {dra.problem}"
+        bound = str((out.get("spec") or {}).get("nodeName") or "")
+        if bound and dra.held_problem:  # what it holds is unknown: fail closed, as for an unreadable reservation
+            node_problems.setdefault(bound, f"node runs pod {key} whose {DRA_DRIVER} claims cannot be read "
+                                            f"({dra.held_problem}); no new GPU pod here until it is fixed or "
+                                            "the pod ends")
+        if bound and dra.gpus:
+            m = out.setdefault("metadata", {})
+            m["annotations"] = {**dict(m.get("annotations") or {}), ANN_ASSIGNED: Assignment(
+                node=bound, tenant="", assigned_at=str(m.get("creationTimestamp") or ""), gpus=dra.gpus,
+                containers=()).to_json()}
+        new_pods.append(out)
+    return Lowered(tuple(new_nodes), tuple(new_pods), frozenset(dra_nodes), frozenset(dra_pods), node_problems,
+                   pod_problems)
+
+
+__all__ = ["Demand", "Lowered", "PodDra", "allocated_gpus", "devices_demand", "lower_dra", "pod_dra",
+           "pool_inventories", "request_demand"]
