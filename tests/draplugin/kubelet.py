@@ -83,11 +83,13 @@ class FakeDraKubelet:
                 p.channel.close()
             self.plugins.clear()
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    # Waits for the plugin's own threads and gRPC; generous, since they only run out when a test fails
+    # or the machine is starved (2 cores shared by the whole suite).
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
 
-    def wait_registered(self, driver: str, timeout: float = 5.0) -> Registered:
+    def wait_registered(self, driver: str, timeout: float = 20.0) -> Registered:
         assert self.wait_for(lambda: driver in self.plugins, timeout), f"{driver} did not register"
         with self._cond:
             return self.plugins[driver]
@@ -165,15 +167,17 @@ class FakeDraKubelet:
             elif not os.path.isabs(info.endpoint):
                 error = f"endpoint {info.endpoint!r} is not an absolute path"
             if error:
-                reg.NotifyRegistrationStatus(reg_pb2.RegistrationStatus(plugin_registered=False, error=error), timeout=2)
+                if not self._notify(reg, path, reg_pb2.RegistrationStatus(plugin_registered=False, error=error)):
+                    return
                 with self._cond:
                     self.refusals.append(error)
                     self._cond.notify_all()
                 return
             pb2, stub_cls = SERVICES[chosen]
+            if not self._notify(reg, path, reg_pb2.RegistrationStatus(plugin_registered=True)):
+                return
             channel = grpc.insecure_channel(f"unix:{info.endpoint}")
             plugin = Registered(path, inode, info.name, info.endpoint, chosen, channel, stub_cls(channel), pb2)
-            reg.NotifyRegistrationStatus(reg_pb2.RegistrationStatus(plugin_registered=True), timeout=2)
             with self._cond:
                 old = self.plugins.get(info.name)
                 if old is not None:
@@ -181,6 +185,17 @@ class FakeDraKubelet:
                 self.plugins[info.name] = plugin
                 self.registrations += 1
                 self._cond.notify_all()
+
+    def _notify(self, reg: Any, path: str, status: reg_pb2.RegistrationStatus) -> bool:
+        """Whether the plugin heard the status. A kubelet whose NotifyRegistrationStatus failed (a deadline
+        missed on a busy node) does not count the plugin as registered and tries the socket again later, as
+        the pluginmanager's reconciler does; a fake that gave up here would never register it."""
+        try:
+            reg.NotifyRegistrationStatus(status, timeout=2)
+        except grpc.RpcError:
+            self._known.pop(path, None)
+            return False
+        return True
 
     # --- the DRA manager's calls ---
 

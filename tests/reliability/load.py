@@ -3,7 +3,9 @@
 kube-scheduler schedules one pod at a time (filter, then — with one node left — no prioritize) and
 binds asynchronously, several binds in flight while the next pods are filtered. A failed bind sends
 the pod back to the queue; a pod no node fits waits until the cluster changed (here: until a round
-in which some other pod was placed). Used by tests/reliability/test_load.py (small) and
+in which some other pod was placed). A filter `Error` (the nodes that fit wait for a pod whose
+allocation the extender has not seen yet) fails the scheduling cycle: the pod goes to the backoff
+queue and is filtered again after a short wait. Used by tests/reliability/test_load.py (small) and
 bench/bench_load.py, bench/soak.py (full size).
 """
 
@@ -20,11 +22,17 @@ from typing import Any
 import aiohttp
 
 from fracgpu.api.v1beta1.names import SCHEDULER_NAME
+from fracgpu.extender.reasons import ReasonKind, reason_kind
 from tests.reliability.harness import Audit
 
 GI = 1024**3
 GPU_MEMORY = 80 * GI
 GPUS_PER_NODE = 8
+# kube-scheduler's pod backoff is 1 s doubling to 10 s; scaled down, the same shape. The cap on
+# retries only bounds a run whose extender never sees the allocation (then it is an error).
+BACKOFF_S = 0.01
+BACKOFF_CAP_S = 0.2
+MAX_FILTER_RETRIES = 50
 # (vgpu-core, vgpu-memory or None for the default share) and their weights: mostly shares, some whole GPUs
 MIX: tuple[tuple[tuple[int, str | None], int], ...] = (
     ((10, "4Gi"), 3), ((20, None), 3), ((25, "10Gi"), 2), ((30, None), 2), ((50, "40Gi"), 2),
@@ -73,6 +81,7 @@ class LoadReport:
     filters: int = 0
     binds: int = 0
     bind_refusals: int = 0  # re-checked at bind and refused (raced with an in-flight bind): requeued
+    filter_retries: int = 0  # filter Error "still allocating" (the watch had not shown the allocation): backed off
     rounds: int = 0
     wall_s: float = 0.0
     filter_ms: list[float] = field(default_factory=list)
@@ -91,6 +100,7 @@ class LoadReport:
         return {
             "pods": self.pods, "nodes": self.nodes, "placed": self.placed, "unplaced": len(self.unplaced),
             "filters": self.filters, "binds": self.binds, "bind_refusals_requeued": self.bind_refusals,
+            "filter_retries": self.filter_retries,
             "rounds": self.rounds, "wall_s": round(self.wall_s, 3),
             "pods_per_s": round(self.placed / self.wall_s, 1) if self.wall_s else 0.0,
             "filter_ms_p50": round(self.pct(self.filter_ms, 0.5), 2),
@@ -115,6 +125,8 @@ async def burst(url: str, pods: list[dict[str, Any]], nodes: list[str], *, binds
     queue: deque[dict[str, Any]] = deque(pods)
     unschedulable: list[dict[str, Any]] = []
     inflight: set[asyncio.Task[None]] = set()
+    backing_off: set[asyncio.Task[None]] = set()
+    retries: Counter[str] = Counter()
     progress = 0
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=binds_in_flight + 2)) as http:
@@ -140,12 +152,18 @@ async def burst(url: str, pods: list[dict[str, Any]], nodes: list[str], *, binds
                 if on_bound is not None:
                     on_bound(pod, node)
 
+        async def back_off(pod: dict[str, Any], tries: int) -> None:
+            await asyncio.sleep(min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (tries - 1)))
+            queue.append(pod)
+
         while True:
             report.rounds += 1
             progress = 0
-            while queue or inflight:
+            while queue or inflight or backing_off:
                 if not queue:
-                    _, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(inflight | backing_off, return_when=asyncio.FIRST_COMPLETED)
+                    inflight -= done
+                    backing_off -= done
                     continue
                 pod = queue.popleft()
                 body = {"Pod": pod, "NodeNames": nodes, "Nodes": None}
@@ -155,6 +173,14 @@ async def burst(url: str, pods: list[dict[str, Any]], nodes: list[str], *, binds
                     status = r.status
                 report.filter_ms.append((time.perf_counter() - t0) * 1000)
                 report.filters += 1
+                name = pod["metadata"]["name"]
+                if (status == 200 and isinstance(out.get("Error"), str)
+                        and reason_kind(out["Error"]) == ReasonKind.STILL_ALLOCATING
+                        and retries[name] < MAX_FILTER_RETRIES):
+                    retries[name] += 1
+                    report.filter_retries += 1
+                    backing_off.add(asyncio.create_task(back_off(pod, retries[name])))
+                    continue
                 if status != 200 or out.get("Error"):
                     report.errors.append(f"filter {pod['metadata']['name']}: HTTP {status} {out}")
                     continue
