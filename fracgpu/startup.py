@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import math
 import socket
 import sys
@@ -335,3 +336,19 @@ def no_cluster(error: object, fix: str) -> StartupError:
     """The API server cannot be found from here (no kubeconfig, not in a pod)."""
     return StartupError(f"no usable cluster configuration ({' '.join(str(error).split())}); {fix}")
 
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed flags, or the exit code argparse chose: 0 after --help, 2 for a flag it refused (it
+    printed why, in one line for a Parser)."""
+    try:
+        return p.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+
+
+def start_logging(level: str) -> None:
+    """Structured lines on stderr, every program alike."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)

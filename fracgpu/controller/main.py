@@ -42,6 +42,7 @@ from fracgpu.startup import (
     port_or_off,
     positive_int,
     seconds,
+    start_logging,
 )
 
 log = logging.getLogger(__name__)
@@ -272,10 +273,7 @@ def main(argv: list[str]) -> int:
         return 2
     except SystemExit as e:  # --help, or a flag argparse could not read (it printed why)
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(
-        level=opts.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    start_logging(opts.log_level)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -27,15 +27,21 @@ from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
-from fracgpu.deviceplugin.backends import open_backend
-from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
+from fracgpu.deviceplugin.backends.base import BackendError
 from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.deviceplugin.nodeflags import (
+    GPU_FLAGS,
+    KUBE_FLAGS,
+    LIMITER_FLAGS,
+    backend_from,
+    limiter_from,
+)
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
-from fracgpu.deviceplugin.response import LimiterConfig, parse_device_list, valid_cdi_kind
+from fracgpu.deviceplugin.response import parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import LockError, ServerConfig
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.startup import (
@@ -47,8 +53,10 @@ from fracgpu.startup import (
     log_level,
     metrics_server_error,
     no_cluster,
+    parse,
     port_or_off,
     seconds,
+    start_logging,
 )
 
 if TYPE_CHECKING:
@@ -62,11 +70,7 @@ class ConfigError(ValueError):
 
 
 FLAGS = (
-    Flag("backend", "where GPUs come from", "nvml", env=("FRACGPU_BACKEND",), choices=("nvml", "simulated")),
-    Flag("gpus", "YAML file of simulated GPUs, with --backend simulated", env=("FRACGPU_GPUS_FILE",), metavar="FILE",
-         unset="none"),
-    Flag("node-name", "this node's name (required; in a DaemonSet from the downward API)", env=("NODE_NAME",),
-         metavar="NAME", unset="none"),
+    *GPU_FLAGS,
     Flag("socket-dir", "the kubelet's device-plugins directory (must exist)", DEVICE_PLUGIN_DIR,
          env=("FRACGPU_DEVICE_PLUGIN_DIR",), metavar="DIR"),
     Flag("lock-file", "restart lock: a second plugin on the node waits for the first to let go; must be outside "
@@ -74,19 +78,12 @@ FLAGS = (
          metavar="FILE"),
     Flag("pod-resources-socket", "the kubelet's PodResources socket, 'none' to run without", POD_RESOURCES_SOCKET,
          env=("FRACGPU_POD_RESOURCES_SOCKET",), metavar="PATH"),
-    Flag("kubeconfig", "kubeconfig file", env=("KUBECONFIG",), metavar="FILE", unset="in-cluster config"),
-    Flag("kube-api", "API server URL", env=("FRACGPU_KUBE_API", "FRACGPU_KUBE_HOST"), old=("kube-host",),
-         metavar="URL", unset="--kubeconfig, else in-cluster config"),
+    *KUBE_FLAGS,
     Flag("no-kube", "run without an API server (demo: no reservations, every Allocate is refused)",
          type=boolean, env=("FRACGPU_NO_KUBE",), switch=True),
     Flag("namespace", "namespace of the heartbeat Lease", DEFAULT_NAMESPACE, env=("FRACGPU_NAMESPACE",)),
     Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
-    Flag("limiter-dir", "host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and configure",
-         env=("FRACGPU_LIMITER_DIR",), metavar="DIR", unset="no limiter"),
-    Flag("limiter-container-dir", "where the limiter directory appears in containers", "/usr/local/vgpu",
-         env=("FRACGPU_LIMITER_CONTAINER_DIR",), metavar="DIR"),
-    Flag("limiter-preload", "host file mounted as /etc/ld.so.preload", env=("FRACGPU_LIMITER_PRELOAD",),
-         metavar="FILE", unset="none"),
+    *LIMITER_FLAGS,
     Flag("cdi-kind", "also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
          "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: none", "",
          env=("FRACGPU_CDI_KIND",), metavar="KIND"),
@@ -117,12 +114,6 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_flags(p, HEALTH_FLAGS, environ)
     return p
 
-
-def make_backend(args: argparse.Namespace) -> GpuBackend:
-    try:
-        return open_backend(args.backend, args.gpus, args.node_name)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def make_cluster(args: argparse.Namespace) -> Cluster:
@@ -167,10 +158,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         health = health_config(args)
     except HealthConfigError as e:
         raise ConfigError(f"health settings: {e}") from None
-    limiter = None
-    if args.limiter_dir:
-        limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
-                                preload_file=args.limiter_preload or "")
+    limiter = limiter_from(args)
     if args.cdi_kind and not valid_cdi_kind(args.cdi_kind):
         raise ConfigError(f"--cdi-kind {args.cdi_kind!r} is not a CDI kind vendor/class (e.g. nvidia.com/gpu)")
     if args.crosscheck_delay < 0:
@@ -199,7 +187,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
         server=ServerConfig(socket_dir=os.path.abspath(args.socket_dir), lock_file=args.lock_file),
         health=health,
     )
-    backend = make_backend(args)
+    backend = backend_from(args)  # ValueError: one line, exit 2
     metrics = PluginMetrics()
     quota = make_quota(args, metrics)
     try:
@@ -216,12 +204,10 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    try:
-        args = parser(environ).parse_args(list(argv) if argv is not None else None)
-    except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
-        return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    args = parse(parser(environ), argv)
+    if isinstance(args, int):
+        return args
+    start_logging(args.log_level)
     try:
         app, cluster = build(args, environ)
     except KubeConfigError as e:

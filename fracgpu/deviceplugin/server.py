@@ -38,6 +38,7 @@ from fracgpu.api.v1beta1.names import (
     PLUGIN_SOCKET,
     RESOURCE_CORE,
 )
+from fracgpu.deviceplugin.nodeflags import file_stamp
 from fracgpu.deviceplugin.servicer import options
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,6 @@ class ServerConfig:
     def kubelet_path(self) -> str:
         return os.path.join(self.socket_dir, self.kubelet_socket)
 
-
-def _stamp(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_ctime_ns)
 
 
 class PluginServer:
@@ -134,7 +128,7 @@ class PluginServer:
             self._closed = True
             self._stop_server(grace)
             try:
-                if _stamp(self.cfg.socket_path) == self._own_stamp:
+                if file_stamp(self.cfg.socket_path) == self._own_stamp:
                     os.unlink(self.cfg.socket_path)
             except OSError:
                 pass
@@ -154,8 +148,8 @@ class PluginServer:
             return False if self._closed else self._watch()
 
     def _watch(self) -> bool:
-        kubelet = _stamp(self.cfg.kubelet_path)
-        own = _stamp(self.cfg.socket_path)
+        kubelet = file_stamp(self.cfg.kubelet_path)
+        own = file_stamp(self.cfg.socket_path)
         if kubelet is None:
             return False  # the kubelet is down or emptying its directory: wait for its new socket
         now = time.monotonic()
@@ -251,7 +245,7 @@ class PluginServer:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         self._server, self._server_stop = server, stop
-        self._own_stamp = _stamp(path)
+        self._own_stamp = file_stamp(path)
         self.generation += 1
         log.info("serving socket=%s generation=%d", path, self.generation)
 
@@ -267,7 +261,7 @@ class PluginServer:
         self.registered = False
 
     def _register_or_wait(self) -> None:
-        self._kubelet_stamp = _stamp(self.cfg.kubelet_path)
+        self._kubelet_stamp = file_stamp(self.cfg.kubelet_path)
         if self._kubelet_stamp is None:
             log.info("kubelet socket not there yet path=%s", self.cfg.kubelet_path)
             return

@@ -18,16 +18,32 @@ from types import FrameType
 from fracgpu.api.v1beta1.names import CDI_DIR, DRA_CDI_KIND, DRA_DRIVER, DRA_PLUGINS_DIR, DRA_REGISTRY_DIR
 from fracgpu.core.draslices import SliceOptions
 from fracgpu.core.healthconfig import HealthConfigError
-from fracgpu.core.shareenv import LimiterConfig
-from fracgpu.deviceplugin.backends import open_backend
-from fracgpu.deviceplugin.backends.base import BackendError, GpuBackend
+from fracgpu.deviceplugin.backends.base import BackendError
 from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
+from fracgpu.deviceplugin.nodeflags import (
+    GPU_FLAGS,
+    KUBE_FLAGS,
+    LIMITER_FLAGS,
+    backend_from,
+    limiter_from,
+)
 from fracgpu.draplugin.app import AppConfig, DraDriverApp
 from fracgpu.draplugin.driver import DriverConfig, KubeClaims
 from fracgpu.draplugin.server import ServerConfig
 from fracgpu.kube import client, errors, writer
-from fracgpu.startup import Flag, Parser, StartupError, add_config_flag, add_flags, log_level, no_cluster, seconds
+from fracgpu.startup import (
+    Flag,
+    Parser,
+    StartupError,
+    add_config_flag,
+    add_flags,
+    log_level,
+    no_cluster,
+    parse,
+    seconds,
+    start_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +62,7 @@ def positive_seconds(raw: str) -> float:
 _PLUGIN_DIR = f"{DRA_PLUGINS_DIR}/{DRA_DRIVER}"
 
 FLAGS = (
-    Flag("backend", "where GPUs come from", "nvml", env=("FRACGPU_BACKEND",), choices=("nvml", "simulated")),
-    Flag("gpus", "YAML file of simulated GPUs, with --backend simulated", env=("FRACGPU_GPUS_FILE",), metavar="FILE",
-         unset="none"),
-    Flag("node-name", "this node's name (required; in a DaemonSet from the downward API)", env=("NODE_NAME",),
-         metavar="NAME", unset="none"),
+    *GPU_FLAGS,
     Flag("plugin-dir", "directory of the DRA socket (dra.sock), the checkpoint and the lock; the same path on the "
          "host and in the pod", _PLUGIN_DIR, env=("FRACGPU_DRA_PLUGIN_DIR",), metavar="DIR"),
     Flag("registry-dir", "the kubelet's plugin registration directory, where <driver>-reg.sock goes",
@@ -63,15 +75,8 @@ FLAGS = (
     Flag("resync-interval", "seconds between checks that the published ResourceSlices are intact (the kubelet "
          "deletes them when it starts)", "30", positive_seconds, env=("FRACGPU_DRA_RESYNC_INTERVAL",),
          metavar="SECONDS"),
-    Flag("kubeconfig", "kubeconfig file", env=("KUBECONFIG",), metavar="FILE", unset="in-cluster config"),
-    Flag("kube-api", "API server URL", env=("FRACGPU_KUBE_API", "FRACGPU_KUBE_HOST"), old=("kube-host",),
-         metavar="URL", unset="--kubeconfig, else in-cluster config"),
-    Flag("limiter-dir", "host directory of an in-container limiter (HAMi-core libvgpu.so) to mount and configure",
-         env=("FRACGPU_LIMITER_DIR",), metavar="DIR", unset="no limiter"),
-    Flag("limiter-container-dir", "where the limiter directory appears in containers", "/usr/local/vgpu",
-         env=("FRACGPU_LIMITER_CONTAINER_DIR",), metavar="DIR"),
-    Flag("limiter-preload", "host file mounted as /etc/ld.so.preload", env=("FRACGPU_LIMITER_PRELOAD",),
-         metavar="FILE", unset="none"),
+    *KUBE_FLAGS,
+    *LIMITER_FLAGS,
     Flag("sysfs", "sysfs root, where the GPUs' PCIe roots are read", "/sys", env=("FRACGPU_SYSFS",), metavar="DIR"),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
 )
@@ -88,12 +93,6 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
-def make_backend(args: argparse.Namespace) -> GpuBackend:
-    try:
-        return open_backend(args.backend, args.gpus, args.node_name)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
 
 def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
     if not args.node_name:
@@ -106,10 +105,7 @@ def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
         health = health_config(args)
     except HealthConfigError as e:
         raise ConfigError(f"health settings: {e}") from None
-    limiter = None
-    if args.limiter_dir:
-        limiter = LimiterConfig(host_dir=args.limiter_dir, container_dir=args.limiter_container_dir,
-                                preload_file=args.limiter_preload or "")
+    limiter = limiter_from(args)
     return AppConfig(
         driver=DriverConfig(node=args.node_name, driver=DRA_DRIVER, cdi_kind=DRA_CDI_KIND, limiter=limiter),
         server=ServerConfig(plugin_dir=args.plugin_dir, registry_dir=args.registry_dir),
@@ -123,7 +119,7 @@ def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
 
 def build(args: argparse.Namespace, environ: Mapping[str, str]) -> DraDriverApp:
     cfg = config(args, environ)
-    backend = make_backend(args)
+    backend = backend_from(args)  # ValueError: one line, exit 2
     try:
         api = client.build_api_client(host=args.kube_api or None, kubeconfig=args.kubeconfig or None,
                                       environ=environ)
@@ -137,12 +133,10 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> DraDriverApp:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    try:
-        args = parser(environ).parse_args(list(argv) if argv is not None else None)
-    except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
-        return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    args = parse(parser(environ), argv)
+    if isinstance(args, int):
+        return args
+    start_logging(args.log_level)
     try:
         app = build(args, environ)
     except (StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from fracgpu.api.v1beta1.names import DRA_DRIVER, DRA_PLUGINS_DIR, DRA_REGISTRY_DIR, DRA_SOCKET, dra_registration_socket
+from fracgpu.deviceplugin.nodeflags import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,6 @@ class ServerConfig:
     def registration_socket(self) -> str:
         return os.path.join(self.registry_dir, dra_registration_socket(self.driver))
 
-
-def _stamp(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_ctime_ns)
 
 
 class _Socket:
@@ -83,7 +77,7 @@ class _Socket:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)  # the kubelet runs as root; nobody else may prepare claims
-        self.server, self.stamp = server, _stamp(self.path)
+        self.server, self.stamp = server, file_stamp(self.path)
         self.generation += 1
         log.info("serving socket=%s generation=%d", self.path, self.generation)
 
@@ -92,12 +86,12 @@ class _Socket:
             self.server.stop(grace).wait()
             self.server = None
         with contextlib.suppress(OSError):
-            if self.stamp is not None and _stamp(self.path) == self.stamp:
+            if self.stamp is not None and file_stamp(self.path) == self.stamp:
                 os.unlink(self.path)
         self.stamp = None
 
     def intact(self) -> bool:
-        return self.server is not None and self.stamp is not None and _stamp(self.path) == self.stamp
+        return self.server is not None and self.stamp is not None and file_stamp(self.path) == self.stamp
 
 
 class KubeletPluginServer:

@@ -58,6 +58,7 @@ from fracgpu.startup import (
     port,
     positive_int,
     seconds,
+    start_logging,
 )
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,7 @@ def main(argv: list[str]) -> int:
         ns = parse_args(argv, os.environ)
     except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=ns.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    start_logging(ns.log_level)
     try:
         config = build_config(ns)
         port = int(_num(ns, "port", int))

@@ -30,6 +30,7 @@ from fracgpu.startup import (
     port,
     positive_int,
     seconds,
+    start_logging,
 )
 from fracgpu.webhook.app import DEFAULT_MAX_BODY_BYTES, WebhookConfig, make_app
 
@@ -100,7 +101,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
         return 2
     except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
         return e.code if isinstance(e.code, int) else 2
-    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    start_logging(cfg.log_level)
     try:
         ctx = make_ssl_context(cfg.cert_file, cfg.key_file)
     except (OSError, ssl.SSLError) as e:

@@ -209,13 +209,7 @@ def test_after_a_plugin_restart_too_the_running_container_is_served_from_its_res
 
 
 def test_running_containers_allocated_again_that_cannot_be_told_apart_are_refused(node: World) -> None:
-    node.add_pod("p", [Container("main", 50)], [1])
-    node.add_pod("q", [Container("main", 50)], [2])
-    p_ids = node.admit("p").devices["main"]
-    assert node.admit("q").error is None
-    node.settle()
-    node.kubelet.release("default/p")
-    node.kubelet.release("default/q")
+    p_ids = node.two_running_lookalikes_after_a_lost_checkpoint()
     # the kubelet names no pod: p's IDs may be handed to q's restarting container
     with pytest.raises(grpc.RpcError) as err:
         node.kubelet.allocate_raw(p_ids)

@@ -170,7 +170,7 @@ def test_allocate_refuses_a_pod_that_would_overbook_its_gpus_vram(node: World, c
     assert adm.error.details() == f"fracgpu: {reason}"
     assert node.annotations("last")[ANN_PHASE] == f"failed: {reason}"
     assert [e.name for e in node.cluster.events if e.reason == "FracgpuAllocateRefused"] == ["last"]
-    assert node.metrics.allocate_errors.labels(code="overbooked")._value.get() == 1
+    assert node.metrics.registry.get_sample_value("fracgpu_deviceplugin_allocate_errors_total", {"code": "overbooked"}) == 1
 
 
 def fmt(n: int) -> str:

@@ -156,13 +156,7 @@ def test_a_pod_refused_before_is_named_as_such(node: World) -> None:
 def test_a_refusal_the_kubelet_repeats_is_logged_once(node: World, caplog: pytest.LogCaptureFixture) -> None:
     """A kubelet that lost its checkpoint retries a container start (with back-off, for hours): the same
     refusal each time is counted each time, logged and evented once per quiet period."""
-    node.add_pod("p", [Container("main", 50)], [1])
-    node.add_pod("q", [Container("main", 50)], [2])
-    p_ids = node.admit("p").devices["main"]
-    assert node.admit("q").error is None
-    node.settle()
-    node.kubelet.release("default/p")
-    node.kubelet.release("default/q")
+    p_ids = node.two_running_lookalikes_after_a_lost_checkpoint()
     caplog.set_level(logging.INFO, logger="fracgpu.deviceplugin.plugin")
     for _ in range(30):
         with pytest.raises(grpc.RpcError):
@@ -171,4 +165,4 @@ def test_a_refusal_the_kubelet_repeats_is_logged_once(node: World, caplog: pytes
     refused = [r for r in caplog.records if r.getMessage().startswith("allocate refused")]
     assert len(refused) == 1
     assert sorted(e.name for e in node.cluster.events if e.reason == "FracgpuAllocateRefused") == ["p", "q"]
-    assert node.metrics.allocate_errors.labels(code="ambiguous")._value.get() == 30
+    assert node.metrics.registry.get_sample_value("fracgpu_deviceplugin_allocate_errors_total", {"code": "ambiguous"}) == 30

@@ -109,6 +109,18 @@ class World:
             self.app.stop()
             self.app = None
 
+    def two_running_lookalikes_after_a_lost_checkpoint(self) -> list[str]:
+        """Pods p and q, 50 vgpu-core each on GPUs 1 and 2, admitted and running; then the kubelet
+        forgets what it gave them (a lost checkpoint), as before a container restart. Returns p's IDs."""
+        self.add_pod("p", [Container("main", 50)], [1])
+        self.add_pod("q", [Container("main", 50)], [2])
+        p_ids = self.admit("p").devices["main"]
+        assert self.admit("q").error is None
+        self.settle()
+        self.kubelet.release("default/p")
+        self.kubelet.release("default/q")
+        return p_ids
+
     def settle(self) -> None:
         """Wait for the plugin's background writes and cross-checks."""
         assert self.app is not None

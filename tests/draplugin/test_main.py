@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -91,19 +93,18 @@ def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:
 def test_both_node_programs_derive_a_nodes_simulated_uuids_alike() -> None:
     """One gpus file on every node (manifests/simulated): the DRA driver names a node's GPUs as the
     device plugin does (from the node name), so the two paths and the extender agree on (node, uuid)."""
-    from fracgpu.deviceplugin.main import make_backend as plugin_backend
     from fracgpu.deviceplugin.main import parser as plugin_parser
-    from fracgpu.draplugin.main import make_backend as dra_backend
+    from fracgpu.deviceplugin.nodeflags import backend_from
 
-    def uuids(make: object, build: object, node: str) -> list[str]:
-        unpinned = ["--backend", "simulated", "--gpus", str(ROOT / "manifests" / "simulated" / "gpus.yaml")]
-        args = build({}).parse_args([*unpinned, "--node-name", node])  # type: ignore[operator]
-        backend = make(args)  # type: ignore[operator]
+    unpinned = ["--backend", "simulated", "--gpus", str(ROOT / "manifests" / "simulated" / "gpus.yaml")]
+
+    def uuids(build: Callable[[Mapping[str, str]], argparse.ArgumentParser], node: str) -> list[str]:
+        backend = backend_from(build({}).parse_args([*unpinned, "--node-name", node]))
         try:
             return [g.uuid for g in backend.inventory()]
         finally:
             backend.close()
 
-    a = uuids(dra_backend, parser, "node-a")
-    assert a == uuids(plugin_backend, plugin_parser, "node-a")
-    assert not set(a) & set(uuids(dra_backend, parser, "node-b"))
+    a = uuids(parser, "node-a")
+    assert a == uuids(plugin_parser, "node-a")
+    assert not set(a) & set(uuids(parser, "node-b"))
