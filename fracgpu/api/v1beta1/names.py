@@ -139,6 +139,17 @@ DRA_CAPACITY_MEMORY: Final = "memory"  # per device: VRAM bytes, like vgpu-memor
 DRA_TAINT_UNHEALTHY: Final = "gpu.fracgpu.io/unhealthy"  # device taint of a failed GPU (NoSchedule)
 DRA_DEVICE_CLASS: Final = "gpu.fracgpu.io"  # whole GPUs (claims without capacity requests)
 DRA_DEVICE_CLASS_SHARED: Final = "vgpu.fracgpu.io"  # shares of a GPU (claims with capacity requests)
+# Who allocates a device to claims (device attribute `allocator` in the driver's domain): fracgpu's
+# allocator in the extender (the default: fracgpu's ranking, quotas and queue), or kube-scheduler's DRA
+# allocator (first fit). The DeviceClasses select only devices whose allocator is kube-scheduler, so the
+# scheduler never allocates a device fracgpu allocates: one allocator per device, no race between them.
+DRA_ATTR_ALLOCATOR: Final = "allocator"
+DRA_ALLOCATOR_FRACGPU: Final = "fracgpu"
+DRA_ALLOCATOR_SCHEDULER: Final = "kube-scheduler"
+DRA_ALLOCATORS: Final = (DRA_ALLOCATOR_FRACGPU, DRA_ALLOCATOR_SCHEDULER)
+# Set on a claim before fracgpu writes its allocation, as kube-scheduler does: the resourceclaim controller
+# clears the allocation when the last consumer is gone and then removes it (resourceapi.Finalizer).
+DRA_CLAIM_FINALIZER: Final = "resource.kubernetes.io/delete-protection"
 DRA_CDI_KIND: Final = "k8s.gpu.fracgpu.io/claim"  # CDI vendor/class of the per-claim spec files
 DRA_PLUGINS_DIR: Final = "/var/lib/kubelet/plugins"  # <dir>/<driver>/dra.sock, same path in the pod
 DRA_REGISTRY_DIR: Final = "/var/lib/kubelet/plugins_registry"  # <dir>/<driver>-reg.sock
