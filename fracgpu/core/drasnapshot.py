@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fracgpu.api.v1beta1.assignment import Assignment, GpuShare
@@ -66,6 +66,15 @@ class PodDra:
     gpus: tuple[GpuShare, ...] = ()
     problem: str = ""  # why the request cannot be read (a pending pod is refused with it)
     held_problem: str = ""  # why a bound pod's reservation cannot be read (its node takes no new GPU pod)
+    claims: tuple[str, ...] = ()  # the pod's claims that ask fracgpu and exist (namespace/name), in pod order
+    unallocated: tuple[str, ...] = ()  # of those, the ones not allocated yet
+    generating: tuple[str, ...] = ()  # templates whose claim is not generated yet
+    node: str = ""  # where its claims are allocated, before the pod is bound (fracgpu allocates ahead)
+
+    @property
+    def partial(self) -> bool:
+        """Some of its claims allocated and some not, the pod not bound: half of an allocation."""
+        return bool(self.node and (self.unallocated or self.generating))
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +273,10 @@ def pod_dra(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
     ours = False
     whole, shares = 0, list[tuple[int, int]]()
     held: dict[str, list[GpuShare]] = {}
+    keys: list[str] = []
+    unallocated: list[str] = []
+    generating: list[str] = []
+    allocated: list[tuple[str, ResourceClaim]] = []
     for i, ref in enumerate(refs):
         if not isinstance(ref, Mapping):
             ref_problems.append(f"spec.resourceClaims[{i}] is not an object")
@@ -272,13 +285,16 @@ def pod_dra(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
         name = str(ref.get("name") or i)
         claim_obj: Mapping[str, Any] | None = None
         body: Any = None
+        claim_key = ""
         if isinstance(ref.get("resourceClaimName"), str):
-            what = f"claim {ns}/{ref['resourceClaimName']}"
-            claim_obj = claims.get(f"{ns}/{ref['resourceClaimName']}")
+            claim_key = f"{ns}/{ref['resourceClaimName']}"
+            what = f"claim {claim_key}"
+            claim_obj = claims.get(claim_key)
         elif isinstance(ref.get("resourceClaimTemplateName"), str):
             made = generated.get(name)
-            claim_obj = claims.get(f"{ns}/{made}") if made else None
-            what = f"claim {ns}/{made}"
+            claim_key = f"{ns}/{made}" if made else ""
+            claim_obj = claims.get(claim_key) if made else None
+            what = f"claim {claim_key}"
             if claim_obj is None:  # not generated yet (a pending pod): the template says what it will ask
                 what = f"template {ns}/{ref['resourceClaimTemplateName']}"
                 tpl = templates.get(f"{ns}/{ref['resourceClaimTemplateName']}")
@@ -296,41 +312,62 @@ def pod_dra(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
             continue
         devs = body.get("devices") if isinstance(body, Mapping) else None
         reqs = devs.get("requests") if isinstance(devs, Mapping) else None
-        ours = ours or _maybe_ours(reqs)
+        this_ours = _maybe_ours(reqs)
         try:
             dm = devices_demand(devs, what)
             whole += dm.whole
             shares.extend(dm.shares)
         except ValueError as e:
             problems.append(str(e))
-        if claim_obj is not None and node:
-            try:
-                claim = ResourceClaim.from_json(claim_obj)
-            except InvalidDocument as e:
-                held_problems.append(f"{what}: {e}")
-                continue
-            if any(r.driver == DRA_DRIVER for r in claim.results):
-                ours = True
-            if not claim.allocated:
-                held_problems.append(f"{what} is not allocated but its pod is bound to {node}")
-                continue
-            try:
-                held[what] = allocated_gpus(claim, node, devices.get(node, {}), what)
-            except ValueError as e:
-                held_problems.append(str(e))
+        if claim_obj is None:
+            ours = ours or this_ours
+            if this_ours:
+                generating.append(what)
+            continue
+        try:
+            claim = ResourceClaim.from_json(claim_obj)
+        except InvalidDocument as e:
+            ours = ours or this_ours
+            (held_problems if node else problems).append(f"{what}: {e}")
+            continue
+        this_ours = this_ours or any(r.driver == DRA_DRIVER for r in claim.results)
+        ours = ours or this_ours
+        if this_ours:
+            keys.append(claim_key)
+        if claim.allocated:
+            allocated.append((what, claim))
+        elif node:
+            held_problems.append(f"{what} is not allocated but its pod is bound to {node}")
+        elif this_ours:
+            unallocated.append(claim_key)
+    # a pod not bound yet holds what its claims were allocated (fracgpu allocates ahead of the
+    # scheduler): on the node of their pool
+    pools = sorted({r.pool for _, c in allocated for r in c.results if r.driver == DRA_DRIVER and not r.admin_access})
+    held_on = node or (pools[0] if len(pools) == 1 else "")
+    if not node and len(pools) > 1:
+        held_problems.append(f"the pod's claims are allocated on {len(pools)} nodes ({', '.join(pools)})")
+    for what, claim in allocated:
+        if not held_on:
+            continue
+        try:
+            held[what] = allocated_gpus(claim, held_on, devices.get(held_on, {}), what)
+        except ValueError as e:
+            held_problems.append(str(e))
     if not ours:
         return None  # claims of other drivers only: not a GPU pod of fracgpu's
     problems[:0] = ref_problems
-    if node:
+    if held_on:
         held_problems[:0] = ref_problems
     if shares and (whole or len(shares) > 1):
         problems.append(f"the pod asks for {len(shares)} GPU share(s) and {whole} whole GPU(s); fracgpu places "
                         "one share or whole GPUs per pod")
     gpus = _merge([s for items in held.values() for s in items], held_problems)
     held_problem = "; ".join(held_problems)
+    out = PodDra(gpus=gpus, held_problem=held_problem, claims=tuple(keys), unallocated=tuple(unallocated),
+                 generating=tuple(generating), node="" if node else held_on)
     if problems:
-        return PodDra(gpus=gpus, problem="; ".join(problems), held_problem=held_problem)
-    return PodDra(demand=Demand(whole, tuple(shares)), gpus=gpus, held_problem=held_problem)
+        return replace(out, problem="; ".join(problems))
+    return replace(out, demand=Demand(whole, tuple(shares)))
 
 
 def _maybe_ours(reqs: Any) -> bool:
@@ -404,6 +441,77 @@ def _asks_vgpu(pod: Mapping[str, Any]) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class LoweredNode:
+    obj: Mapping[str, Any]
+    dra: bool = False  # its inventory came from ResourceSlices
+    problem: str = ""  # why its slices cannot be read as GPUs (the node takes no GPU pod)
+    devices: Mapping[str, GpuInfo] = field(default_factory=dict)  # device name -> GPU
+
+
+def lower_node(node: Mapping[str, Any], inventories: Mapping[str, tuple[GpuInfo, ...]],
+               pool_problems: Mapping[str, str]) -> LoweredNode:
+    """A node with its pool's GPUs as the inventory annotation (a node that has the annotation, or no
+    pool of fracgpu's, is kept as it is)."""
+    meta = _meta(node)
+    name = str(meta.get("name") or "")
+    annotations = meta.get("annotations")
+    has_annotation = isinstance(annotations, Mapping) and ANN_INVENTORY in annotations
+    if has_annotation or (name not in inventories and name not in pool_problems):
+        return LoweredNode(node)
+    out = copy.deepcopy(dict(node))
+    m = out.setdefault("metadata", {})
+    labels = dict(m.get("labels") or {})
+    if labels.get(LABEL_DRA) == "true":
+        labels[LABEL_ENABLED] = "true"  # the DRA path's opt-in, as LABEL_ENABLED is the device plugin's
+    m["labels"] = labels
+    if name in pool_problems:
+        return LoweredNode(out, True, f"{NODE_BAD_SLICES}: {pool_problems[name]}")
+    gpus = inventories[name]
+    m["annotations"] = {**dict(m.get("annotations") or {}), ANN_INVENTORY: NodeInventoryDoc(gpus=gpus).to_json()}
+    names = device_names(gpus)
+    return LoweredNode(out, True, devices={names[g.uuid]: g for g in gpus})
+
+
+@dataclass(frozen=True, slots=True)
+class LoweredPod:
+    obj: Mapping[str, Any]
+    dra: PodDra | None = None  # None: no claim of fracgpu's
+    problem: str = ""  # why its request cannot be read (a pending pod is refused with it)
+    node_problem: tuple[str, str] = ("", "")  # (node, why): what it holds there cannot be read
+
+
+def lower_pod(pod: Mapping[str, Any], claims: Mapping[str, Mapping[str, Any]],
+              templates: Mapping[str, Mapping[str, Any]],
+              devices: Mapping[str, Mapping[str, GpuInfo]]) -> LoweredPod:
+    """A pod with its fracgpu claims as vgpu resources and, once they are allocated, as the
+    ``fracgpu.io/assigned`` reservation on their node (a pod whose claims fracgpu allocated ahead of
+    the scheduler is shown on that node: it holds those shares)."""
+    dra = pod_dra(pod, claims, templates, devices)
+    if dra is None:
+        return LoweredPod(pod)
+    key = _key(pod)
+    if _asks_vgpu(pod):
+        return LoweredPod(pod, dra, f"the pod asks for {RESOURCE_CORE} and for {DRA_DRIVER} claims; one or the other")
+    out = _with_request(pod, dra.demand) if dra.demand is not None else copy.deepcopy(dict(pod))
+    problem = f"claims not understood: {dra.problem}" if dra.problem else ""
+    spec = out.get("spec")
+    bound = str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
+    if not bound and dra.node:
+        bound = dra.node
+        out["spec"] = {**dict(spec or {}), "nodeName": bound}
+    node_problem = ("", "")
+    if bound and dra.held_problem:  # what it holds is unknown: fail closed, as for an unreadable reservation
+        node_problem = (bound, f"node runs pod {key} whose {DRA_DRIVER} claims cannot be read "
+                               f"({dra.held_problem}); no new GPU pod here until it is fixed or the pod ends")
+    if bound and dra.gpus:
+        m = out.setdefault("metadata", {})
+        m["annotations"] = {**dict(m.get("annotations") or {}), ANN_ASSIGNED: Assignment(
+            node=bound, tenant="", assigned_at=str(m.get("creationTimestamp") or ""), gpus=dra.gpus,
+            containers=()).to_json()}
+    return LoweredPod(out, dra, problem, node_problem)
+
+
 def lower_dra(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]],
               slices: Sequence[Mapping[str, Any]], claims: Sequence[Mapping[str, Any]],
               templates: Sequence[Mapping[str, Any]]) -> Lowered:
@@ -414,64 +522,37 @@ def lower_dra(nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, An
     new_nodes: list[Mapping[str, Any]] = []
     dra_nodes: set[str] = set()
     node_problems: dict[str, str] = {}
-    devices: dict[str, dict[str, GpuInfo]] = {}
+    devices: dict[str, Mapping[str, GpuInfo]] = {}
     for node in nodes:
-        meta = _meta(node)
-        name = str(meta.get("name") or "")
-        annotations = meta.get("annotations")
-        has_annotation = isinstance(annotations, Mapping) and ANN_INVENTORY in annotations
-        if has_annotation or (name not in inventories and name not in pool_problems):
-            new_nodes.append(node)
+        ln = lower_node(node, inventories, pool_problems)
+        new_nodes.append(ln.obj)
+        if not ln.dra:
             continue
-        out = copy.deepcopy(dict(node))
-        m = out.setdefault("metadata", {})
-        labels = dict(m.get("labels") or {})
-        if labels.get(LABEL_DRA) == "true":
-            labels[LABEL_ENABLED] = "true"  # the DRA path's opt-in, as LABEL_ENABLED is the device plugin's
-        m["labels"] = labels
-        if name in pool_problems:
-            node_problems[name] = f"{NODE_BAD_SLICES}: {pool_problems[name]}"
-        else:
-            gpus = inventories[name]
-            m["annotations"] = {**dict(m.get("annotations") or {}),
-                                ANN_INVENTORY: NodeInventoryDoc(gpus=gpus).to_json()}
-            names = device_names(gpus)
-            devices[name] = {names[g.uuid]: g for g in gpus}
+        name = str(_meta(node).get("name") or "")
         dra_nodes.add(name)
-        new_nodes.append(out)
+        if ln.problem:
+            node_problems[name] = ln.problem
+        else:
+            devices[name] = ln.devices
     claim_map = {_key(c): c for c in claims}
     tpl_map = {_key(t): t for t in templates}
     new_pods: list[Mapping[str, Any]] = []
     dra_pods: set[str] = set()
     pod_problems: dict[str, str] = {}
     for pod in pods:
-        dra = pod_dra(pod, claim_map, tpl_map, devices)
-        if dra is None:
-            new_pods.append(pod)
+        lp = lower_pod(pod, claim_map, tpl_map, devices)
+        new_pods.append(lp.obj)
+        if lp.dra is None:
             continue
         key = _key(pod)
         dra_pods.add(key)
-        if _asks_vgpu(pod):
-            pod_problems[key] = f"the pod asks for {RESOURCE_CORE} and for {DRA_DRIVER} claims; one or the other"
-            new_pods.append(pod)
-            continue
-        out = _with_request(pod, dra.demand) if dra.demand is not None else copy.deepcopy(dict(pod))
-        if dra.problem:
-            pod_problems[key] = f"claims not understood: {dra.problem}"
-        bound = str((out.get("spec") or {}).get("nodeName") or "")
-        if bound and dra.held_problem:  # what it holds is unknown: fail closed, as for an unreadable reservation
-            node_problems.setdefault(bound, f"node runs pod {key} whose {DRA_DRIVER} claims cannot be read "
-                                            f"({dra.held_problem}); no new GPU pod here until it is fixed or "
-                                            "the pod ends")
-        if bound and dra.gpus:
-            m = out.setdefault("metadata", {})
-            m["annotations"] = {**dict(m.get("annotations") or {}), ANN_ASSIGNED: Assignment(
-                node=bound, tenant="", assigned_at=str(m.get("creationTimestamp") or ""), gpus=dra.gpus,
-                containers=()).to_json()}
-        new_pods.append(out)
+        if lp.problem:
+            pod_problems[key] = lp.problem
+        if lp.node_problem[0]:
+            node_problems.setdefault(*lp.node_problem)
     return Lowered(tuple(new_nodes), tuple(new_pods), frozenset(dra_nodes), frozenset(dra_pods), node_problems,
                    pod_problems)
 
 
-__all__ = ["Demand", "Lowered", "PodDra", "allocated_gpus", "devices_demand", "lower_dra", "pod_dra",
-           "pool_inventories", "request_demand"]
+__all__ = ["Demand", "Lowered", "LoweredNode", "LoweredPod", "PodDra", "allocated_gpus", "devices_demand",
+           "lower_dra", "lower_node", "lower_pod", "pod_dra", "pool_inventories", "request_demand"]

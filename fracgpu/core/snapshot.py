@@ -79,6 +79,7 @@ class NodeRecord:
     inventory: NodeInventoryDoc | None = None
     inventory_error: str = ""  # why the annotation could not be read (for logs)
     inventory_text: str = ""  # the raw annotation, so an unchanged node is not re-parsed
+    problem: str = ""  # why its GPUs cannot be used, found beside the annotation (DRA: slices unreadable)
 
     def unusable(self, taint_key: str = TAINT_GPU_FAILED) -> str:
         """The static reason no new pod may land here ("" = usable; heartbeat is judged apart)."""
@@ -86,6 +87,8 @@ class NodeRecord:
             return NODE_NOT_OPTED_IN
         if taint_key in self.no_schedule_taints:
             return node_tainted(taint_key)
+        if self.problem:
+            return self.problem
         if self.inventory_error:
             return NODE_BAD_INVENTORY
         if self.inventory is None:

@@ -17,11 +17,22 @@ from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import LEASE_PREFIX
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.snapshot import namespace_record, node_record, pod_record
+from fracgpu.extender.dracache import DraView, has_claims
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import objects
 from fracgpu.kube.client import Transport
 from fracgpu.kube.reflector import DELETED, Reflector, WatchEvent
-from fracgpu.kube.resources import LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+from fracgpu.kube.resources import (
+    LEASES,
+    NAMESPACES,
+    NODES,
+    PODS,
+    RESOURCECLAIMS,
+    RESOURCECLAIMTEMPLATES,
+    RESOURCESLICES,
+    TENANTQUOTAS,
+    Resource,
+)
 from fracgpu.kube.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -39,8 +50,10 @@ class ClusterCache:
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] | None = None,
         watch_timeout_s: int = 300,
+        dra: DraView | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.dra = dra  # set: the DRA side is read too (ResourceSlices, ResourceClaims, their templates)
         self._transport = transport
         self._namespace = namespace
         self._backoff = backoff or Backoff()
@@ -83,8 +96,18 @@ class ClusterCache:
                 self._reflector("leases", LEASES, self._on_lease, namespace=self._namespace),
                 self._reflector("namespaces", NAMESPACES, self._on_namespace),
                 self._reflector("tenantquotas", TENANTQUOTAS, self._on_tenant_quota),
-                self._reflector("pods", PODS, self._on_pod),
             ]
+            if self.dra is not None:  # before the pods, so the first pod list finds their claims
+                dra = self.dra
+                rest += [
+                    self._reflector("resourceslices", RESOURCESLICES,
+                                    lambda e: dra.apply_slice(e.object, deleted=e.type == DELETED)),
+                    self._reflector("resourceclaimtemplates", RESOURCECLAIMTEMPLATES,
+                                    lambda e: dra.apply_template(e.object, deleted=e.type == DELETED)),
+                    self._reflector("resourceclaims", RESOURCECLAIMS,
+                                    lambda e: dra.apply_claim(e.object, deleted=e.type == DELETED)),
+                ]
+            rest.append(self._reflector("pods", PODS, self._on_pod))
             for r in rest:
                 r.start()
             return
@@ -99,6 +122,10 @@ class ClusterCache:
         name = objects.name(event.object)
         if event.type == DELETED:
             self.scheduler.delete_node(name)
+            if self.dra is not None:
+                self.dra.delete_node(name)
+            return
+        if self.dra is not None and self.dra.apply_node(event.object):
             return
         rec = node_record(event.object, self.scheduler.cached_node(name))
         if rec.inventory_error:
@@ -119,6 +146,10 @@ class ClusterCache:
         ns, name = objects.key(event.object)
         if event.type == DELETED:
             self.scheduler.delete_pod(f"{ns}/{name}")
+            if self.dra is not None:
+                self.dra.delete_pod(f"{ns}/{name}")
+        elif self.dra is not None and has_claims(event.object):
+            self.dra.apply_pod(event.object)
         else:
             rec = pod_record(event.object)
             if rec.node and rec.assignment_error and rec.wants_gpu:

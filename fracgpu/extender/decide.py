@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.core import confusable, zone
 from fracgpu.core.fit import FitOptions
+from fracgpu.core.nodematch import nodes_unavailable
 from fracgpu.core.pod import PodObject
 from fracgpu.core.quota import PendingPod, PodKey, Usage
 from fracgpu.core.ranking import Ranked, Ranking, rank
@@ -43,12 +44,7 @@ def reason_already_reserved(key: str, node: str) -> str:
 def reason_retry_allocating(failed: Mapping[str, str], unresolvable: Mapping[str, str]) -> str:
     """The filter's Error when the only nodes that fit wait for a confusable pod to be allocated:
     every node's reason, grouped as kube-scheduler groups failed nodes, so the event reads the same."""
-    counted: dict[str, int] = {}
-    for why in (*failed.values(), *unresolvable.values()):
-        counted[why] = counted.get(why, 0) + 1
-    total = len(failed) + len(unresolvable)
-    grouped = ", ".join(f"{n} {why}" for why, n in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{RETRY_ALLOCATING}: 0/{total} nodes are available: {grouped}"
+    return f"{RETRY_ALLOCATING}: {nodes_unavailable([*failed.values(), *unresolvable.values()])}"
 
 
 def _empty() -> Ranking:

@@ -35,13 +35,16 @@ from fracgpu.core.registry import DEFAULT_POLICIES, PolicyConfigError
 from fracgpu.core.tenant import default_limits
 from fracgpu.extender.app import DEFAULT_BODY_LIMIT, Binder, Deps, make_app
 from fracgpu.extender.cache import ClusterCache
+from fracgpu.extender.draallocator import Allocator
+from fracgpu.extender.dracache import DraView
 from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
 from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
-from fracgpu.kube.errors import KubeConfigError
+from fracgpu.kube.errors import KubeAPIError, KubeConfigError, NotFound
 from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
+from fracgpu.kube.resources import RESOURCECLAIMS
 from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.startup import (
@@ -103,6 +106,8 @@ FLAGS = (
          unset="no client certificate needed"),
     Flag("client-names", "comma list: a client certificate must name one (CN or DNS SAN); empty: any", ""),
     Flag("cert-reload", "seconds between checks for rotated certificate files (0: never)", "60", seconds),
+    Flag("dra", "allocate the claims of fracgpu's DRA devices (docs/dra.md): on, off, or auto (on when the API "
+         "server serves resource.k8s.io/v1)", "auto", choices=("auto", "on", "off")),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
 )
 
@@ -221,6 +226,17 @@ async def _quota_status_loop(scheduler: Scheduler, writer: KubeWriter, interval_
                 log.warning("tenantquota status write failed name=%s error=%s", name, e)
 
 
+def dra_wanted(mode: str, transport: Transport) -> bool:
+    """--dra on/off as given; auto: on when the API server serves resource.k8s.io/v1 resourceclaims."""
+    if mode != "auto":
+        return mode == "on"
+    try:
+        found = transport.request("GET", f"/apis/{RESOURCECLAIMS.api_version}")
+    except NotFound:
+        return False
+    return any(isinstance(r, dict) and r.get("name") == RESOURCECLAIMS.plural for r in found.get("resources") or [])
+
+
 def new_scheduler(config: SchedulerConfig) -> Scheduler:
     """Durations on the monotonic clock (an NTP step must not mark nodes stale or expire
     reservations); the wall clock only for timestamps API objects carry."""
@@ -273,6 +289,7 @@ def main(argv: list[str]) -> int:
     binder: Binder
     cache: ClusterCache | None = None
     writer: KubeWriter | None = None
+    allocator: Allocator | None = None
     if ns.snapshot:
         try:
             counts = load_file(scheduler, ns.snapshot)
@@ -295,10 +312,20 @@ def main(argv: list[str]) -> int:
             return 2
         transport = Transport(api)
         writer = KubeWriter(transport, component="fracgpu-extender")
-        cache = ClusterCache(transport, scheduler, namespace=config.namespace)
+        try:
+            view = DraView(scheduler, time.monotonic) if dra_wanted(ns.dra, transport) else None
+        except KubeAPIError as e:
+            sock.close()
+            print(f"fracgpu extender: --dra auto: cannot tell whether the API server serves "
+                  f"{RESOURCECLAIMS.api_version}: {e}; give --dra on or --dra off", file=sys.stderr)
+            return 2
+        cache = ClusterCache(transport, scheduler, namespace=config.namespace, dra=view)
+        claim_writer = writer
         if leader_cfg is not None:
             # Binding writes time out within the failover's safety margin (leader.check_timing)
-            binder = KubeWriter(Transport(api, timeout_s=leader_cfg.bind_timeout_s), component="fracgpu-extender")
+            claim_writer = KubeWriter(Transport(api, timeout_s=leader_cfg.bind_timeout_s),
+                                      component="fracgpu-extender")
+            binder = claim_writer
             elector = LeaderElector(KubeLeaseStore(writer, leader_cfg.namespace, leader_cfg.lease),
                                     leader_cfg.namespace, leader_cfg.lease, leader_cfg.identity,
                                     leader_cfg.timing, SystemClock())
@@ -306,6 +333,8 @@ def main(argv: list[str]) -> int:
         else:
             binder = writer
             leadership = None
+        if view is not None:
+            allocator = Allocator(scheduler, view, claim_writer, clock=time.monotonic, leadership=leadership)
         deps = Deps(scheduler, binder, metrics, body_limit=body_limit, ready=cache.synced.is_set,
                     leadership=leadership, client_names=client_names)
     app = make_app(deps)
@@ -318,6 +347,8 @@ def main(argv: list[str]) -> int:
 
         async def background(app: web.Application) -> AsyncIterator[None]:
             live_cache.start()
+            if allocator is not None:
+                allocator.start()
             tasks = [
                 asyncio.create_task(_quota_status_loop(scheduler, live_writer, config.quota.status_min_interval)),
                 asyncio.create_task(_freeze_after_sync(live_cache)),
@@ -329,6 +360,8 @@ def main(argv: list[str]) -> int:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if allocator is not None:
+                await asyncio.to_thread(allocator.stop)
             await asyncio.to_thread(live_cache.stop)
 
         app.cleanup_ctx.append(background)

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from fracgpu.api.v1beta1.assignment import Assignment
-from fracgpu.api.v1beta1.names import PHASE_ALLOCATING
+from fracgpu.api.v1beta1.names import LABEL_DRA, PHASE_ALLOCATING
 from fracgpu.core import confusable
 from fracgpu.core.cluster import ClusterState, GpuUse, IntArray, NodeSpec, PodUse
 from fracgpu.core.quota import PodKey, Usage, charge_of
@@ -119,7 +119,8 @@ class Store:
         bad = self.unreadable.on(rec.name)
         if bad:
             return node_unreadable_reservation(bad)
-        if self.config.heartbeat_stale_s <= 0:
+        if self.config.heartbeat_stale_s <= 0 or rec.labels.get(LABEL_DRA) == "true":
+            # a DRA node's driver writes no Lease: the kubelet deletes its slices when it is gone
             return ""
         seen = self.beats.get(rec.name)
         if seen is None:
@@ -180,7 +181,9 @@ class Store:
             hold = Hold(rec.node, gpu_holds(a), uid=rec.uid)
             self.holds.put(key, hold)
             gpus = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in hold.gpus)
-            self.book.charge(PodKey(rec.namespace, rec.name), a.tenant, *charge_of(a))
+            # a reservation read from claims names no tenant: the namespace's, as at bind
+            tenant = a.tenant or self.book.tenants().tenant_of(rec.namespace)
+            self.book.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(a))
             if rec.gpu_phase == PHASE_ALLOCATING:
                 reservation = self._allocating_from(key, a)
         elif held is not None:

@@ -19,6 +19,7 @@ __all__ = [
     "PODDISRUPTIONBUDGETS",
     "PODS",
     "RESOURCECLAIMS",
+    "RESOURCECLAIMTEMPLATES",
     "RESOURCESLICES",
     "TENANTQUOTAS",
     "Resource",
@@ -72,4 +73,6 @@ TENANTQUOTAS: Final = Resource(names.GROUP, names.VERSION, names.TENANTQUOTA_PLU
                                namespaced=False)
 RESOURCESLICES: Final = Resource("resource.k8s.io", "v1", "resourceslices", "ResourceSlice", namespaced=False)
 RESOURCECLAIMS: Final = Resource("resource.k8s.io", "v1", "resourceclaims", "ResourceClaim", namespaced=True)
+RESOURCECLAIMTEMPLATES: Final = Resource("resource.k8s.io", "v1", "resourceclaimtemplates", "ResourceClaimTemplate",
+                                         namespaced=True)
 DEVICECLASSES: Final = Resource("resource.k8s.io", "v1", "deviceclasses", "DeviceClass", namespaced=False)

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any, Final
 
 from fracgpu.api.rfc3339 import format_micro_time, format_time, utc_now
+from fracgpu.api.v1beta1.names import DRA_CLAIM_FINALIZER
 from fracgpu.kube import errors, objects, pager
 from fracgpu.kube.client import MERGE_PATCH, Transport
 from fracgpu.kube.objects import Obj, ObjectRef
-from fracgpu.kube.resources import EVENTS, LEASES, NAMESPACES, NODES, PODS, TENANTQUOTAS, Resource
+from fracgpu.kube.resources import EVENTS, LEASES, NAMESPACES, NODES, PODS, RESOURCECLAIMS, TENANTQUOTAS, Resource
 from fracgpu.kube.retry import retry_on_conflict
 
 __all__ = ["EVENT_NORMAL", "EVENT_WARNING", "KubeWriter"]
@@ -285,6 +286,31 @@ class KubeWriter:
             return self.replace_object(TENANTQUOTAS, body, subresource="status")
 
         return retry_on_conflict(update, retries=self.conflict_retries, what=f"status of TenantQuota {name}")
+
+    # -- resource claims --------------------------------------------------------------------
+
+    def allocate_claim(self, claim: Mapping[str, Any], status: Mapping[str, Any]) -> Obj:
+        """Write a claim's allocation the way kube-scheduler does at PreBind: the finalizer
+        ``resource.kubernetes.io/delete-protection`` first (the resourceclaim controller clears the
+        allocation, then removes it, once the claim's last consumer is gone), then ``status``, each
+        conditional on the resourceVersion read before it (409 if anyone changed the claim)."""
+        namespace, _ = objects.key(claim)
+        meta = dict(claim.get("metadata") or {})
+        finalizers = list(meta.get("finalizers") or [])
+        if DRA_CLAIM_FINALIZER not in finalizers:
+            meta["finalizers"] = [*finalizers, DRA_CLAIM_FINALIZER]
+            stored = self.replace_object(RESOURCECLAIMS, {**claim, "metadata": meta}, namespace=namespace)
+            meta = dict(stored.get("metadata") or meta)
+        return self.replace_object(RESOURCECLAIMS, {**claim, "metadata": meta, "status": dict(status)},
+                                   namespace=namespace, subresource="status")
+
+    def deallocate_claim(self, claim: Mapping[str, Any]) -> Obj:
+        """Clear a claim's allocation and consumers (conditional on its resourceVersion): an allocation
+        of fracgpu's that was cut short. The resourceclaim controller removes the finalizer."""
+        namespace, _ = objects.key(claim)
+        status = {k: v for k, v in dict(claim.get("status") or {}).items() if k not in ("allocation", "reservedFor")}
+        return self.replace_object(RESOURCECLAIMS, {**claim, "status": status}, namespace=namespace,
+                                   subresource="status")
 
     # -- namespaces -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.confusable import parse_time
 from fracgpu.core.fit import FitOptions
+from fracgpu.core.nodematch import nodes_unavailable
 from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
 from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
@@ -235,12 +236,7 @@ def pending_whatif(world: World, policy: str) -> list[dict[str, Any]]:
         histogram.observe(shape_of(req.cpu_milli, req.cores, world.state.units_per_gpu))
         r = rank(world.state, req, [Weighted(live)], opts=FitOptions())
         if not r.ranked:
-            reasons: dict[str, int] = {}
-            for why in (*r.failed.values(), *r.unresolvable.values()):
-                reasons[why] = reasons.get(why, 0) + 1
-            total = len(r.failed) + len(r.unresolvable)
-            text = f"0/{total} nodes are available: " + ", ".join(
-                f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+            text = nodes_unavailable([*r.failed.values(), *r.unresolvable.values()])
             out.append({"pod": rec.key, "fits": False, "reason": text})
             continue
         top = r.ranked[0]

@@ -1,0 +1,112 @@
+"""Whether kube-scheduler would let a pod onto a node, as far as the node object tells: unschedulable,
+nodeSelector, required node affinity, NoSchedule/NoExecute taints. fracgpu's DRA allocator chooses a node
+before the scheduler sees the pod; a node the scheduler would refuse would only have the allocation undone
+(its PostFilter deallocates a claim whose node cannot take the pod). CPU, memory, ports and pod affinity
+are the scheduler's; a refusal for those undoes the allocation and fracgpu avoids that node for that pod.
+
+The rules and refusal texts follow kube-scheduler's NodeUnschedulable, NodeAffinity and TaintToleration
+plugins (component-helpers/scheduling/corev1/nodeaffinity, v1.Toleration.ToleratesTaint). Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+UNSCHEDULABLE = "node(s) were unschedulable"
+AFFINITY = "node(s) didn't match Pod's node affinity/selector"
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, list) else ()
+
+
+def _requirement(req: Mapping[str, Any], value: str | None) -> bool:
+    op = req.get("operator")
+    values = [str(v) for v in _list(req.get("values"))]
+    if op == "In":
+        return value is not None and value in values
+    if op == "NotIn":
+        return value is None or value not in values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt") and value is not None and len(values) == 1:
+        try:
+            have, bound = int(value), int(values[0])
+        except ValueError:
+            return False
+        return have > bound if op == "Gt" else have < bound
+    return False
+
+
+def _term(term: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> bool:
+    exprs, fields = _list(term.get("matchExpressions")), _list(term.get("matchFields"))
+    if not exprs and not fields:
+        return False  # an empty term matches no node
+    for e in exprs:
+        if not isinstance(e, Mapping) or not _requirement(e, labels.get(str(e.get("key")))):
+            return False
+    for f in fields:
+        if not isinstance(f, Mapping) or f.get("key") != "metadata.name" or not _requirement(f, name):
+            return False
+    return True
+
+
+def tolerates(tolerations: Sequence[Any], taint: Mapping[str, Any]) -> bool:
+    for t in tolerations:
+        if not isinstance(t, Mapping):
+            continue
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        key = t.get("key") or ""
+        if t.get("operator") == "Exists":
+            if not key or key == taint.get("key"):
+                return True
+        elif key == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
+            return True
+    return False
+
+
+def node_refusal(pod: Mapping[str, Any], node: Mapping[str, Any]) -> str:
+    """Why kube-scheduler would not put the pod on the node ("" = it might): the first refusal in its
+    default filter order (NodeUnschedulable, TaintToleration, NodeAffinity), as it reports one per node."""
+    spec = _map(pod.get("spec"))
+    nspec, meta = _map(node.get("spec")), _map(node.get("metadata"))
+    tolerations = _list(spec.get("tolerations"))
+    unschedulable_taint = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+    if nspec.get("unschedulable") is True and not tolerates(tolerations, unschedulable_taint):
+        return UNSCHEDULABLE
+    for taint in _list(nspec.get("taints")):
+        if isinstance(taint, Mapping) and taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(
+                tolerations, taint):
+            value = taint.get("value")
+            shown = f"{taint.get('key')}: {value}" if value else str(taint.get("key"))
+            return f"node(s) had untolerated taint {{{shown}}}"
+    labels = {str(k): str(v) for k, v in _map(meta.get("labels")).items()}
+    name = str(meta.get("name") or "")
+    if any(labels.get(str(k)) != str(v) for k, v in _map(spec.get("nodeSelector")).items()):
+        return AFFINITY
+    required = _map(_map(_map(spec.get("affinity")).get("nodeAffinity")).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"))
+    terms = _list(required.get("nodeSelectorTerms"))
+    if required and not any(isinstance(t, Mapping) and _term(t, name, labels) for t in terms):
+        return AFFINITY
+    return ""
+
+
+def nodes_unavailable(reasons: Sequence[str]) -> str:
+    """``0/N nodes are available: ...`` with the reasons grouped and counted as kube-scheduler does."""
+    counted: dict[str, int] = {}
+    for why in reasons:
+        counted[why] = counted.get(why, 0) + 1
+    grouped = ", ".join(f"{n} {why}" for why, n in sorted(counted.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"0/{len(reasons)} nodes are available: {grouped}"
+
+
+__all__ = ["AFFINITY", "UNSCHEDULABLE", "node_refusal", "nodes_unavailable", "tolerates"]

@@ -1,0 +1,257 @@
+"""fracgpu's DRA allocator against the fake API server (docs/dra.md "Placement").
+
+The allocator writes claims' `status.allocation` ahead of kube-scheduler; these tests read what it wrote
+from the API server, as kube-scheduler and the kubelet plugin would, never from the allocator's memory.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fracgpu.api.v1beta1.dra.resource import ResourceClaim
+from fracgpu.api.v1beta1.names import CORES_PER_GPU, DRA_CLAIM_FINALIZER, DRA_DRIVER
+from fracgpu.api.v1beta1.tenantquota import TenantQuota
+from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.draslices import device_names
+from fracgpu.core.drasnapshot import allocated_gpus
+from fracgpu.core.fit import FitOptions
+from fracgpu.core.policies import live_default
+from fracgpu.core.ranking import Weighted, rank
+from fracgpu.core.request import GpuRequest
+from fracgpu.core.snapshot import node_priority
+from fracgpu.core.workload import shape_of
+from fracgpu.extender.scheduler import SchedulerConfig
+from tests.extender.draworld import (
+    GI,
+    DraCluster,
+    claim_pod,
+    dra_node,
+    gpus,
+    pool,
+    share_template,
+    started,
+    whole_template,
+)
+from tests.fakes.apiserver import FakeApiServer
+
+
+@pytest.fixture
+def cluster(apiserver: FakeApiServer) -> Iterator[DraCluster]:
+    yield from started(apiserver)
+
+
+def with_nodes(world: DraCluster, nodes: dict[str, int], *, memory: int = 80 * GI) -> None:
+    for name, n in nodes.items():
+        world.apiserver.seed(dra_node(name), *pool(name, gpus(name, n, memory)))
+    world.settle(lambda: all(world.view.devices(n) for n in nodes))
+
+
+def place(world: DraCluster, *pods: dict[str, Any]) -> None:
+    for p in pods:
+        world.create_pod(p)
+    keys = {f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods}
+    world.settle(lambda: keys <= world.waiting())
+
+
+def test_a_share_is_written_as_kube_scheduler_would_write_it(cluster: DraCluster) -> None:
+    """Finalizer, one result with the consumed capacity and a share ID, the node selector, the pod as
+    consumer; read back it is the share the pod asked for."""
+    with_nodes(cluster, {"n1": 2})
+    cluster.apiserver.seed(share_template("half", 50, "20Gi"))
+    pod = claim_pod("train", ["half"])
+    place(cluster, pod)
+    assert cluster.allocator.run_once() == 1
+    [claim] = cluster.claims_of(pod)
+    assert DRA_CLAIM_FINALIZER in claim["metadata"]["finalizers"]
+    [r] = claim["status"]["allocation"]["devices"]["results"]
+    names = device_names(gpus("n1", 2))
+    assert (r["request"], r["driver"], r["pool"]) == ("gpu", DRA_DRIVER, "n1")
+    assert r["device"] in names.values()
+    assert uuid.UUID(r["shareID"])
+    assert r["consumedCapacity"] == {"cores": "50", "memory": str(20 * GI)}
+    assert claim["status"]["allocation"]["nodeSelector"] == {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}
+    pod_uid = cluster.apiserver.get_object("pods", "train", "default")["metadata"]["uid"]  # type: ignore[index]
+    assert claim["status"]["reservedFor"] == [{"resource": "pods", "name": "train", "uid": pod_uid}]
+    devices = {n: g for g in gpus("n1", 2) for u, n in names.items() if u == g.uuid}
+    [share] = allocated_gpus(ResourceClaim.from_json(claim), "n1", devices, "claim")
+    assert (share.cores, share.memory) == (50, 20 * GI)
+    assert cluster.schedule(pod) == "n1"
+    cluster.settle(cluster.caught_up)
+    assert cluster.allocator.run_once() == 0  # nothing left to do: the pod holds its share
+
+
+def test_placements_are_the_core_ranking(cluster: DraCluster) -> None:
+    """Forty pods of shares and whole GPUs, allocated one at a time, against an independent
+    live_default() ranking of the same state fed the same shapes (as tests/extender/test_policy.py
+    does for the device-plugin path)."""
+    nodes = {f"n{i}": 4 for i in range(4)}
+    with_nodes(cluster, nodes)
+    rng = random.Random(11)
+    sizes = [23, 32, 47, 50, 65, 81, 100, 200]
+    mine, histogram = live_default(100)
+    mirror = ClusterState()
+    for name, n in nodes.items():
+        mirror.upsert_node(NodeSpec(name, gpus(name, n), 64000, 512 * GI, "", {}, "", node_priority(name)))
+    for i in range(40):
+        size = rng.choice(sizes)
+        if size < 100:
+            cluster.apiserver.seed(share_template(f"t{i}", size, f"{size * 80 // 100}Gi"))
+            req = GpuRequest(cores=size, memory=size * 80 // 100 * GI)
+        else:
+            cluster.apiserver.seed(whole_template(f"t{i}", size // 100))
+            req = GpuRequest(cores=size, memory=None)
+        pod = claim_pod(f"p{i:02d}", [f"t{i}"])
+        place(cluster, pod)
+        expect = rank(mirror, req, [Weighted(mine)], opts=FitOptions(), limit=1).ranked
+        done = cluster.allocator.run_once()
+        if not expect:
+            assert done == 0 and cluster.events(f"p{i:02d}")
+            continue
+        assert done == 1
+        spec = mirror.specs[expect[0].row]
+        assert spec is not None
+        results = cluster.results(pod)
+        names = device_names(spec.gpus)
+        assert {r["pool"] for r in results} == {expect[0].node}, pod["metadata"]["name"]
+        assert [r["device"] for r in results] == [names[spec.gpus[s].uuid] for s in expect[0].gpus]
+        by_name = {names[g.uuid]: g for g in spec.gpus}
+        mirror.add_pod(f"default/p{i:02d}", PodUse(expect[0].node, tuple(
+            GpuUse(by_name[r["device"]].uuid, int(r["consumedCapacity"]["cores"]),
+                   int(r["consumedCapacity"]["memory"])) for r in results), 0, 0))
+        histogram.observe(shape_of(0, req.cores, 100))
+        cluster.schedule(pod)
+        cluster.settle(cluster.caught_up)
+
+
+def test_a_burst_never_over_commits_a_gpu(cluster: DraCluster) -> None:
+    """Thirty pods waiting at once, allocated in one pass while the watch has shown none of the
+    allocations yet (the assume state holds them): per GPU, what the claims in the API server consume
+    stays within 100 cores and its memory."""
+    with_nodes(cluster, {"n1": 2, "n2": 2})
+    cluster.apiserver.seed(share_template("s30", 30, "20Gi"), share_template("s45", 45, "30Gi"))
+    pods = [claim_pod(f"b{i:02d}", ["s30" if i % 2 else "s45"]) for i in range(30)]
+    place(cluster, *pods)
+    placed = cluster.allocator.run_once()
+    assert placed == 8  # two 45s and one 30 fit per GPU by cores (120 > 100), memory 80Gi
+    used: dict[tuple[str, str], list[int]] = {}
+    for p in pods:
+        for r in cluster.results(p):
+            u = used.setdefault((r["pool"], r["device"]), [0, 0])
+            u[0] += int(r["consumedCapacity"]["cores"])
+            u[1] += int(r["consumedCapacity"]["memory"])
+    assert len(used) == 4
+    assert all(c <= CORES_PER_GPU and m <= 80 * GI for c, m in used.values())
+    assert cluster.allocator.run_once() == 0  # a second pass before the watch catches up adds nothing
+    cluster.settle(cluster.caught_up)
+    assert cluster.allocator.run_once() == 0
+
+
+def test_a_tenant_quota_holds_claims_as_it_holds_pods(cluster: DraCluster) -> None:
+    """The namespace's tenant may use 100 cores: the second 60-core share is refused with the extender's
+    own quota text, told to the pod as an Event; when the first pod ends, the second is allocated."""
+    world, apiserver = cluster, cluster.apiserver
+    if True:
+        quota = {"apiVersion": "fracgpu.io/v1beta1", "kind": "TenantQuota", "metadata": {"name": "team-a"},
+                 "spec": {"namespaceSelector": {"matchLabels": {"fracgpu.io/tenant": "team-a"}},
+                          "hard": {"fracgpu.io/vgpu-core": "100"}}}
+        TenantQuota.from_dict(quota)
+        apiserver.seed({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "team-a", "labels": {"fracgpu.io/tenant": "team-a"}}}, quota)
+        with_nodes(world, {"n1": 2})
+        apiserver.seed(share_template("s60", 60, "10Gi", namespace="team-a"))
+        first = claim_pod("first", ["s60"], namespace="team-a", created="2026-12-01T00:00:00Z")
+        second = claim_pod("second", ["s60"], namespace="team-a", created="2026-12-01T00:01:00Z")
+        place(world, first, second)
+        assert world.allocator.run_once() == 1
+        assert world.results(first) and not world.results(second)
+        [told] = world.events("second")
+        assert "team-a" in told and "100" in told and "60" in told, told
+        world.schedule(first)
+        world.end_pod(first)
+        world.settle(lambda: "team-a/first" not in {k for k in world.waiting()} and world.caught_up())
+        world.settle(lambda: world.allocator.run_once() == 1, timeout_s=5)
+        assert world.results(second)
+
+
+def test_nodes_the_pod_may_not_go_to_are_not_chosen(cluster: DraCluster) -> None:
+    """nodeSelector, required node affinity and NoSchedule taints, as kube-scheduler reads them."""
+    cluster.apiserver.seed(
+        dra_node("tainted", taints=[{"key": "maintenance", "value": "now", "effect": "NoSchedule"}]),
+        dra_node("other-zone", labels={"zone": "b"}), dra_node("good", labels={"zone": "a"}),
+        *pool("tainted", gpus("tainted", 1)), *pool("other-zone", gpus("other-zone", 1)), *pool("good", gpus("good", 1)))
+    cluster.settle(lambda: all(cluster.view.devices(n) for n in ("tainted", "other-zone", "good")))
+    cluster.apiserver.seed(share_template("s10", 10, "1Gi"))
+    picky = claim_pod("picky", ["s10"], spec={"nodeSelector": {"zone": "a"}})
+    nowhere = claim_pod("nowhere", ["s10"], spec={"affinity": {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["c"]}]}]}}}})
+    place(cluster, picky, nowhere)
+    assert cluster.allocator.run_once() == 1
+    assert {r["pool"] for r in cluster.results(picky)} == {"good"}
+    assert cluster.events("nowhere") == ["0/3 nodes are available: 2 node(s) didn't match Pod's node "
+                                         "affinity/selector, 1 node(s) had untolerated taint {maintenance: now}"]
+
+
+def test_an_allocation_kube_scheduler_undoes_moves_to_another_node(cluster: DraCluster) -> None:
+    """kube-scheduler's PostFilter clears the allocation of a claim whose node cannot take the pod (CPU,
+    ports: what fracgpu does not see); that node is then avoided for that pod."""
+    with_nodes(cluster, {"n1": 1, "n2": 1})
+    cluster.apiserver.seed(share_template("s10", 10, "1Gi"))
+    pod = claim_pod("moved", ["s10"])
+    place(cluster, pod)
+    assert cluster.allocator.run_once() == 1
+    [first] = {r["pool"] for r in cluster.results(pod)}
+    cluster.settle(cluster.caught_up)
+    [claim] = cluster.claims_of(pod)
+    cluster.apiserver.seed({**claim, "status": {}})  # what PostFilter writes: allocation and reservedFor gone
+    cluster.settle(lambda: "default/moved" in cluster.waiting())
+    assert cluster.allocator.run_once() == 1
+    assert {r["pool"] for r in cluster.results(pod)} == {"n1", "n2"} - {first}
+
+
+def test_a_write_cut_short_leaves_no_half_allocation(cluster: DraCluster) -> None:
+    """A pod with two claims whose second write fails: the first is rolled back, the pod waits whole,
+    and the next pass allocates both."""
+    with_nodes(cluster, {"n1": 4})
+    cluster.apiserver.seed(whole_template("one", 1))
+    pod = claim_pod("pair", ["one", "one"])
+    place(cluster, pod)
+    # the first claim carries the finalizer already, so its one write is its status; the second
+    # claim's first write (its finalizer) is refused: the first claim's allocation must be undone
+    cluster.apiserver.patch_object("resourceclaims", "pair-c0", {"metadata": {"finalizers": [DRA_CLAIM_FINALIZER]}},
+                                   "default")
+    cluster.settle(lambda: "default/pair" in cluster.waiting())
+    cluster.apiserver.fail_next("PUT", "resourceclaims", 403, times=1)
+    assert cluster.allocator.run_once() == 0
+    assert cluster.results(pod) == []
+    cluster.settle(lambda: "default/pair" in cluster.waiting())
+    assert cluster.allocator.run_once() == 1
+    results = cluster.results(pod)
+    assert len(results) == 2 and len({r["device"] for r in results}) == 2
+
+
+def test_claims_fracgpu_cannot_read_are_told_not_guessed(cluster: DraCluster) -> None:
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(share_template("no-memory", 50, None))
+    pod = claim_pod("vague", ["no-memory"])
+    place(cluster, pod)
+    assert cluster.allocator.run_once() == 0
+    [told] = cluster.events("vague")
+    assert told.startswith("claims not understood:") and "without memory" in told
+    assert cluster.results(pod) == []
+    assert cluster.allocator.run_once() == 0 and len(cluster.events("vague")) == 1  # told once per text
+
+
+def test_nothing_is_allocated_before_the_cache_is_synced(apiserver: FakeApiServer) -> None:
+    from tests.extender.draworld import DRA_RESOURCES
+
+    for rt in DRA_RESOURCES:
+        apiserver.add_resource(rt)
+    world = DraCluster(apiserver, SchedulerConfig(heartbeat_stale_s=40, refresh_s=0))
+    assert world.allocator.run_once() == 0
