@@ -27,7 +27,7 @@ from fracgpu.kube.client import Transport
 from fracgpu.kube.retry import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.extender.conftest import FakeClock
-from tests.fakes.apiserver import DEFAULT_RESOURCES, FakeApiServer, ResourceType
+from tests.fakes.apiserver import FakeApiServer, ResourceType
 
 GI = 1024**3
 DRA_RESOURCES = (

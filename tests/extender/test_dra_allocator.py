@@ -25,8 +25,11 @@ from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.request import GpuRequest
 from fracgpu.core.snapshot import node_priority
 from fracgpu.core.workload import shape_of
+from fracgpu.extender.main import dra_wanted
 from fracgpu.extender.scheduler import SchedulerConfig
+from fracgpu.kube.client import Transport
 from tests.extender.draworld import (
+    DRA_RESOURCES,
     GI,
     DraCluster,
     claim_pod,
@@ -249,9 +252,18 @@ def test_claims_fracgpu_cannot_read_are_told_not_guessed(cluster: DraCluster) ->
 
 
 def test_nothing_is_allocated_before_the_cache_is_synced(apiserver: FakeApiServer) -> None:
-    from tests.extender.draworld import DRA_RESOURCES
-
     for rt in DRA_RESOURCES:
         apiserver.add_resource(rt)
     world = DraCluster(apiserver, SchedulerConfig(heartbeat_stale_s=40, refresh_s=0))
     assert world.allocator.run_once() == 0
+
+
+@pytest.mark.parametrize(("served", "mode", "wanted"), [
+    (True, "auto", True), (False, "auto", False), (True, "off", False), (False, "on", True)])
+def test_dra_auto_follows_what_the_api_server_serves(apiserver: FakeApiServer, served: bool, mode: str,
+                                                     wanted: bool) -> None:
+    """--dra auto asks the API server's discovery for resource.k8s.io/v1 resourceclaims."""
+    if served:
+        for rt in DRA_RESOURCES:
+            apiserver.add_resource(rt)
+    assert dra_wanted(mode, Transport(apiserver.api_client(), timeout_s=5)) is wanted

@@ -825,6 +825,10 @@ class FakeApiServer:
             if split.path == "/version":
                 handler.send_json(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0-fracgpu-fake"})
                 return
+            listing = self._discovery(split.path) if method == "GET" else None
+            if listing is not None:
+                handler.send_json(200, listing)
+                return
             target = self._parse_path(split.path)
             verb = self._verb(method, target, query)
             self._record(method, split.path, split.query, verb, target)
@@ -846,6 +850,24 @@ class FakeApiServer:
             handler.close_connection = True
         except Exception as exc:  # a bug in the fake (or a hook): answer it rather than hang the client
             handler.send_json(500, ApiError(500, f"fake apiserver: {type(exc).__name__}: {exc}").status())
+
+    def _discovery(self, path: str) -> Obj | None:
+        """GET /api/v1 or /apis/<group>/<version>: the APIResourceList of what this server serves there
+        (None: not a discovery path; an unknown group/version is the 404 of _parse_path)."""
+        parts = [unquote(p) for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) == 2:
+            group, version = "", parts[1]
+        elif parts[:1] == ["apis"] and len(parts) == 3:
+            group, version = parts[1], parts[2]
+        else:
+            return None
+        served = [t for (g, v, _), t in sorted(self._types.items()) if (g, v) == (group, version)]
+        if not served:
+            return None
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
+                "resources": [{"name": t.plural, "namespaced": t.namespaced, "kind": t.kind,
+                               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+                              for t in served]}
 
     def _parse_path(self, path: str) -> _Target:
         parts = [unquote(p) for p in path.split("/") if p]
