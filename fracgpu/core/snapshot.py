@@ -162,6 +162,7 @@ class PodRecord:
     memory_bytes: int = 0
     deleting: bool = False  # deletionTimestamp set: still holds its share until it ends
     pod: PodObject | None = None  # the decoded pod, kept only for pending GPU pods (bind decides again on it)
+    claims: bool = False  # its GPUs come from DRA claims: prepared by claim uid, never confusable at Allocate
 
     @property
     def key(self) -> str:

@@ -241,7 +241,7 @@ class DraView:
         self._pods[key] = _Pod(raw, lp.dra, lp.obj, lp.problem, claims, templates, node)
         for c in claims:
             self._by_claim.setdefault(c, set()).add(key)
-        rec = pod_record(lp.obj)
+        rec = replace(pod_record(lp.obj), claims=lp.dra is not None)
         if lp.problem:  # pending: refused with the reason (the allocator tells the pod)
             rec = replace(rec, request=None, request_error=lp.problem)
         if lp.node_problem[0]:  # what it holds cannot be read: its node takes no new GPU pod (fail closed)

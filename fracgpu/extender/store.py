@@ -221,7 +221,8 @@ class Store:
         self._observe(rec.cpu_milli, a, self.state.units_per_gpu)
         uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
         self.state.add_pod(key, PodUse(a.node, uses, rec.cpu_milli, rec.memory_bytes))
-        self.allocating.set(key, a.node, confusable.Reservation.of(key, a, now))
+        if not rec.claims:  # the device plugin cannot tell same-size pods apart while they allocate
+            self.allocating.set(key, a.node, confusable.Reservation.of(key, a, now))
         if rec.request is not None and rec.request.group:
             self.groups.add(rec.namespace, rec.request.group, key)
         self.pods[key] = _bound(rec, a.node)
