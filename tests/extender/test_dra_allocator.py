@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.dra.resource import ResourceClaim
-from fracgpu.api.v1beta1.names import CORES_PER_GPU, DRA_CLAIM_FINALIZER, DRA_DRIVER
+from fracgpu.api.v1beta1.names import (
+    ANN_ZONE_POLICY,
+    CORES_PER_GPU,
+    DRA_CLAIM_FINALIZER,
+    DRA_DRIVER,
+    LABEL_GROUP,
+    LABEL_ZONE,
+    ZONE_SAME,
+    ZONE_SPREAD,
+)
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.draslices import device_names
@@ -289,3 +298,39 @@ def test_dra_auto_follows_what_the_api_server_serves(apiserver: FakeApiServer, s
         for rt in DRA_RESOURCES:
             apiserver.add_resource(rt)
     assert dra_wanted(mode, Transport(apiserver.api_client(), timeout_s=5)) is wanted
+
+
+@pytest.mark.parametrize(("policy", "second_zone"), [(ZONE_SAME, "a"), (ZONE_SPREAD, "b")])
+def test_zone_groups_hold_for_claims(cluster: DraCluster, policy: str, second_zone: str) -> None:
+    """Pods of one group (label fracgpu.io/group) with a zone policy: the second goes where the rule
+    says, as for device-plugin pods (tests/extender/test_zones.py)."""
+    zones = {"a1": "a", "a2": "a", "b1": "b"}
+    for name, z in zones.items():
+        cluster.apiserver.seed(dra_node(name, labels={LABEL_ZONE: z}), *pool(name, gpus(name, 1)))
+    cluster.settle(lambda: all(cluster.view.devices(n) for n in zones))
+    cluster.apiserver.seed(share_template("s10", 10, "1Gi"))
+    meta = {"labels": {LABEL_GROUP: "g"}, "annotations": {ANN_ZONE_POLICY: policy}}
+    first, second = (claim_pod(n, ["s10"], created=f"2026-12-01T00:00:0{i}Z") for i, n in enumerate(("m1", "m2")))
+    for p in (first, second):
+        p["metadata"].update(meta)
+    first["spec"]["nodeSelector"] = {LABEL_ZONE: "a"}  # the group starts in zone a, whatever the ranking prefers
+    place(cluster, first)
+    assert cluster.allocator.run_once() == 1
+    cluster.schedule(first)
+    cluster.settle(cluster.caught_up)
+    place(cluster, second)
+    assert cluster.allocator.run_once() == 1
+    [node] = {r["pool"] for r in cluster.results(second)}
+    assert zones[node] == second_zone
+
+
+def test_the_queue_takes_the_higher_priority_pod_first(cluster: DraCluster) -> None:
+    """Two pods waiting for the one GPU: the higher priority goes first though it is younger, as
+    kube-scheduler's queue orders pods."""
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(whole_template("one", 1))
+    old = claim_pod("old", ["one"], created="2026-12-01T00:00:00Z")
+    urgent = claim_pod("urgent", ["one"], created="2026-12-01T00:05:00Z", priority=1000)
+    place(cluster, old, urgent)
+    assert cluster.allocator.run_once() == 1
+    assert cluster.results(urgent) and not cluster.results(old)
