@@ -4,6 +4,7 @@ against a recorded driver session, the own-node admission policy, and the Daemon
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import yaml
 from celpy import celtypes
 
 from fracgpu.api.v1beta1 import names
+from fracgpu.api.v1beta1.dra.resource import Device, ResourceSlice
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.cli import COMMANDS
-from fracgpu.core.draslices import node_devices
+from fracgpu.core.draslices import build_slices, node_devices
 from fracgpu.draplugin.driver import KubeClaims
 from fracgpu.draplugin.publisher import SlicePublisher
 from fracgpu.kube.client import Transport
@@ -70,12 +72,10 @@ def test_everything_validates_against_the_kubernetes_schemas(version: str) -> No
 # -- CEL: the selectors over a device exactly as fracgpu publishes it ---------------------------------------
 
 
-def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB") -> Any:
-    """The `device` variable of the scheduler's CEL environment: attributes and capacity grouped by domain
-    (unqualified names belong to the driver's domain), plus driver and allowMultipleAllocations."""
-    gpus = [GpuInfo(f"GPU-{i}", i, model, 80 * 1024**3, 0, links=(GpuLink(f"GPU-{1 - i}", LinkClass.NVLINK, 12),))
-            for i in range(2)]
-    dev = node_devices(gpus)[index]
+def device_input(dev: Device) -> Any:
+    """The `device` variable of the scheduler's CEL environment for one published device: attributes and
+    capacity grouped by domain (unqualified names belong to the driver's domain), plus driver and
+    allowMultipleAllocations."""
     attributes: dict[str, dict[str, Any]] = {}
     for name, attr in dev.attributes.items():
         domain, _, ident = name.rpartition("/")
@@ -83,6 +83,13 @@ def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB") -> Any:
     capacity: dict[str, dict[str, Any]] = {names.DRA_DRIVER: {k: c.value for k, c in dev.capacity.items()}}
     return to_cel({"driver": names.DRA_DRIVER, "attributes": attributes, "capacity": capacity,
                    "allowMultipleAllocations": bool(dev.allow_multiple_allocations)})
+
+
+def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB", allocator: str = names.DRA_ALLOCATOR_SCHEDULER
+               ) -> Any:
+    gpus = [GpuInfo(f"GPU-{i}", i, model, 80 * 1024**3, 0, links=(GpuLink(f"GPU-{1 - i}", LinkClass.NVLINK, 12),))
+            for i in range(2)]
+    return device_input(node_devices(gpus, allocator=allocator)[index])
 
 
 def selectors(obj: Obj) -> list[str]:
@@ -101,6 +108,43 @@ def test_device_classes_select_fracgpus_gpus_and_nothing_else(name: str) -> None
         other = to_cel({"driver": "gpu.nvidia.com", "attributes": {}, "capacity": {},
                         "allowMultipleAllocations": True})
         assert evaluate(expression, {"device": other}) == celtypes.BoolType(False)
+
+
+def published_devices(allocator: str) -> list[Device]:
+    """A node's devices exactly as the driver publishes them (through the slices' JSON): NVLink pairs, NUMA
+    nodes, PCIe roots, a failed GPU (tainted) among them."""
+    gpus = [GpuInfo(f"GPU-{i:08x}-0000-0000-0000-000000000000", i, "H100-SXM5-80GB", 80 * 1024**3, i // 4,
+                    pci_bus_id=f"00000000:{i + 7:02X}:00.0", healthy=i != 5, reason="XID 79" if i == 5 else "",
+                    links=(GpuLink(f"GPU-{i ^ 1:08x}-0000-0000-0000-000000000000", LinkClass.NVLINK, 18),))
+            for i in range(8)]
+    devs = node_devices(gpus, pcie_roots={g.uuid: "pci0000:00" for g in gpus}, allocator=allocator)
+    return [d for s in build_slices(NODE, devs, 1) for d in ResourceSlice.from_json(s.to_json()).spec.devices]
+
+
+@pytest.mark.parametrize("name", [names.DRA_DEVICE_CLASS, names.DRA_DEVICE_CLASS_SHARED])
+@pytest.mark.parametrize(("allocator", "selected"), [(names.DRA_ALLOCATOR_FRACGPU, False),
+                                                     (names.DRA_ALLOCATOR_SCHEDULER, True)])
+def test_the_scheduler_never_allocates_a_device_fracgpu_allocates(name: str, allocator: str, selected: bool) -> None:
+    """The guarantee of one allocator per device: with --allocator fracgpu no class of manifests/dra selects a
+    single device, so kube-scheduler's allocator has no candidate and cannot race fracgpu's; with
+    kube-scheduler every device is a candidate (the failed GPU is kept off by its taint, not by the class)."""
+    assert set(names.DRA_ALLOCATORS) == {names.DRA_ALLOCATOR_FRACGPU, names.DRA_ALLOCATOR_SCHEDULER}
+    (cls,) = [c for c in of_kind("DeviceClass") if c["metadata"]["name"] == name]
+    devices = published_devices(allocator)
+    assert len(devices) == 8 and any(d.taints for d in devices)
+    for dev in devices:
+        got = all(evaluate(e, {"device": device_input(dev)}) == celtypes.BoolType(True) for e in selectors(cls))
+        assert got is selected, (dev.name, allocator)
+
+
+def test_a_device_without_the_allocator_attribute_is_not_selected_and_no_error() -> None:
+    # an older driver's device: CEL would raise on the missing attribute, and a CEL error aborts the allocation
+    # of the whole claim (CELDeviceSelector), so the classes test for it and leave such a device out
+    (dev,) = published_devices(names.DRA_ALLOCATOR_SCHEDULER)[:1]
+    old = replace(dev, attributes={k: v for k, v in dev.attributes.items() if k != names.DRA_ATTR_ALLOCATOR})
+    for cls in of_kind("DeviceClass"):
+        for expression in selectors(cls):
+            assert evaluate(expression, {"device": device_input(old)}) == celtypes.BoolType(False)
 
 
 def test_example_claims_select_by_published_attributes() -> None:
