@@ -46,6 +46,15 @@ def of_kind(kind: str) -> list[Obj]:
     return [o for o in rendered() if o["kind"] == kind]
 
 
+def named(kind: str, name: str) -> Obj:
+    (obj,) = [o for o in of_kind(kind) if o["metadata"]["name"] == name]
+    return obj
+
+
+OWN_NODE = "fracgpu-dra-driver-own-node"
+CLAIMS_POLICY = "fracgpu-dra-claims"
+
+
 def examples() -> list[Obj]:
     return [d for d in yaml.safe_load_all(EXAMPLES.read_text()) if d is not None]
 
@@ -224,8 +233,7 @@ def slice_obj(node: str, driver: str = names.DRA_DRIVER) -> Obj:
 ], ids=["own", "update-own", "delete-own", "other-node", "delete-other", "other-driver", "no-claim"])
 def test_the_driver_writes_only_its_own_nodes_slices(operation: str, obj: Obj | None, old: Obj | None,
                                                     extra: dict[str, list[str]], denial: str) -> None:
-    (policy,) = of_kind("ValidatingAdmissionPolicy")
-    (binding,) = of_kind("ValidatingAdmissionPolicyBinding")
+    policy, binding = named("ValidatingAdmissionPolicy", OWN_NODE), named("ValidatingAdmissionPolicyBinding", OWN_NODE)
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     outcome = run_policy(policy, Request(ACCOUNT, operation, "resourceslices", obj, old, group="resource.k8s.io",
                                          extra=extra))
@@ -237,9 +245,103 @@ def test_the_driver_writes_only_its_own_nodes_slices(operation: str, obj: Obj | 
 
 
 def test_the_policy_leaves_everyone_else_alone() -> None:
-    (policy,) = of_kind("ValidatingAdmissionPolicy")
+    policy = named("ValidatingAdmissionPolicy", OWN_NODE)
     kubelet = Request("system:node:n1", "DELETE", "resourceslices", None, slice_obj("n2"), group="resource.k8s.io")
     assert not run_policy(policy, kubelet).matched
+
+
+# -- the claims policy: shares state memory, nobody tolerates a failed GPU ----------------------------------
+
+
+def exact(name: str = "gpu", cls: str = names.DRA_DEVICE_CLASS_SHARED, **fields: Any) -> Obj:
+    return {"name": name, "exactly": {"deviceClassName": cls, **fields}}
+
+
+def first_available(name: str, *subs: Obj) -> Obj:
+    return {"name": name, "firstAvailable": [{"name": s["name"], **s["exactly"]} for s in subs]}
+
+
+SHARE = {"capacity": {"requests": {"cores": "50", "memory": "40Gi"}}}
+CORES_ONLY = {"capacity": {"requests": {"cores": "50"}}}
+UNHEALTHY = {"key": names.DRA_TAINT_UNHEALTHY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def claim(*requests: Obj, template: bool = False) -> Obj:
+    spec = {"devices": {"requests": list(requests)}}
+    if template:
+        return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+                "metadata": {"name": "t", "namespace": "team-a"}, "spec": {"spec": spec}}
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "c", "namespace": "team-a"}, "spec": spec}
+
+
+NO_MEMORY = ("states no memory: a share must state capacity.requests.memory (the default is the whole GPU's "
+             "memory)")
+TOLERATES = "tolerates the device taint gpu.fracgpu.io/unhealthy: a failed GPU is never handed out (docs/dra.md)"
+
+
+@pytest.mark.parametrize(("requests", "message"), [
+    ([exact(**SHARE)], None),
+    ([exact(capacity={"requests": {"memory": "10Gi"}})], None),
+    ([exact(capacity={"requests": {"cores": "50", "gpu.fracgpu.io/memory": "10Gi"}})], None),
+    ([exact(**CORES_ONLY)], f"request gpu of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact()], f"request gpu of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact("a", **SHARE), exact("b", capacity={})], f"request b of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, count=2)], None),  # whole GPUs: no capacity is the point
+    ([exact(cls="gpu.nvidia.com", **CORES_ONLY)], None),  # another driver's class: not fracgpu's business
+    ([first_available("gpu", exact("big", **SHARE), exact("small", **CORES_ONLY))],
+     f"request gpu/small of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([first_available("gpu", exact("share", **SHARE), exact("whole", cls=names.DRA_DEVICE_CLASS))], None),
+    ([exact(**SHARE, tolerations=[UNHEALTHY])], f"request gpu of class vgpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, tolerations=[{"key": names.DRA_TAINT_UNHEALTHY, "operator": "Equal",
+                                                      "value": "XID-79"}])],
+     f"request gpu of class gpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, tolerations=[{"operator": "Exists"}])],
+     f"request gpu of class gpu.fracgpu.io {TOLERATES}"),  # an empty key with Exists tolerates every taint
+    ([exact(**SHARE, tolerations=[{"key": "example.com/maintenance", "operator": "Exists"}])], None),
+    ([first_available("gpu", exact("s", cls=names.DRA_DEVICE_CLASS, tolerations=[UNHEALTHY]))],
+     f"request gpu/s of class gpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls="gpu.nvidia.com", tolerations=[UNHEALTHY])], None),
+    ([], None),
+], ids=["share", "memory only", "qualified memory", "cores only", "no capacity", "second request",
+        "whole gpus", "other driver", "subrequest without memory", "subrequests fine", "tolerates unhealthy",
+        "tolerates unhealthy Equal", "tolerates everything", "other toleration", "subrequest tolerates",
+        "other driver tolerates", "no requests"])
+@pytest.mark.parametrize("template", [False, True], ids=["claim", "template"])
+def test_the_claims_policy(requests: list[Obj], message: str | None, template: bool) -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    binding = named("ValidatingAdmissionPolicyBinding", CLAIMS_POLICY)
+    assert binding["spec"] == {"policyName": CLAIMS_POLICY, "validationActions": ["Deny"]}
+    resource = "resourceclaimtemplates" if template else "resourceclaims"
+    outcome = run_policy(policy, Request("alice", "CREATE", resource, claim(*requests, template=template),
+                                         group="resource.k8s.io"))
+    assert outcome.matched
+    assert outcome.denials == (() if message is None else (message,))
+
+
+def test_the_claims_policy_leaves_metadata_updates_and_status_alone() -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    old = claim(exact(**CORES_ONLY))  # a claim from before the policy: its finalizer must still come off
+    new = {**old, "metadata": {**old["metadata"], "finalizers": []}}
+    update = Request("system:serviceaccount:kube-system:resource-claim-controller", "UPDATE", "resourceclaims",
+                     new, old, group="resource.k8s.io")
+    assert not run_policy(policy, update).matched
+    status = Request("system:kube-scheduler", "UPDATE", "resourceclaims", new, old, subresource="status",
+                     group="resource.k8s.io")
+    assert not run_policy(policy, status).matched
+    changed = {**old, "spec": claim(exact(**SHARE, tolerations=[UNHEALTHY]))["spec"]}
+    outcome = run_policy(policy, Request("alice", "UPDATE", "resourceclaims", changed, old, group="resource.k8s.io"))
+    assert outcome.denials == (f"request gpu of class vgpu.fracgpu.io {TOLERATES}",)
+
+
+def test_the_example_claims_pass_the_claims_policy() -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    for obj in examples():
+        resource = {"ResourceClaim": "resourceclaims", "ResourceClaimTemplate": "resourceclaimtemplates"}
+        if obj["kind"] in resource:
+            outcome = run_policy(policy, Request("alice", "CREATE", resource[obj["kind"]], obj,
+                                                 group="resource.k8s.io"))
+            assert outcome.matched and outcome.allowed, (obj["metadata"]["name"], outcome.denials)
 
 
 # -- the DaemonSet and the program agree --------------------------------------------------------------------
