@@ -261,8 +261,8 @@ def first_available(name: str, *subs: Obj) -> Obj:
     return {"name": name, "firstAvailable": [{"name": s["name"], **s["exactly"]} for s in subs]}
 
 
-SHARE = {"capacity": {"requests": {"cores": "50", "memory": "40Gi"}}}
-CORES_ONLY = {"capacity": {"requests": {"cores": "50"}}}
+SHARE: dict[str, Any] = {"capacity": {"requests": {"cores": "50", "memory": "40Gi"}}}
+CORES_ONLY: dict[str, Any] = {"capacity": {"requests": {"cores": "50"}}}
 UNHEALTHY = {"key": names.DRA_TAINT_UNHEALTHY, "operator": "Exists", "effect": "NoSchedule"}
 
 
