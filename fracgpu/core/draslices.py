@@ -2,10 +2,11 @@
 
 One device per GPU, in a pool named after the node. Each device:
 
-- attributes: ``uuid``, ``model``, ``index``, ``healthy`` (the driver's domain), ``nvlinkDomain`` (GPUs joined by
-  NVLink on this node share the value; absent without NVLink), and the standard
+- attributes: ``uuid``, ``model``, ``index``, ``healthy``, ``allocator`` (the driver's domain), ``nvlinkDomain``
+  (GPUs joined by NVLink on this node share the value; absent without NVLink), and the standard
   ``resource.kubernetes.io/pciBusID`` / ``pcieRoot`` / ``numaNode`` where known (so claims can align a GPU with a
-  NIC or CPUs of another driver through ``matchAttribute``);
+  NIC or CPUs of another driver through ``matchAttribute``); ``allocator`` says who allocates the device to claims
+  (fracgpu or kube-scheduler): fracgpu's DeviceClasses select only kube-scheduler's, so the two never both do;
 - capacity ``cores`` (100) and ``memory`` (bytes), ``allowMultipleAllocations: true`` and a request policy that
   mirrors vgpu-core / vgpu-memory: cores in steps of 1 from 1 to 100, default 100; memory any amount from 1 MiB,
   default the whole GPU (the proportional default of vgpu-memory cannot be expressed: docs/dra.md);
@@ -43,6 +44,9 @@ from fracgpu.api.v1beta1.dra.resource import (
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import (
     CORES_PER_GPU,
+    DRA_ALLOCATOR_FRACGPU,
+    DRA_ALLOCATORS,
+    DRA_ATTR_ALLOCATOR,
     DRA_CAPACITY_CORES,
     DRA_CAPACITY_MEMORY,
     DRA_DRIVER,
@@ -80,6 +84,7 @@ _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)
 class SliceOptions:
     driver: str = DRA_DRIVER  # ResourceSlice.spec.driver
     unhealthy: Unhealthy = "taint"  # a failed GPU: tainted NoSchedule, or left out of the pool ("omit")
+    allocator: str = DRA_ALLOCATOR_FRACGPU  # device attribute `allocator`: who allocates the devices (DRA_ALLOCATORS)
     # 64, not 128, so that a GPU becoming tainted never changes how the pool is cut into slices
     devices_per_slice: int = MAX_DEVICES_ADVANCED
 
@@ -173,8 +178,10 @@ def memory_capacity(memory: int) -> Capacity:
 
 
 def gpu_device(gpu: GpuInfo, name: str, *, nvlink_domain: int | None = None, pcie_root: str = "",
-               unhealthy: Unhealthy = "taint") -> Device | None:
+               unhealthy: Unhealthy = "taint", allocator: str = DRA_ALLOCATOR_FRACGPU) -> Device | None:
     """The device of one GPU; None when it is unhealthy and unhealthy GPUs leave the pool."""
+    if allocator not in DRA_ALLOCATORS:  # any other value would leave the device to no allocator at all
+        raise ValueError(f"allocator {allocator!r}: one of {', '.join(DRA_ALLOCATORS)}")
     if not gpu.healthy and unhealthy == "omit":
         return None
     attributes = {
@@ -182,6 +189,7 @@ def gpu_device(gpu: GpuInfo, name: str, *, nvlink_domain: int | None = None, pci
         "model": Attribute.of(gpu.model[:MAX_ATTRIBUTE_VALUE]),
         "index": Attribute.of(gpu.index),
         "healthy": Attribute.of(gpu.healthy),
+        DRA_ATTR_ALLOCATOR: Attribute.of(allocator),
     }
     if nvlink_domain is not None:
         attributes["nvlinkDomain"] = Attribute.of(nvlink_domain)
@@ -205,7 +213,7 @@ def gpu_device(gpu: GpuInfo, name: str, *, nvlink_domain: int | None = None, pci
 
 
 def node_devices(gpus: Sequence[GpuInfo], *, pcie_roots: Mapping[str, str] | None = None,
-                 unhealthy: Unhealthy = "taint") -> tuple[Device, ...]:
+                 unhealthy: Unhealthy = "taint", allocator: str = DRA_ALLOCATOR_FRACGPU) -> tuple[Device, ...]:
     """The node's devices, in GPU index order."""
     names = device_names(gpus)
     domains = nvlink_domains(gpus)
@@ -213,7 +221,7 @@ def node_devices(gpus: Sequence[GpuInfo], *, pcie_roots: Mapping[str, str] | Non
     out = []
     for g in sorted(gpus, key=lambda x: x.index):
         dev = gpu_device(g, names[g.uuid], nvlink_domain=domains.get(g.uuid), pcie_root=roots.get(g.uuid, ""),
-                         unhealthy=unhealthy)
+                         unhealthy=unhealthy, allocator=allocator)
         if dev is not None:
             out.append(dev)
     return tuple(out)

@@ -80,7 +80,8 @@ class DraDriverApp:
         key = tuple((g.uuid, g.pci_bus_id) for g in gpus)
         if key != self._roots[0]:  # sysfs is read when the GPU set changes, not at every sync
             self._roots = (key, pcie_roots(gpus, self.cfg.sysfs))
-        return node_devices(gpus, pcie_roots=self._roots[1], unhealthy=opts.unhealthy)
+        return node_devices(gpus, pcie_roots=self._roots[1], unhealthy=opts.unhealthy,
+                            allocator=opts.allocator)
 
     def start(self) -> None:
         self.server.take_lock()

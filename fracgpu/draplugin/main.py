@@ -15,7 +15,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
-from fracgpu.api.v1beta1.names import CDI_DIR, DRA_CDI_KIND, DRA_DRIVER, DRA_PLUGINS_DIR, DRA_REGISTRY_DIR
+from fracgpu.api.v1beta1.names import (
+    CDI_DIR,
+    DRA_ALLOCATOR_FRACGPU,
+    DRA_ALLOCATORS,
+    DRA_CDI_KIND,
+    DRA_DRIVER,
+    DRA_PLUGINS_DIR,
+    DRA_REGISTRY_DIR,
+)
 from fracgpu.core.draslices import SliceOptions
 from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.deviceplugin.backends.base import BackendError
@@ -72,6 +80,11 @@ FLAGS = (
     Flag("unhealthy", "a failed GPU is tainted gpu.fracgpu.io/unhealthy:NoSchedule (device taints, on by default "
          "since Kubernetes 1.36; when the API server drops taints the driver falls back to omit) or left out of "
          "the node's pool", "taint", env=("FRACGPU_DRA_UNHEALTHY",), choices=("taint", "omit")),
+    Flag("allocator", "who allocates this node's GPUs to ResourceClaims (device attribute allocator): fracgpu = "
+         "fracgpu's extender, with its ranking, tenant quotas and queue (fracgpu's DeviceClasses hide such GPUs "
+         "from kube-scheduler's allocator); kube-scheduler = kube-scheduler's DRA allocator (first fit, without "
+         "fracgpu's ranking and quotas)", DRA_ALLOCATOR_FRACGPU, env=("FRACGPU_DRA_ALLOCATOR",),
+         choices=DRA_ALLOCATORS),
     Flag("resync-interval", "seconds between checks that the published ResourceSlices are intact (the kubelet "
          "deletes them when it starts)", "30", positive_seconds, env=("FRACGPU_DRA_RESYNC_INTERVAL",),
          metavar="SECONDS"),
@@ -110,7 +123,7 @@ def config(args: argparse.Namespace, environ: Mapping[str, str]) -> AppConfig:
         driver=DriverConfig(node=args.node_name, driver=DRA_DRIVER, cdi_kind=DRA_CDI_KIND, limiter=limiter),
         server=ServerConfig(plugin_dir=args.plugin_dir, registry_dir=args.registry_dir),
         cdi_dir=args.cdi_dir,
-        slices=SliceOptions(unhealthy=args.unhealthy),
+        slices=SliceOptions(unhealthy=args.unhealthy, allocator=args.allocator),
         health=health,
         resync_interval=args.resync_interval,
         sysfs=args.sysfs,

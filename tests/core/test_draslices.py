@@ -19,6 +19,7 @@ from fracgpu.api.v1beta1.dra.resource import (
     ResourceSlice,
 )
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
+from fracgpu.api.v1beta1.names import DRA_ALLOCATORS, DRA_ATTR_ALLOCATOR
 from fracgpu.core.draslices import (
     ATTR_NUMA_NODE,
     ATTR_PCI_BUS_ID,
@@ -27,6 +28,7 @@ from fracgpu.core.draslices import (
     device_names,
     dropped_fields,
     gpu_device,
+    gpus_from_devices,
     node_devices,
     normalise_bdf,
     nvlink_domains,
@@ -57,7 +59,7 @@ def test_a_healthy_gpu_is_a_shareable_device_with_the_vgpu_granularity() -> None
     dev = gpu_device(gpu(0, bus="00000000:07:00.0", numa=1), "gpu-0", nvlink_domain=0, pcie_root="pci0000:00")
     assert dev is not None
     assert attrs(dev) == {"uuid": "GPU-00000000-0000-0000-0000-000000000000", "model": "A100-SXM4-80GB", "index": 0,
-                          "healthy": True, "nvlinkDomain": 0, ATTR_PCI_BUS_ID: "0000:07:00.0",
+                          "healthy": True, "allocator": "fracgpu", "nvlinkDomain": 0, ATTR_PCI_BUS_ID: "0000:07:00.0",
                           ATTR_PCIE_ROOT: "pci0000:00", ATTR_NUMA_NODE: 1}
     assert dev.allow_multiple_allocations is True
     assert dev.capacity["cores"] == Capacity("100", RequestPolicy("100", CapacityRange("1", "100", "1")))
@@ -85,6 +87,24 @@ def test_a_failed_gpu_is_tainted_or_left_out(unhealthy: Any, expect_device: bool
     if dev is not None:
         assert [(t.key, t.value, t.effect) for t in dev.taints] == taints
         assert dev.attributes["healthy"] == Attribute("bool", False)
+
+
+@pytest.mark.parametrize("allocator", DRA_ALLOCATORS)
+def test_every_device_names_its_allocator_and_reads_back_without_it(allocator: str) -> None:
+    gpus = [gpu(i, healthy=i != 1, reason="XID 79" if i == 1 else "") for i in range(3)]
+    devs = node_devices(gpus, allocator=allocator)
+    assert [d.attributes[DRA_ATTR_ALLOCATOR] for d in devs] == [Attribute("string", allocator)] * 3
+    assert all(validate_slice(s) == [] for s in build_slices("n1", devs, 1))
+    # the attribute is the allocators' business: the inventory read back is the same for both values
+    assert gpus_from_devices(devs) == gpus_from_devices(node_devices(gpus))
+    assert [g.uuid for g in gpus_from_devices(devs)] == [g.uuid for g in gpus]
+
+
+@pytest.mark.parametrize("allocator", ["", "scheduler", "Fracgpu"])
+def test_an_unknown_allocator_is_refused_not_published(allocator: str) -> None:
+    # a device whose allocator no DeviceClass and no fracgpu component knows would be allocated by nobody
+    with pytest.raises(ValueError, match=f"allocator {allocator!r}: one of fracgpu, kube-scheduler"):
+        node_devices([gpu(0)], allocator=allocator)
 
 
 @pytest.mark.parametrize(("memory", "value", "minimum"), [

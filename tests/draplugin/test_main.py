@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from fracgpu.api.v1beta1.names import DRA_DRIVER
-from fracgpu.draplugin.main import main, parser
+from fracgpu.api.v1beta1.dra.resource import ResourceSlice
+from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_ALLOCATOR_SCHEDULER, DRA_ATTR_ALLOCATOR, DRA_DRIVER
+from fracgpu.core.draslices import gpus_from_devices
+from fracgpu.draplugin.main import config, main, parser
 from fracgpu.startup import is_deprecated
 from tests.draplugin.kubelet import FakeDraKubelet
-from tests.draplugin.world import NODE, api_server, short_tmpdir
+from tests.draplugin.world import NODE, DraWorld, api_server, short_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gpus-8xA100.yaml"
@@ -36,8 +38,11 @@ SIM = ["--backend", "simulated", "--gpus", str(EXAMPLE)]
     ([*SIM, "--unhealthy", "hide"], {"NODE_NAME": "n"}, "invalid choice: 'hide'"),
     (SIM, {"NODE_NAME": "n", "FRACGPU_DRA_RESYNC_INTERVAL": "soon"}, "FRACGPU_DRA_RESYNC_INTERVAL='soon' (environment)"),
     ([*SIM, "--resync-interval", "0"], {"NODE_NAME": "n"}, "must be a number of seconds above 0"),
+    ([*SIM, "--allocator", "scheduler"], {"NODE_NAME": "n"}, "invalid choice: 'scheduler'"),
+    (SIM, {"NODE_NAME": "n", "FRACGPU_DRA_ALLOCATOR": "both"},
+     "FRACGPU_DRA_ALLOCATOR='both' (environment): one of fracgpu, kube-scheduler"),
 ], ids=["no node", "no gpus file", "missing gpus file", "relative dir", "bad health env", "no kubeconfig",
-        "bad unhealthy", "bad resync env", "zero resync"])
+        "bad unhealthy", "bad resync env", "zero resync", "bad allocator", "bad allocator env"])
 def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str], message: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     try:
@@ -55,6 +60,25 @@ def test_every_flag_has_help_and_an_environment_variable() -> None:
     for action in p._actions:
         if action.option_strings and action.dest != "help" and not is_deprecated(action):
             assert action.help and "[env " in action.help, action.option_strings
+
+
+@pytest.mark.parametrize(("argv", "env", "allocator"), [
+    ([], {}, DRA_ALLOCATOR_FRACGPU),
+    (["--allocator", "kube-scheduler"], {}, DRA_ALLOCATOR_SCHEDULER),
+    ([], {"FRACGPU_DRA_ALLOCATOR": "kube-scheduler"}, DRA_ALLOCATOR_SCHEDULER),
+    (["--allocator", "fracgpu"], {"FRACGPU_DRA_ALLOCATOR": "kube-scheduler"}, DRA_ALLOCATOR_FRACGPU),
+], ids=["default", "flag", "env", "flag over env"])
+def test_the_allocator_flag_is_on_every_published_device(world: DraWorld, argv: list[str], env: dict[str, str],
+                                                         allocator: str) -> None:
+    environ = {"NODE_NAME": NODE, **env}
+    cfg = config(parser(environ).parse_args([*SIM, *argv]), environ)
+    world.start_driver(slices=cfg.slices)
+    deadline = time.monotonic() + 5
+    while not world.apiserver.list_objects("resourceslices") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (s,) = [ResourceSlice.from_json(o) for o in world.apiserver.list_objects("resourceslices")]
+    assert [d.attributes[DRA_ATTR_ALLOCATOR].value for d in s.spec.devices] == [allocator] * 4
+    assert len(gpus_from_devices(s.spec.devices)) == 4
 
 
 def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:

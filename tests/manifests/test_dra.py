@@ -4,6 +4,7 @@ against a recorded driver session, the own-node admission policy, and the Daemon
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import yaml
 from celpy import celtypes
 
 from fracgpu.api.v1beta1 import names
+from fracgpu.api.v1beta1.dra.resource import Device, ResourceSlice
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.cli import COMMANDS
-from fracgpu.core.draslices import node_devices
+from fracgpu.core.draslices import build_slices, node_devices
 from fracgpu.draplugin.driver import KubeClaims
 from fracgpu.draplugin.publisher import SlicePublisher
 from fracgpu.kube.client import Transport
@@ -44,6 +46,15 @@ def of_kind(kind: str) -> list[Obj]:
     return [o for o in rendered() if o["kind"] == kind]
 
 
+def named(kind: str, name: str) -> Obj:
+    (obj,) = [o for o in of_kind(kind) if o["metadata"]["name"] == name]
+    return obj
+
+
+OWN_NODE = "fracgpu-dra-driver-own-node"
+CLAIMS_POLICY = "fracgpu-dra-claims"
+
+
 def examples() -> list[Obj]:
     return [d for d in yaml.safe_load_all(EXAMPLES.read_text()) if d is not None]
 
@@ -70,12 +81,10 @@ def test_everything_validates_against_the_kubernetes_schemas(version: str) -> No
 # -- CEL: the selectors over a device exactly as fracgpu publishes it ---------------------------------------
 
 
-def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB") -> Any:
-    """The `device` variable of the scheduler's CEL environment: attributes and capacity grouped by domain
-    (unqualified names belong to the driver's domain), plus driver and allowMultipleAllocations."""
-    gpus = [GpuInfo(f"GPU-{i}", i, model, 80 * 1024**3, 0, links=(GpuLink(f"GPU-{1 - i}", LinkClass.NVLINK, 12),))
-            for i in range(2)]
-    dev = node_devices(gpus)[index]
+def device_input(dev: Device) -> Any:
+    """The `device` variable of the scheduler's CEL environment for one published device: attributes and
+    capacity grouped by domain (unqualified names belong to the driver's domain), plus driver and
+    allowMultipleAllocations."""
     attributes: dict[str, dict[str, Any]] = {}
     for name, attr in dev.attributes.items():
         domain, _, ident = name.rpartition("/")
@@ -83,6 +92,13 @@ def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB") -> Any:
     capacity: dict[str, dict[str, Any]] = {names.DRA_DRIVER: {k: c.value for k, c in dev.capacity.items()}}
     return to_cel({"driver": names.DRA_DRIVER, "attributes": attributes, "capacity": capacity,
                    "allowMultipleAllocations": bool(dev.allow_multiple_allocations)})
+
+
+def cel_device(index: int = 0, *, model: str = "A100-SXM4-80GB", allocator: str = names.DRA_ALLOCATOR_SCHEDULER
+               ) -> Any:
+    gpus = [GpuInfo(f"GPU-{i}", i, model, 80 * 1024**3, 0, links=(GpuLink(f"GPU-{1 - i}", LinkClass.NVLINK, 12),))
+            for i in range(2)]
+    return device_input(node_devices(gpus, allocator=allocator)[index])
 
 
 def selectors(obj: Obj) -> list[str]:
@@ -101,6 +117,43 @@ def test_device_classes_select_fracgpus_gpus_and_nothing_else(name: str) -> None
         other = to_cel({"driver": "gpu.nvidia.com", "attributes": {}, "capacity": {},
                         "allowMultipleAllocations": True})
         assert evaluate(expression, {"device": other}) == celtypes.BoolType(False)
+
+
+def published_devices(allocator: str) -> list[Device]:
+    """A node's devices exactly as the driver publishes them (through the slices' JSON): NVLink pairs, NUMA
+    nodes, PCIe roots, a failed GPU (tainted) among them."""
+    gpus = [GpuInfo(f"GPU-{i:08x}-0000-0000-0000-000000000000", i, "H100-SXM5-80GB", 80 * 1024**3, i // 4,
+                    pci_bus_id=f"00000000:{i + 7:02X}:00.0", healthy=i != 5, reason="XID 79" if i == 5 else "",
+                    links=(GpuLink(f"GPU-{i ^ 1:08x}-0000-0000-0000-000000000000", LinkClass.NVLINK, 18),))
+            for i in range(8)]
+    devs = node_devices(gpus, pcie_roots={g.uuid: "pci0000:00" for g in gpus}, allocator=allocator)
+    return [d for s in build_slices(NODE, devs, 1) for d in ResourceSlice.from_json(s.to_json()).spec.devices]
+
+
+@pytest.mark.parametrize("name", [names.DRA_DEVICE_CLASS, names.DRA_DEVICE_CLASS_SHARED])
+@pytest.mark.parametrize(("allocator", "selected"), [(names.DRA_ALLOCATOR_FRACGPU, False),
+                                                     (names.DRA_ALLOCATOR_SCHEDULER, True)])
+def test_the_scheduler_never_allocates_a_device_fracgpu_allocates(name: str, allocator: str, selected: bool) -> None:
+    """The guarantee of one allocator per device: with --allocator fracgpu no class of manifests/dra selects a
+    single device, so kube-scheduler's allocator has no candidate and cannot race fracgpu's; with
+    kube-scheduler every device is a candidate (the failed GPU is kept off by its taint, not by the class)."""
+    assert set(names.DRA_ALLOCATORS) == {names.DRA_ALLOCATOR_FRACGPU, names.DRA_ALLOCATOR_SCHEDULER}
+    (cls,) = [c for c in of_kind("DeviceClass") if c["metadata"]["name"] == name]
+    devices = published_devices(allocator)
+    assert len(devices) == 8 and any(d.taints for d in devices)
+    for dev in devices:
+        got = all(evaluate(e, {"device": device_input(dev)}) == celtypes.BoolType(True) for e in selectors(cls))
+        assert got is selected, (dev.name, allocator)
+
+
+def test_a_device_without_the_allocator_attribute_is_not_selected_and_no_error() -> None:
+    # an older driver's device: CEL would raise on the missing attribute, and a CEL error aborts the allocation
+    # of the whole claim (CELDeviceSelector), so the classes test for it and leave such a device out
+    (dev,) = published_devices(names.DRA_ALLOCATOR_SCHEDULER)[:1]
+    old = replace(dev, attributes={k: v for k, v in dev.attributes.items() if k != names.DRA_ATTR_ALLOCATOR})
+    for cls in of_kind("DeviceClass"):
+        for expression in selectors(cls):
+            assert evaluate(expression, {"device": device_input(old)}) == celtypes.BoolType(False)
 
 
 def test_example_claims_select_by_published_attributes() -> None:
@@ -180,8 +233,7 @@ def slice_obj(node: str, driver: str = names.DRA_DRIVER) -> Obj:
 ], ids=["own", "update-own", "delete-own", "other-node", "delete-other", "other-driver", "no-claim"])
 def test_the_driver_writes_only_its_own_nodes_slices(operation: str, obj: Obj | None, old: Obj | None,
                                                     extra: dict[str, list[str]], denial: str) -> None:
-    (policy,) = of_kind("ValidatingAdmissionPolicy")
-    (binding,) = of_kind("ValidatingAdmissionPolicyBinding")
+    policy, binding = named("ValidatingAdmissionPolicy", OWN_NODE), named("ValidatingAdmissionPolicyBinding", OWN_NODE)
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     outcome = run_policy(policy, Request(ACCOUNT, operation, "resourceslices", obj, old, group="resource.k8s.io",
                                          extra=extra))
@@ -193,9 +245,103 @@ def test_the_driver_writes_only_its_own_nodes_slices(operation: str, obj: Obj | 
 
 
 def test_the_policy_leaves_everyone_else_alone() -> None:
-    (policy,) = of_kind("ValidatingAdmissionPolicy")
+    policy = named("ValidatingAdmissionPolicy", OWN_NODE)
     kubelet = Request("system:node:n1", "DELETE", "resourceslices", None, slice_obj("n2"), group="resource.k8s.io")
     assert not run_policy(policy, kubelet).matched
+
+
+# -- the claims policy: shares state memory, nobody tolerates a failed GPU ----------------------------------
+
+
+def exact(name: str = "gpu", cls: str = names.DRA_DEVICE_CLASS_SHARED, **fields: Any) -> Obj:
+    return {"name": name, "exactly": {"deviceClassName": cls, **fields}}
+
+
+def first_available(name: str, *subs: Obj) -> Obj:
+    return {"name": name, "firstAvailable": [{"name": s["name"], **s["exactly"]} for s in subs]}
+
+
+SHARE: dict[str, Any] = {"capacity": {"requests": {"cores": "50", "memory": "40Gi"}}}
+CORES_ONLY: dict[str, Any] = {"capacity": {"requests": {"cores": "50"}}}
+UNHEALTHY = {"key": names.DRA_TAINT_UNHEALTHY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def claim(*requests: Obj, template: bool = False) -> Obj:
+    spec = {"devices": {"requests": list(requests)}}
+    if template:
+        return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+                "metadata": {"name": "t", "namespace": "team-a"}, "spec": {"spec": spec}}
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+            "metadata": {"name": "c", "namespace": "team-a"}, "spec": spec}
+
+
+NO_MEMORY = ("states no memory: a share must state capacity.requests.memory (the default is the whole GPU's "
+             "memory)")
+TOLERATES = "tolerates the device taint gpu.fracgpu.io/unhealthy: a failed GPU is never handed out (docs/dra.md)"
+
+
+@pytest.mark.parametrize(("requests", "message"), [
+    ([exact(**SHARE)], None),
+    ([exact(capacity={"requests": {"memory": "10Gi"}})], None),
+    ([exact(capacity={"requests": {"cores": "50", "gpu.fracgpu.io/memory": "10Gi"}})], None),
+    ([exact(**CORES_ONLY)], f"request gpu of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact()], f"request gpu of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact("a", **SHARE), exact("b", capacity={})], f"request b of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, count=2)], None),  # whole GPUs: no capacity is the point
+    ([exact(cls="gpu.nvidia.com", **CORES_ONLY)], None),  # another driver's class: not fracgpu's business
+    ([first_available("gpu", exact("big", **SHARE), exact("small", **CORES_ONLY))],
+     f"request gpu/small of class vgpu.fracgpu.io {NO_MEMORY}"),
+    ([first_available("gpu", exact("share", **SHARE), exact("whole", cls=names.DRA_DEVICE_CLASS))], None),
+    ([exact(**SHARE, tolerations=[UNHEALTHY])], f"request gpu of class vgpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, tolerations=[{"key": names.DRA_TAINT_UNHEALTHY, "operator": "Equal",
+                                                      "value": "XID-79"}])],
+     f"request gpu of class gpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls=names.DRA_DEVICE_CLASS, tolerations=[{"operator": "Exists"}])],
+     f"request gpu of class gpu.fracgpu.io {TOLERATES}"),  # an empty key with Exists tolerates every taint
+    ([exact(**SHARE, tolerations=[{"key": "example.com/maintenance", "operator": "Exists"}])], None),
+    ([first_available("gpu", exact("s", cls=names.DRA_DEVICE_CLASS, tolerations=[UNHEALTHY]))],
+     f"request gpu/s of class gpu.fracgpu.io {TOLERATES}"),
+    ([exact(cls="gpu.nvidia.com", tolerations=[UNHEALTHY])], None),
+    ([], None),
+], ids=["share", "memory only", "qualified memory", "cores only", "no capacity", "second request",
+        "whole gpus", "other driver", "subrequest without memory", "subrequests fine", "tolerates unhealthy",
+        "tolerates unhealthy Equal", "tolerates everything", "other toleration", "subrequest tolerates",
+        "other driver tolerates", "no requests"])
+@pytest.mark.parametrize("template", [False, True], ids=["claim", "template"])
+def test_the_claims_policy(requests: list[Obj], message: str | None, template: bool) -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    binding = named("ValidatingAdmissionPolicyBinding", CLAIMS_POLICY)
+    assert binding["spec"] == {"policyName": CLAIMS_POLICY, "validationActions": ["Deny"]}
+    resource = "resourceclaimtemplates" if template else "resourceclaims"
+    outcome = run_policy(policy, Request("alice", "CREATE", resource, claim(*requests, template=template),
+                                         group="resource.k8s.io"))
+    assert outcome.matched
+    assert outcome.denials == (() if message is None else (message,))
+
+
+def test_the_claims_policy_leaves_metadata_updates_and_status_alone() -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    old = claim(exact(**CORES_ONLY))  # a claim from before the policy: its finalizer must still come off
+    new = {**old, "metadata": {**old["metadata"], "finalizers": []}}
+    update = Request("system:serviceaccount:kube-system:resource-claim-controller", "UPDATE", "resourceclaims",
+                     new, old, group="resource.k8s.io")
+    assert not run_policy(policy, update).matched
+    status = Request("system:kube-scheduler", "UPDATE", "resourceclaims", new, old, subresource="status",
+                     group="resource.k8s.io")
+    assert not run_policy(policy, status).matched
+    changed = {**old, "spec": claim(exact(**SHARE, tolerations=[UNHEALTHY]))["spec"]}
+    outcome = run_policy(policy, Request("alice", "UPDATE", "resourceclaims", changed, old, group="resource.k8s.io"))
+    assert outcome.denials == (f"request gpu of class vgpu.fracgpu.io {TOLERATES}",)
+
+
+def test_the_example_claims_pass_the_claims_policy() -> None:
+    policy = named("ValidatingAdmissionPolicy", CLAIMS_POLICY)
+    for obj in examples():
+        resource = {"ResourceClaim": "resourceclaims", "ResourceClaimTemplate": "resourceclaimtemplates"}
+        if obj["kind"] in resource:
+            outcome = run_policy(policy, Request("alice", "CREATE", resource[obj["kind"]], obj,
+                                                 group="resource.k8s.io"))
+            assert outcome.matched and outcome.allowed, (obj["metadata"]["name"], outcome.denials)
 
 
 # -- the DaemonSet and the program agree --------------------------------------------------------------------

@@ -45,13 +45,15 @@ def env(*names_: str) -> dict[str, Any]:
     return {"env": [{"name": n, "value": "all"} for n in names_]}
 
 
-def off_gpu_nodes(*expressions: dict[str, Any]) -> dict[str, Any]:
-    """A required node affinity with one term per expression."""
+def off_gpu_nodes(*expressions: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """A required node affinity with one term per argument (an expression, or a list of them ANDed)."""
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [e]} for e in expressions]}}}
+        "nodeSelectorTerms": [{"matchExpressions": e if isinstance(e, list) else [e]} for e in expressions]}}}
 
 
 NOT_ENABLED = {"key": names.LABEL_ENABLED, "operator": "DoesNotExist"}
+NOT_DRA = {"key": names.LABEL_DRA, "operator": "DoesNotExist"}
+OFF_BOTH = [NOT_ENABLED, NOT_DRA]  # one term: off the device plugin's nodes and off the DRA nodes
 HOST_DEV = {"name": "dev", "hostPath": {"path": "/dev/nvidia0", "type": "CharDevice"}}
 
 
@@ -159,15 +161,32 @@ CASES = [
     Case("kube-system (kube-proxy, CNI and CSI agents)",
          create(pod(container(securityContext={"privileged": True}), namespace="kube-system"))),
     Case("node affinity keeps the pod off opted-in nodes",
-         create(pod(container(securityContext={"privileged": True}), affinity=off_gpu_nodes(NOT_ENABLED)))),
+         create(pod(container(securityContext={"privileged": True}), affinity=off_gpu_nodes(OFF_BOTH)))),
     Case("NotIn [true] keeps it off too",
          create(pod(volumes=[HOST_DEV], affinity=off_gpu_nodes(
-             {"key": names.LABEL_ENABLED, "operator": "NotIn", "values": ["true"]})))),
-    Case("a nodeSelector on another value of the opt-in label",
-         create(pod(hostPID=True, nodeSelector={names.LABEL_ENABLED: "false"}))),
+             [{"key": names.LABEL_ENABLED, "operator": "NotIn", "values": ["true"]},
+              {"key": names.LABEL_DRA, "operator": "NotIn", "values": ["true"]}])))),
+    Case("a nodeSelector on another value of both opt-in labels",
+         create(pod(hostPID=True, nodeSelector={names.LABEL_ENABLED: "false", names.LABEL_DRA: "false"}))),
     Case("one affinity term of two still reaches GPU nodes",
-         create(pod(hostPID=True, affinity=off_gpu_nodes(NOT_ENABLED, {"key": "zone", "operator": "Exists"}))),
+         create(pod(hostPID=True, affinity=off_gpu_nodes(OFF_BOTH, {"key": "zone", "operator": "Exists"}))),
          "shares the PID namespace"),
+    # --- the DRA path: nodes labelled fracgpu.io/dra=true, where the driver's CDI spec sets the GPU env --
+    Case("off the device plugin's nodes only: it may still land on a DRA node",
+         create(pod(container(**env("NVIDIA_VISIBLE_DEVICES")), affinity=off_gpu_nodes(NOT_ENABLED))),
+         "container main sets NVIDIA_VISIBLE_DEVICES"),
+    Case("off the DRA nodes only: it may still land on a device plugin node",
+         create(pod(hostPID=True, affinity=off_gpu_nodes(NOT_DRA))), "shares the PID namespace"),
+    Case("nodeSelector fracgpu.io/dra=true is a GPU pod",
+         create(pod(container(securityContext={"privileged": True}), nodeSelector={names.LABEL_DRA: "true"})),
+         "container main is privileged"),
+    Case("a nodeSelector off the device plugin's nodes and an affinity off the DRA nodes",
+         create(pod(hostIPC=True, nodeSelector={names.LABEL_ENABLED: "false"}, affinity=off_gpu_nodes(NOT_DRA)))),
+    Case("a nodeSelector on another value of the device plugin label only",
+         create(pod(hostPID=True, nodeSelector={names.LABEL_ENABLED: "false"})), "shares the PID namespace"),
+    Case("In without true for the DRA label, in every term",
+         create(pod(volumes=[HOST_DEV], affinity=off_gpu_nodes(
+             [NOT_ENABLED, {"key": names.LABEL_DRA, "operator": "In", "values": ["false"]}])))),
     Case("a preferred affinity proves nothing",
          create(pod(hostPID=True, affinity={"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
              {"weight": 1, "preference": {"matchExpressions": [NOT_ENABLED]}}]}})), "shares the PID namespace"),

@@ -37,6 +37,14 @@ AHEAD_OF_CODE: dict[str, dict[tuple[str, str, str], str]] = {
         ("", "namespaces", "get"): "direct reads outside the cache",
         ("", "pods", "get"): "idempotent re-bind reads the pod (KubeWriter.bind_pod on 409)",
         ("", "events", "create"): "Events on TenantQuotas selected twice (docs/quotas.md)",
+        **{("resource.k8s.io", resource, verb): "fracgpu's DRA allocator (issue 17 item 3), being written"
+           for resource, verbs in (("resourceslices", ("get", "list", "watch")),
+                                   ("resourceclaimtemplates", ("get", "list", "watch")),
+                                   ("deviceclasses", ("get", "list", "watch")),
+                                   ("resourceclaims", ("get", "list", "watch", "update", "patch")),
+                                   ("resourceclaims/status", ("update", "patch")),
+                                   ("resourceclaims/binding", ("update", "patch")))
+           for verb in verbs},
     },
     "fracgpu-controller": {
         ("", "pods", "get"): "direct reads outside the cache",
@@ -210,6 +218,14 @@ def test_every_request_of_a_component_is_allowed_and_every_rule_used(account: st
         ("fracgpu-controller", Access("update", "coordination.k8s.io", "leases", namespace=NS,
                                       name="fracgpu-extender")),
         ("fracgpu-extender", Access("update", "fracgpu.io", "tenantquotas", name="team-a")),
+        # DRA: it allocates claims; the devices are the drivers', the claims and classes their owners'
+        ("fracgpu-extender", Access("create", "resource.k8s.io", "resourceslices")),
+        ("fracgpu-extender", Access("delete", "resource.k8s.io", "resourceslices", name=f"{NODE}-gpu.fracgpu.io")),
+        ("fracgpu-extender", Access("create", "resource.k8s.io", "resourceclaims", namespace="team-a")),
+        ("fracgpu-extender", Access("delete", "resource.k8s.io", "resourceclaims", namespace="team-a", name="c")),
+        ("fracgpu-extender", Access("update", "resource.k8s.io", "deviceclasses", name="vgpu.fracgpu.io")),
+        ("fracgpu-extender", Access("update", "resource.k8s.io", "resourceclaims", "driver", namespace="team-a",
+                                    name="c")),
         ("fracgpu-controller", Access("delete", "", "pods", namespace="team-a", name="x")),
         ("fracgpu-controller", Access("create", "", "pods", "binding", namespace="team-a", name="x")),
         ("fracgpu-controller", Access("create", "batch", "jobs", namespace="team-a")),
@@ -225,6 +241,33 @@ def test_every_request_of_a_component_is_allowed_and_every_rule_used(account: st
 )
 def test_what_a_component_may_not_do(account: str, access: Access) -> None:
     assert not authorized(account, access)
+
+
+# What an allocator of claims does, as kube-scheduler's DRA plugin does it: watch devices, classes, claims and
+# templates; add the finalizer (claim update); write status.allocation, which since Kubernetes 1.36
+# (DRAResourceClaimGranularStatusAuthorization) needs resourceclaims/binding next to resourceclaims/status
+# (kubernetes.io/docs/tasks/administer-cluster/hardening-dra/).
+DRA_ALLOCATOR = [
+    Access("list", "resource.k8s.io", "resourceslices"),
+    Access("watch", "resource.k8s.io", "resourceslices"),
+    Access("get", "resource.k8s.io", "deviceclasses", name="vgpu.fracgpu.io"),
+    Access("watch", "resource.k8s.io", "deviceclasses"),
+    Access("list", "resource.k8s.io", "resourceclaimtemplates"),
+    Access("watch", "resource.k8s.io", "resourceclaims"),
+    Access("get", "resource.k8s.io", "resourceclaims", namespace="team-a", name="c"),
+    Access("update", "resource.k8s.io", "resourceclaims", namespace="team-a", name="c"),
+    Access("patch", "resource.k8s.io", "resourceclaims", namespace="team-a", name="c"),
+    Access("update", "resource.k8s.io", "resourceclaims", "status", namespace="team-a", name="c"),
+    Access("patch", "resource.k8s.io", "resourceclaims", "status", namespace="team-a", name="c"),
+    Access("update", "resource.k8s.io", "resourceclaims", "binding", namespace="team-a", name="c"),
+    Access("patch", "resource.k8s.io", "resourceclaims", "binding", namespace="team-a", name="c"),
+]
+
+
+@pytest.mark.parametrize("access", DRA_ALLOCATOR,
+                         ids=lambda a: f"{a.verb} {a.resource}/{a.subresource} {a.namespace}/{a.name}")
+def test_the_extender_may_allocate_dra_claims(access: Access) -> None:
+    assert authorized("fracgpu-extender", access)
 
 
 def test_the_scheduler_may_hold_only_its_own_lease() -> None:
