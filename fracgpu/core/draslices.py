@@ -478,3 +478,10 @@ def gpus_from_devices(devices: Sequence[Device]) -> tuple[GpuInfo, ...]:
                       if p.uuid != g.uuid and domain[g.uuid] >= 0 and domain[p.uuid] == domain[g.uuid])
         out.append(replace(g, links=peers))
     return tuple(sorted(out, key=lambda x: x.index))
+
+
+def device_allocator(dev: Device) -> str:
+    """Who allocates the device to claims (its ``allocator`` attribute, with or without the domain); "" if
+    it does not say (a driver older than the attribute)."""
+    a = dev.attributes.get(DRA_ATTR_ALLOCATOR) or dev.attributes.get(f"{DRA_DRIVER}/{DRA_ATTR_ALLOCATOR}")
+    return str(a.value) if a is not None and a.kind == "string" else ""

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 EVENT_REASON = "FailedGPUAllocation"
 REVOKED = "node(s) where kube-scheduler undid this pod's allocation in the last 5 minutes"
+NO_NODE = ("no node labelled fracgpu.io/dra=true publishes GPUs whose allocator is fracgpu (fracgpu dra-driver "
+           "--allocator)")
 PARTIAL_GRACE_S = 30.0  # a pod seen half-allocated this long (and not by a write in flight) is undone
 
 Obj = Mapping[str, Any]
@@ -120,7 +122,7 @@ class Allocator:
             why = REVOKED if candidate in revoked else node_refusal(w.raw, obj)
             (refused.append(why) if why else names.append(candidate))
         if not names:
-            self._tell(w, nodes_unavailable(refused) if refused else "no node is labelled fracgpu.io/dra=true")
+            self._tell(w, nodes_unavailable(refused) if refused else NO_NODE)
             return 0
         result = self.scheduler.filter(ExtenderArgs(pod=w.pod, node_names=tuple(names)))
         if result.error:

@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fracgpu.api.v1beta1.dra.resource import ResourceClaim
+from fracgpu.api.v1beta1.dra.resource import ResourceClaim, ResourceSlice
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo
-from fracgpu.api.v1beta1.names import DRA_DRIVER, LABEL_DRA
+from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_DRIVER, LABEL_DRA
+from fracgpu.core.draslices import device_allocator
 from fracgpu.core.drasnapshot import PodDra, lower_node, lower_pod, pool_inventories
 from fracgpu.core.snapshot import node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
@@ -77,6 +78,18 @@ def _refs(pod: Obj) -> tuple[set[str], set[str]]:
     return claims, templates
 
 
+def _allocators(slices: list[Obj]) -> set[str]:
+    """Who allocates the devices of a pool's newest generation (the devices' `allocator` attribute)."""
+    parsed = []
+    for raw in slices:
+        try:
+            parsed.append(ResourceSlice.from_json(raw))
+        except InvalidDocument:
+            continue
+    newest = max((s.spec.pool.generation for s in parsed), default=0)
+    return {device_allocator(d) for s in parsed if s.spec.pool.generation == newest for d in s.spec.devices}
+
+
 def _allocated_pool(claim: Obj) -> str:
     try:
         c = ResourceClaim.from_json(claim)
@@ -123,6 +136,7 @@ class DraView:
         self._nodes: dict[str, Obj] = {}  # DRA nodes (labelled), raw
         self._slices: dict[str, dict[str, Obj]] = {}  # pool -> slice name -> slice
         self._devices: dict[str, Mapping[str, GpuInfo]] = {}  # node -> device name -> GPU
+        self._ours: set[str] = set()  # nodes whose every device says allocator: fracgpu
         self._claims: dict[str, Obj] = {}
         self._templates: dict[str, Obj] = {}
         self._pods: dict[str, _Pod] = {}
@@ -139,6 +153,7 @@ class DraView:
             if not is_dra_node(obj):
                 if self._nodes.pop(name, None) is not None:
                     self._devices.pop(name, None)
+                    self._ours.discard(name)
                 return False
             self._nodes[name] = obj
             self._lower_node(name, obj)
@@ -149,6 +164,7 @@ class DraView:
         with self._lock:
             self._nodes.pop(name, None)
             self._devices.pop(name, None)
+            self._ours.discard(name)
 
     def apply_slice(self, obj: Obj, deleted: bool = False) -> None:
         spec = obj.get("spec")
@@ -172,7 +188,12 @@ class DraView:
         self.changed.set()
 
     def _lower_node(self, name: str, raw: Obj) -> None:
-        inventories, problems = pool_inventories(list(self._slices.get(name, {}).values()))
+        slices = list(self._slices.get(name, {}).values())
+        if _allocators(slices) == {DRA_ALLOCATOR_FRACGPU}:
+            self._ours.add(name)
+        else:  # kube-scheduler allocates them (or an older driver does not say): never fracgpu
+            self._ours.discard(name)
+        inventories, problems = pool_inventories(slices)
         ln = lower_node(raw, inventories, problems)
         self._devices[name] = ln.devices
         rec = node_record(ln.obj, self._scheduler.cached_node(name))
@@ -281,9 +302,9 @@ class DraView:
             return frozenset(nodes)
 
     def nodes(self) -> dict[str, Obj]:
-        """The DRA nodes (raw), for the allocator's node checks."""
+        """The DRA nodes (raw) whose devices fracgpu allocates, for the allocator."""
         with self._lock:
-            return dict(self._nodes)
+            return {n: obj for n, obj in self._nodes.items() if n in self._ours}
 
     def devices(self, node: str) -> Mapping[str, GpuInfo]:
         with self._lock:

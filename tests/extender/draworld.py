@@ -50,9 +50,9 @@ def dra_node(name: str, *, labels: dict[str, str] | None = None, taints: list[Ob
             "status": {"allocatable": {"cpu": "64", "memory": "512Gi"}}}
 
 
-def pool(node: str, inventory: tuple[GpuInfo, ...], generation: int = 1) -> list[Obj]:
-    """The node's ResourceSlices exactly as `fracgpu dra-driver` publishes them."""
-    return [s.to_json() for s in build_slices(node, node_devices(inventory), generation)]
+def pool(node: str, inventory: tuple[GpuInfo, ...], generation: int = 1, allocator: str = "fracgpu") -> list[Obj]:
+    """The node's ResourceSlices exactly as `fracgpu dra-driver --allocator <allocator>` publishes them."""
+    return [s.to_json() for s in build_slices(node, node_devices(inventory, allocator=allocator), generation)]
 
 
 def share_template(name: str, cores: int, memory: str | None, namespace: str = "default") -> Obj:

@@ -334,3 +334,18 @@ def test_the_queue_takes_the_higher_priority_pod_first(cluster: DraCluster) -> N
     place(cluster, old, urgent)
     assert cluster.allocator.run_once() == 1
     assert cluster.results(urgent) and not cluster.results(old)
+
+
+def test_a_node_kube_scheduler_allocates_is_never_chosen(cluster: DraCluster) -> None:
+    """A driver run with --allocator kube-scheduler hands its devices to the scheduler's first fit: fracgpu
+    must not allocate them too (two allocators on one GPU race). Its claims still count for quotas."""
+    cluster.apiserver.seed(dra_node("theirs"), *pool("theirs", gpus("theirs", 4), allocator="kube-scheduler"),
+                           dra_node("mine"), *pool("mine", gpus("mine", 1)))
+    cluster.settle(lambda: bool(cluster.view.devices("theirs")) and bool(cluster.view.devices("mine")))
+    cluster.apiserver.seed(whole_template("one", 1))
+    first, second = claim_pod("first", ["one"]), claim_pod("second", ["one"])
+    place(cluster, first, second)
+    assert cluster.allocator.run_once() == 1
+    assert {r["pool"] for r in cluster.results(first)} == {"mine"}
+    assert cluster.results(second) == []
+    assert cluster.events("second") == ["0/1 nodes are available: 1 no whole free GPU"]  # "theirs" is not a candidate
