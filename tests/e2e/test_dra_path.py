@@ -29,17 +29,17 @@ def path(world: DraWorld) -> Iterator[tuple[DraWorld, DraCluster]]:  # noqa: F81
     world.start_driver()
     world.kubelet.wait_registered(DRA_DRIVER)
     for cluster in started(world.apiserver):
-        cluster.settle(lambda: len(cluster.view.devices(NODE)) == 4)
+        cluster.settle(lambda c=cluster: len(c.view.devices(NODE)) == 4)  # type: ignore[misc]
         yield world, cluster
 
 
-def prepared_env(world: DraWorld, claim: dict[str, object]) -> dict[str, str]:
+def prepared_env(node: DraWorld, claim: dict[str, object]) -> dict[str, str]:
     meta = claim["metadata"]
     assert isinstance(meta, dict)
-    answer = world.kubelet.prepare(DRA_DRIVER, [(meta["namespace"], meta["name"], meta["uid"])])
+    answer = node.kubelet.prepare(DRA_DRIVER, [(meta["namespace"], meta["name"], meta["uid"])])
     entry = answer.claims[meta["uid"]]
     assert entry.error == "", entry.error
-    spec = json.loads((Path(world.cdi_dir) / f"fracgpu-claim-{meta['uid']}.json").read_text())
+    spec = json.loads((Path(node.cdi_dir) / f"fracgpu-claim-{meta['uid']}.json").read_text())
     (device,) = spec["devices"]
     return dict(line.split("=", 1) for line in device["containerEdits"]["env"])
 
@@ -47,8 +47,8 @@ def prepared_env(world: DraWorld, claim: dict[str, object]) -> dict[str, str]:
 def test_a_claim_fracgpu_allocates_is_prepared_with_its_share(path: tuple[DraWorld, DraCluster]) -> None:
     """Allocated by the extender, placed by kube-scheduler, prepared by the driver: the container's env
     carries the share the claim asked for, on the GPU the allocation names."""
-    world, cluster = path
-    world.apiserver.seed(share_template("half", 50, "40Gi"))
+    node, cluster = path
+    node.apiserver.seed(share_template("half", 50, "40Gi"))
     pod = claim_pod("train", ["half"])
     cluster.create_pod(pod)
     cluster.settle(lambda: "default/train" in cluster.waiting())
@@ -56,8 +56,8 @@ def test_a_claim_fracgpu_allocates_is_prepared_with_its_share(path: tuple[DraWor
     assert cluster.schedule(pod) == NODE
     [claim] = cluster.claims_of(pod)
     [result] = claim["status"]["allocation"]["devices"]["results"]
-    env = prepared_env(world, claim)
-    gpu = next(g for g in world.backend.inventory() if world.device(g.index) == result["device"])
+    env = prepared_env(node, claim)
+    gpu = next(g for g in node.backend.inventory() if node.device(g.index) == result["device"])
     assert env["NVIDIA_VISIBLE_DEVICES"] == gpu.uuid
     assert (env["FRACGPU_CORE_PERCENT"], env["FRACGPU_VRAM_LIMIT"]) == ("50", str(40 * GI))
     assert env["FRACGPU_CLAIM"] == "default/train-c0"
@@ -66,18 +66,18 @@ def test_a_claim_fracgpu_allocates_is_prepared_with_its_share(path: tuple[DraWor
 def test_a_gpu_that_fails_is_not_allocated_again(path: tuple[DraWorld, DraCluster]) -> None:
     """The driver taints a failed GPU in its slice; the extender reads the taint as unhealthy and places
     the next claims on the other GPUs only."""
-    world, cluster = path
-    failed = world.backend.inventory()[0]
-    world.backend.set_unhealthy(failed.uuid, "XID 79")
+    node, cluster = path
+    failed = node.backend.inventory()[0]
+    node.backend.set_unhealthy(failed.uuid, "XID 79")
     cluster.settle(lambda: not next(g for g in cluster.view.devices(NODE).values() if g.uuid == failed.uuid).healthy)
-    world.apiserver.seed(whole_template("one", 1))
+    node.apiserver.seed(whole_template("one", 1))
     pods = [claim_pod(f"w{i}", ["one"]) for i in range(4)]
     for p in pods:
         cluster.create_pod(p)
     cluster.settle(lambda: {f"default/w{i}" for i in range(4)} <= cluster.waiting())
     assert cluster.allocator.run_once() == 3
     used = {r["device"] for p in pods for r in cluster.results(p)}
-    assert len(used) == 3 and world.device(0) not in used
+    assert len(used) == 3 and node.device(0) not in used
     [refused] = [p for p in pods if not cluster.results(p)]
     [told] = cluster.events(refused["metadata"]["name"])
     assert "unhealthy" in told, told
