@@ -10,7 +10,7 @@ plugins (component-helpers/scheduling/corev1/nodeaffinity, v1.Toleration.Tolerat
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 UNSCHEDULABLE = "node(s) were unschedulable"
@@ -76,28 +76,40 @@ def tolerates(tolerations: Sequence[Any], taint: Mapping[str, Any]) -> bool:
 def node_refusal(pod: Mapping[str, Any], node: Mapping[str, Any]) -> str:
     """Why kube-scheduler would not put the pod on the node ("" = it might): the first refusal in its
     default filter order (NodeUnschedulable, TaintToleration, NodeAffinity), as it reports one per node."""
+    return refusal_of(pod)(node)
+
+
+def refusal_of(pod: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
+    """`node_refusal` for one pod, its selector, affinity and tolerations read once (a pass over every
+    node asks the same pod about each)."""
     spec = _map(pod.get("spec"))
-    nspec, meta = _map(node.get("spec")), _map(node.get("metadata"))
     tolerations = _list(spec.get("tolerations"))
-    unschedulable_taint = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
-    if nspec.get("unschedulable") is True and not tolerates(tolerations, unschedulable_taint):
-        return UNSCHEDULABLE
-    for taint in _list(nspec.get("taints")):
-        if isinstance(taint, Mapping) and taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(
-                tolerations, taint):
-            value = taint.get("value")
-            shown = f"{taint.get('key')}: {value}" if value else str(taint.get("key"))
-            return f"node(s) had untolerated taint {{{shown}}}"
-    labels = {str(k): str(v) for k, v in _map(meta.get("labels")).items()}
-    name = str(meta.get("name") or "")
-    if any(labels.get(str(k)) != str(v) for k, v in _map(spec.get("nodeSelector")).items()):
-        return AFFINITY
+    selector = {str(k): str(v) for k, v in _map(spec.get("nodeSelector")).items()}
     required = _map(_map(_map(spec.get("affinity")).get("nodeAffinity")).get(
         "requiredDuringSchedulingIgnoredDuringExecution"))
-    terms = _list(required.get("nodeSelectorTerms"))
-    if required and not any(isinstance(t, Mapping) and _term(t, name, labels) for t in terms):
-        return AFFINITY
-    return ""
+    terms = [t for t in _list(required.get("nodeSelectorTerms")) if isinstance(t, Mapping)]
+    unschedulable_ok = tolerates(tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"})
+
+    def refusal(node: Mapping[str, Any]) -> str:
+        nspec, meta = _map(node.get("spec")), _map(node.get("metadata"))
+        if nspec.get("unschedulable") is True and not unschedulable_ok:
+            return UNSCHEDULABLE
+        for taint in _list(nspec.get("taints")):
+            if isinstance(taint, Mapping) and taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(
+                    tolerations, taint):
+                value = taint.get("value")
+                shown = f"{taint.get('key')}: {value}" if value else str(taint.get("key"))
+                return f"node(s) had untolerated taint {{{shown}}}"
+        if not selector and not required:
+            return ""
+        labels = _map(meta.get("labels"))
+        if any(labels.get(k) != v for k, v in selector.items()):
+            return AFFINITY
+        if required and not any(_term(t, str(meta.get("name") or ""), labels) for t in terms):
+            return AFFINITY
+        return ""
+
+    return refusal
 
 
 def nodes_unavailable(reasons: Sequence[str]) -> str:
@@ -109,4 +121,4 @@ def nodes_unavailable(reasons: Sequence[str]) -> str:
     return f"0/{len(reasons)} nodes are available: {grouped}"
 
 
-__all__ = ["AFFINITY", "UNSCHEDULABLE", "node_refusal", "nodes_unavailable", "tolerates"]
+__all__ = ["AFFINITY", "UNSCHEDULABLE", "node_refusal", "nodes_unavailable", "refusal_of", "tolerates"]

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from fracgpu.api.v1beta1.extender import ExtenderArgs, ExtenderBindingArgs
 from fracgpu.core.draallocation import allocated_claim, claim_allocations, placed_on
-from fracgpu.core.nodematch import node_refusal, nodes_unavailable
+from fracgpu.core.nodematch import nodes_unavailable, refusal_of
 from fracgpu.extender.dracache import DraView, Waiting, obj_key
 from fracgpu.extender.leader import Leadership
 from fracgpu.extender.scheduler import BindRefused, Scheduler
@@ -118,8 +118,9 @@ class Allocator:
         refused: list[str] = []
         names: list[str] = []
         revoked = self.view.revoked(w.key)
+        node_refusal = refusal_of(w.raw)
         for candidate, obj in sorted(self.view.nodes().items()):
-            why = REVOKED if candidate in revoked else node_refusal(w.raw, obj)
+            why = REVOKED if candidate in revoked else node_refusal(obj)
             (refused.append(why) if why else names.append(candidate))
         if not names:
             self._tell(w, nodes_unavailable(refused) if refused else NO_NODE)

@@ -141,6 +141,8 @@ class DraView:
         self._templates: dict[str, Obj] = {}
         self._pods: dict[str, _Pod] = {}
         self._by_claim: dict[str, set[str]] = {}  # claim key -> pod keys naming it
+        self._waiting: set[str] = set()  # pods the allocator has to place (Waiting)
+        self._partial: set[str] = set()  # pods half-allocated (Partial)
         self._revoked: dict[str, dict[str, float]] = {}  # pod key -> node -> when its allocation was undone
         self.changed = threading.Event()  # set on every change: the allocator's wake-up
 
@@ -239,6 +241,8 @@ class DraView:
     def delete_pod(self, key: str) -> None:
         with self._lock:
             p = self._pods.pop(key, None)
+            self._waiting.discard(key)
+            self._partial.discard(key)
             if p is not None:
                 for c in p.claims:
                     self._by_claim.get(c, set()).discard(key)
@@ -260,6 +264,16 @@ class DraView:
         spec = lp.obj.get("spec")
         node = str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
         self._pods[key] = _Pod(raw, lp.dra, lp.obj, lp.problem, claims, templates, node)
+        d, unbound = lp.dra, not _bound_node(raw)
+        if d is not None and unbound and not d.node and not d.generating and d.claims and not _meta(raw).get(
+                "deletionTimestamp"):
+            self._waiting.add(key)  # its fracgpu claims all exist and none is allocated
+        else:
+            self._waiting.discard(key)
+        if d is not None and unbound and d.partial:
+            self._partial.add(key)
+        else:
+            self._partial.discard(key)
         for c in claims:
             self._by_claim.setdefault(c, set()).add(key)
         rec = replace(pod_record(lp.obj), claims=lp.dra is not None)
@@ -274,23 +288,19 @@ class DraView:
     def waiting(self) -> list[Waiting]:
         with self._lock:
             out = []
-            for key, p in self._pods.items():
-                d = p.dra
-                if d is None or _bound_node(p.raw) or d.node or d.generating or not d.claims:
-                    continue
-                if _meta(p.raw).get("deletionTimestamp"):
-                    continue
-                out.append(Waiting(key, p.lowered, p.raw, tuple(self._claims[c] for c in d.claims), p.problem))
+            for key in self._waiting:
+                p = self._pods[key]
+                assert p.dra is not None
+                out.append(Waiting(key, p.lowered, p.raw, tuple(self._claims[c] for c in p.dra.claims), p.problem))
             return out
 
     def partial(self) -> list[Partial]:
         with self._lock:
             out = []
-            for key, p in self._pods.items():
-                d = p.dra
-                if d is not None and d.partial and not _bound_node(p.raw):
-                    done = tuple(self._claims[c] for c in d.claims if c not in d.unallocated)
-                    out.append(Partial(key, done))
+            for key in self._partial:
+                d = self._pods[key].dra
+                assert d is not None
+                out.append(Partial(key, tuple(self._claims[c] for c in d.claims if c not in d.unallocated)))
             return out
 
     def revoked(self, key: str) -> frozenset[str]:
