@@ -104,10 +104,13 @@ class Allocator:
             return 0
         self._undo_partial()
         done = 0
-        for w in sorted(self.view.waiting(), key=_sort_key):
+        waiting = sorted(self.view.waiting(), key=_sort_key)
+        for w in waiting:
             if self._stop.is_set():
                 break
             done += self._allocate(w)
+        keys = {w.key for w in waiting}
+        self._told = {k: v for k, v in self._told.items() if k in keys}  # pods gone or placed: forgotten
         return done
 
     # ---- one pod ------------------------------------------------------------------------------
@@ -171,6 +174,7 @@ class Allocator:
     def _roll_back(self, key: str, written: list[dict[str, Any]]) -> None:
         """Claims allocated before a later claim's write failed: cleared, so the pod is whole again."""
         for claim in written:
+            self.view.clearing(obj_key(claim))
             try:
                 self.writer.deallocate_claim(claim)
             except Exception as e:  # left half-allocated: _undo_partial clears it later

@@ -142,6 +142,7 @@ class DraView:
         self._pods: dict[str, _Pod] = {}
         self._by_claim: dict[str, set[str]] = {}  # claim key -> pod keys naming it
         self._waiting: set[str] = set()  # pods the allocator has to place (Waiting)
+        self._clearing: set[str] = set()  # claims the allocator is clearing itself
         self._partial: set[str] = set()  # pods half-allocated (Partial)
         self._revoked: dict[str, dict[str, float]] = {}  # pod key -> node -> when its allocation was undone
         self.changed = threading.Event()  # set on every change: the allocator's wake-up
@@ -212,7 +213,11 @@ class DraView:
                 self._claims[key] = obj
             users = list(self._by_claim.get(key, ()))
             was = _allocated_pool(before) if before is not None else ""
-            if was and (deleted or not _allocated_pool(obj)):
+            cleared = bool(was) and (deleted or not _allocated_pool(obj))
+            ours = cleared and key in self._clearing  # the allocator's own roll back: not a revocation
+            if cleared:
+                self._clearing.discard(key)
+            if cleared and not ours:
                 now = self._clock()
                 for k in users:  # undone before its pod was bound there: kube-scheduler's PostFilter did
                     p = self._pods.get(k)
@@ -302,6 +307,12 @@ class DraView:
                 assert d is not None
                 out.append(Partial(key, tuple(self._claims[c] for c in d.claims if c not in d.unallocated)))
             return out
+
+    def clearing(self, claim_key: str) -> None:
+        """The allocator is about to clear this claim's allocation itself (a roll back): when the watch
+        shows it cleared, that is no sign that kube-scheduler refused the node."""
+        with self._lock:
+            self._clearing.add(claim_key)
 
     def revoked(self, key: str) -> frozenset[str]:
         now = self._clock()

@@ -249,6 +249,11 @@ def test_an_allocation_kube_scheduler_undoes_moves_to_another_node(cluster: DraC
     assert {r["pool"] for r in cluster.results(pod)} == {"n1", "n2"} - {first}
 
 
+def seen_up_to(world: DraCluster, rv: int) -> None:
+    """Until the claim watch has delivered every change up to resourceVersion `rv`."""
+    world.settle(lambda: int(world.cache.reflectors["resourceclaims"].resource_version or 0) >= rv)
+
+
 def test_a_write_cut_short_leaves_no_half_allocation(cluster: DraCluster) -> None:
     """A pod with two claims whose second write fails: the first is rolled back, the pod waits whole,
     and the next pass allocates both."""
@@ -258,13 +263,19 @@ def test_a_write_cut_short_leaves_no_half_allocation(cluster: DraCluster) -> Non
     place(cluster, pod)
     # the first claim carries the finalizer already, so its one write is its status; the second
     # claim's first write (its finalizer) is refused: the first claim's allocation must be undone
-    cluster.apiserver.patch_object("resourceclaims", "pair-c0", {"metadata": {"finalizers": [DRA_CLAIM_FINALIZER]}},
-                                   "default")
-    cluster.settle(lambda: "default/pair" in cluster.waiting())
-    cluster.apiserver.fail_next("PUT", "resourceclaims", 403, times=1)
+    patched = cluster.apiserver.patch_object("resourceclaims", "pair-c0",
+                                             {"metadata": {"finalizers": [DRA_CLAIM_FINALIZER]}}, "default")
+    seen_up_to(cluster, int(patched["metadata"]["resourceVersion"]))
+    cluster.apiserver.fail_next("update", "resourceclaims", 403, times=1)
     assert cluster.allocator.run_once() == 0
     assert cluster.results(pod) == []
-    cluster.settle(lambda: "default/pair" in cluster.waiting())
+    # once the claim watch has shown the first claim allocated and cleared again, that clearing (ours)
+    # is not taken for kube-scheduler refusing the node: the only node stays a candidate
+    seen_up_to(cluster, int(cluster.apiserver.get_object("resourceclaims", "pair-c0", "default")[  # type: ignore[index]
+        "metadata"]["resourceVersion"]))
+    assert [r.verb for r in cluster.apiserver.requests if r.resource == "resourceclaims"][-3:] == [
+        "update", "update", "update"]  # c0's allocation, c1's refused finalizer, c0 rolled back
+    assert cluster.view.revoked("default/pair") == frozenset()
     assert cluster.allocator.run_once() == 1
     results = cluster.results(pod)
     assert len(results) == 2 and len({r["device"] for r in results}) == 2
