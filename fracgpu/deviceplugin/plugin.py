@@ -53,6 +53,7 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.podresources import Holdings, HoldingsSource, NoHoldings
 from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
 from fracgpu.deviceplugin.response import LimiterConfig, container_response
+from fracgpu.kube.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,9 @@ class Plugin:
                 self._jobs.task_done()
 
     def _write(self, namespace: str, name: str, annotations: dict[str, str | None]) -> bool:
+        # a merge patch without resourceVersion never conflicts (no retry_on_conflict): this retries the
+        # transport / server errors, after a pause, and gives up on a deleted pod
+        backoff = Backoff(self.cfg.retry_backoff)
         for attempt in range(self.cfg.write_retries):
             try:
                 self.cluster.patch_pod_annotations(namespace, name, annotations)
@@ -304,7 +308,7 @@ class Plugin:
             except Exception as e:
                 self.metrics.write_errors.inc()
                 log.warning("pod write failed pod=%s/%s attempt=%d error=%s", namespace, name, attempt + 1, e)
-                self._sleep(self.cfg.retry_backoff * 2**attempt)
+                self._sleep(backoff.delay(attempt))
         return False
 
     def _write_assigned(self, key: str, text: str) -> None:
