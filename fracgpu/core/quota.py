@@ -11,7 +11,7 @@ How the extender uses it::
     ledger.set_limits(new_tenants.limits)                               # after a rebuild
 
     # restart / list: every pod with a fracgpu.io/assigned annotation that still holds quota
-    if holds_quota(pod_phase, deleted=False):
+    if not pod_finished(pod_phase):                                     # core.pod
         ledger.charge(key, a.tenant, *charge_of(a))                     # cores, memory
     # watch: pod Succeeded/Failed, or its DELETE event (not its deletionTimestamp)
     ledger.release(key); ledger.dequeue(key)
@@ -35,7 +35,7 @@ without vgpu-memory asks a share of the chosen GPU's memory: check it once per d
 
 A pod holds quota from the bind (the ledger charge) until it is Succeeded/Failed or its object
 is gone, NOT from its deletionTimestamp: the kubelet keeps its devices through the grace period.
-See `holds_quota`.
+See `core.pod.pod_finished`.
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
-from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, holds_quota, refusal
+from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, refusal
 from fracgpu.core.quantity import format_bytes
 from fracgpu.core.tenant import Limits, QuotaError
 
 # A pod's charge (core.charge) is in this module's interface; importable from here too.
 __all__ = [
     "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
-    "charge_of", "holds_quota", "refusal",
+    "charge_of", "refusal",
 ]
 
 LimitsLookup = Callable[[str], Limits | QuotaError]

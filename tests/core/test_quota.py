@@ -46,26 +46,6 @@ def ledger_with(
 TEAM_A = {A: Limits(memory=64 * GI, cores=400)}
 
 
-# -- holds_quota -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("phase", "deleted", "holds"),
-    [
-        ("Pending", False, True),  # bound, containers not started yet
-        ("Running", False, True),  # also with a deletionTimestamp: the grace period still runs (the
-        # extender keeps the charge until the pod ends: tests/extender/test_quota.py terminating pod)
-        ("Unknown", False, True),  # node lost: the devices may still be in use
-        ("", False, True),
-        ("Succeeded", False, False),
-        ("Failed", False, False),
-        ("Running", True, False),  # the object is gone
-    ],
-)
-def test_holds_quota(phase: str, deleted: bool, holds: bool) -> None:
-    assert q.holds_quota(phase, deleted) is holds
-
-
 # -- charges -----------------------------------------------------------------------------------
 
 
