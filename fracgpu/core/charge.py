@@ -1,4 +1,4 @@
-"""A pod's charge against its tenant's quota: the amounts, and the refusal (how long a pod holds them: core.pod.pod_finished).
+"""A pod's charge against its tenant's quota: the amounts and the refusal (held until core.pod.pod_finished).
 
 Pure. Units: `cores` are vgpu-core units summed over the pod's GPUs (a 3-GPU pod: 300); `memory` is
 the VRAM charged, i.e. the VRAM per GPU x the number of GPUs (`Usage.for_pod` computes it).

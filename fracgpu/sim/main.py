@@ -36,7 +36,7 @@ from fracgpu.sim.trace import (
     load_tasks,
     resolve,
 )
-from fracgpu.startup import add_config_flag
+from fracgpu.startup import Flag, add_config_flag, add_flags
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +72,35 @@ PLOT_UPTO = 121.0  # the plot's x axis ends at 120 % arrived
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+FLAGS = (
+    Flag("protocol", "paper: the FGD experiment; cluster: CPU-only pods placed as kube-scheduler would",
+         default="paper", choices=("paper", "cluster")),
+    Flag("policy", f"one of {', '.join(POLICIES)}, a comma list, or 'all'",
+         unset=f"{DEFAULT_POLICY} and {DEFAULT_COMPARE} on the same seeds; with --plot also {PLOT_BASELINE}"),
+    Flag("trace", "task list: a bundled variant (default, gpushare40, ...), a CSV file in the openb pod-list "
+         "format, or a comma list of them", default=DEFAULT_TRACE),
+    Flag("nodes", "node list: gpu_node, all_node, or a CSV file", default=DEFAULT_NODES),
+    Flag("seeds", "seeds, e.g. 42 or 42-51", default="42", type=parse_seeds),
+    Flag("inflation", f"the workload replayed, as a multiple of the cluster's GPU capacity, from "
+         f"{INFLATION_RANGE[0]:g} to {INFLATION_RANGE[1]:g} ({PAPER_INFLATION:g} is the paper's)",
+         default=str(PAPER_INFLATION), type=float),
+    Flag("output", "table, json (with per-run curves) or csv", default="table", choices=("table", "json", "csv"),
+         short="-o"),
+    Flag("plot", "draw unallocated GPU % vs arrived load to FILE (.png, .svg or .pdf; needs matplotlib); replays "
+         "each run to 121 % arrived", metavar="FILE.png", unset="no picture"),
+    Flag("jobs", "parallel runs, at least 1", type=int, short="-j", unset="one per CPU, at most one per run"),
+    Flag("snapshot", "a cluster snapshot (YAML List of Nodes/Pods/...)", metavar="FILE",
+         unset="none, replay --trace"),
+    Flag("pending", "with --snapshot: where would the pending pods fit", switch=True),
+    Flag("full", "replay every task, not only to just past 100 % arrived, where the report is taken", switch=True),
+    Flag("no-progress", "no progress bar (without it, a bar is drawn only when stderr is a terminal)", switch=True),
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fracgpu simulate", description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_config_flag(p, {})
-    p.add_argument("--protocol", choices=("paper", "cluster"), default="paper",
-                   help="paper: the FGD experiment (default); cluster: CPU-only pods placed as kube-scheduler would")
-    p.add_argument("--policy", default=None,
-                   help=f"one of {', '.join(POLICIES)}, a comma list, or 'all' (default {DEFAULT_POLICY} and "
-                        f"{DEFAULT_COMPARE} on the same seeds; with --plot also {PLOT_BASELINE})")
-    p.add_argument("--trace", default=DEFAULT_TRACE, help="task list: a bundled variant (default, gpushare40, ...), "
-                   "a CSV file in the openb pod-list format, or a comma list of them (default default)")
-    p.add_argument("--nodes", default=DEFAULT_NODES, help="node list: gpu_node (default), all_node, or a CSV file")
-    p.add_argument("--seeds", type=parse_seeds, default=[42], help="seeds, e.g. 42 or 42-51 (default 42)")
-    p.add_argument("--inflation", type=float, default=PAPER_INFLATION,
-                   help=f"the workload replayed, as a multiple of the cluster's GPU capacity, from "
-                        f"{INFLATION_RANGE[0]:g} to {INFLATION_RANGE[1]:g} (default 1.3, the paper's)")
-    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",
-                   help="table (default), json (with per-run curves) or csv")
-    p.add_argument("--plot", metavar="FILE.png", help="draw unallocated GPU %% vs arrived load to FILE (.png, .svg or "
-                   ".pdf; needs matplotlib); replays each run to 121 %% arrived (default: no picture)")
-    p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="parallel runs, at least 1 (default: one per CPU, at most one per run)")
-    p.add_argument("--snapshot", metavar="FILE",
-                   help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
-    p.add_argument("--pending", action="store_true",
-                   help="with --snapshot: where would the pending pods fit (default: off)")
-    p.add_argument("--full", action="store_true",
-                   help="replay every task (default: stop just past 100%% arrived, where the report is taken)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (default: a bar, drawn only when stderr is a terminal)")
+    add_flags(p, FLAGS, {})
     return p
 
 

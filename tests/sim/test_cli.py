@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from fracgpu.cli import main as cli_main
+from fracgpu.core.policies import policy_list
 from fracgpu.sim.main import Job, Setting, figure, parse_seeds, render_table, run_job, summarise
 from fracgpu.sim.published import published
-from fracgpu.core.policies import policy_list
 from fracgpu.sim.replay import RunResult, run_paper
 from fracgpu.sim.trace import load_nodes, load_tasks
 
