@@ -33,8 +33,8 @@ from fracgpu.api.v1beta1.extender import ExtenderArgs
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import LABEL_ENABLED, LABEL_ZONE, SCHEDULER_NAME, device_id
 from fracgpu.core.pod import decode_pod
+from fracgpu.core.records import NodeRecord, PodRecord, pod_record
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import NodeRecord, PodRecord, pod_record
 from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig

@@ -75,7 +75,7 @@ def _recovery_job() -> str:
 
 
 def _snapshot_file() -> str:
-    from fracgpu.core.snapshot import KINDS
+    from fracgpu.core.records import KINDS
     from fracgpu.kube import snapshot
 
     return (f"{(inspect.getdoc(snapshot) or '').split(chr(10) + chr(10))[0]} Kinds: "

@@ -60,7 +60,7 @@ from fracgpu.startup import (
 )
 
 if TYPE_CHECKING:
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQu
         default = default_limits(args.default_memory_quota, args.default_core_quota)
     except QuantityError as e:
         raise ConfigError(f"default quota: {e}") from None
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
     from fracgpu.kube import client
 
     # a connection pool of its own: three long watches must not hold up the plugin's writes

@@ -33,7 +33,7 @@ from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
 from fracgpu.kube.httpbody import DEFAULT_BODY_IDLE_TIMEOUT_S, BodyError, read_body
-from fracgpu.kube.tls import certificate_names, peer_certificate
+from fracgpu.servingtls import certificate_names, peer_certificate
 
 log = logging.getLogger(__name__)
 

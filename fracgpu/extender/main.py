@@ -42,8 +42,8 @@ from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
-from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.kube.writer import KubeWriter
+from fracgpu.servingtls import CertificateReloader, make_server_context, reload_task
 from fracgpu.startup import (
     Flag,
     Parser,

@@ -36,8 +36,8 @@ from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.fit import reason_unhealthy_room
 from fracgpu.core.pod import PodObject, decode_pod
 from fracgpu.core.quota import PodKey, TenantSnapshot, charge_of
+from fracgpu.core.records import NamespaceRecord, NodeRecord, PodRecord
 from fracgpu.core.reservation import NoFreeDeviceIds, build_assignment
-from fracgpu.core.snapshot import NamespaceRecord, NodeRecord, PodRecord
 from fracgpu.extender.assume import BindRefused, Failure, Holds
 from fracgpu.extender.config import SchedulerConfig
 from fracgpu.extender.decide import (

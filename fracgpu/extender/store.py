@@ -19,7 +19,7 @@ from fracgpu.api.v1beta1.names import PHASE_ALLOCATING
 from fracgpu.core import confusable
 from fracgpu.core.cluster import ClusterState, GpuUse, IntArray, NodeSpec, PodUse
 from fracgpu.core.quota import PodKey, Usage, charge_of
-from fracgpu.core.snapshot import (
+from fracgpu.core.records import (
     NODE_NO_HEARTBEAT,
     NODE_STALE_HEARTBEAT,
     NodeRecord,

@@ -15,7 +15,7 @@ from fracgpu.core.quota import (
     TenantSnapshot,
 )
 from fracgpu.core.quotastatus import merge_conditions, should_write_status
-from fracgpu.core.snapshot import NamespaceRecord
+from fracgpu.core.records import NamespaceRecord
 from fracgpu.core.tenant import SOURCE_DEFAULT, SOURCE_NONE, Limits, NamespaceInfo, Tenants, tq_tenant
 
 

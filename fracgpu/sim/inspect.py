@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, LABEL_ENABLED, LEASE_PREFIX
-from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
 from fracgpu.kube import errors, objects
 from fracgpu.kube.client import Transport, build_api_client
 from fracgpu.kube.resources import LEASES

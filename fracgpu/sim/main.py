@@ -124,7 +124,7 @@ def run_job(job: Job, progress: Progress | None = None) -> RunResult:
     tasks = load_tasks(resolve(job.trace, "pod"))
     policies = policy_list
     if job.protocol == "cluster":
-        from fracgpu.sim.cluster import cluster_policies
+        from fracgpu.sim.defaultscheduler import cluster_policies
 
         policies = cluster_policies
     return run_paper(nodes, tasks, job.policy, job.seed, policies, inflation=job.inflation,

@@ -1,7 +1,7 @@
 """A cluster from a snapshot file, for `fracgpu inspect` and `fracgpu simulate --snapshot FILE --pending`.
 
 The snapshot is a `kubectl get -o yaml` style List of Nodes (with fracgpu's inventory annotation),
-Pods, Namespaces and TenantQuotas; objects are parsed by the core (`fracgpu.core.snapshot`, the same
+Pods, Namespaces and TenantQuotas; objects are parsed by the core (`fracgpu.core.records`, the same
 functions the extender uses), placed into a ClusterState, and pending pods are ranked by the same
 `ranking.rank` the extender uses. The tie-break priority is the extender's rule (crc32 of the node
 name), so the what-if answer is the extender's answer for the same cache.
@@ -23,8 +23,7 @@ from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
 from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
 from fracgpu.core.ranking import Weighted, rank
-from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
-from fracgpu.core.snapshot import (
+from fracgpu.core.records import (
     NODE_NO_INVENTORY,
     NodeRecord,
     PodRecord,
@@ -34,6 +33,7 @@ from fracgpu.core.snapshot import (
     node_record,
     pod_record,
 )
+from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
 from fracgpu.core.tenant import SOURCE_NAMESPACE, SOURCE_TENANTQUOTA, Limits, NamespaceInfo, QuotaError, Tenants
 from fracgpu.core.workload import WorkloadHistogram, shape_of
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot

@@ -31,8 +31,8 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.core.quota import Usage
 from fracgpu.core.tenant import UNLIMITED, Limits, default_limits
 from fracgpu.deviceplugin.kubecluster import KubeCluster
-from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
 from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Admission, Container
 from tests.deviceplugin.world import NODE, World, wait_until

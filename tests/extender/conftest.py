@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from fracgpu.core.snapshot import parse_list
+from fracgpu.core.records import parse_list
 from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.metrics import Metrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig

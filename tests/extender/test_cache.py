@@ -12,7 +12,7 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, DEFAULT_NAMESPACE, lease_name
-from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
+from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
 from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.decide import RETRY_ALLOCATING, UNKNOWN_NODE

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fracgpu.extender.app import make_app
 from fracgpu.extender.main import build_tls, parse_args
-from fracgpu.kube.tls import CertificateReloader, make_server_context
+from fracgpu.servingtls import CertificateReloader, make_server_context
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import World, build_world
 

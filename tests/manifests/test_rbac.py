@@ -89,7 +89,7 @@ def _world(server: FakeApiServer) -> None:
 def device_plugin_session(server: FakeApiServer, writer: KubeWriter) -> None:
     from fracgpu.deviceplugin.cluster import PodEvent
     from fracgpu.deviceplugin.kubecluster import KubeCluster
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 
     # the quota re-check's reflectors (TenantQuotas, Namespaces, fracgpu pods cluster-wide)
     quota = KubeTenantQuotas(_reader(server))
@@ -137,7 +137,7 @@ def extender_session(server: FakeApiServer, writer: KubeWriter) -> None:
 
 
 def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
-    from fracgpu.controller.kubeio import ControllerWriter
+    from fracgpu.controller.writer import ControllerWriter
     from fracgpu.kube.leader import KubeLeaseStore
     from fracgpu.kube.objects import ObjectRef
 

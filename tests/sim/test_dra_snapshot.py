@@ -19,7 +19,7 @@ from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY
 from fracgpu.cli import main as cli_main
 from fracgpu.core.draslices import node_devices, same_devices
-from fracgpu.core.snapshot import parse_list
+from fracgpu.core.records import parse_list
 from fracgpu.sim import inspect
 from fracgpu.sim.whatif import build_world, pending_whatif
 
