@@ -36,7 +36,7 @@ from fracgpu.core.tenant import default_limits
 from fracgpu.extender.app import DEFAULT_BODY_LIMIT, Binder, Deps, make_app
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
@@ -269,7 +269,7 @@ def main(argv: list[str]) -> int:
         print(f"fracgpu extender: {e}", file=sys.stderr)
         return 2
     scheduler = new_scheduler(config)
-    metrics = Metrics(scheduler)
+    metrics = ExtenderMetrics(scheduler)
     binder: Binder
     cache: ClusterCache | None = None
     writer: KubeWriter | None = None

@@ -18,7 +18,7 @@ from fracgpu.core.records import pod_record
 from fracgpu.core.request import GpuRequest, parse_pod_request
 from fracgpu.core.tenant import Limits, QuotaError
 from fracgpu.extender.decide import NOT_READY, UNKNOWN_NODE, reason_already_reserved, reason_retry_allocating
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, build_world
@@ -102,7 +102,7 @@ def _letters(i: int) -> str:
             return out
 
 
-def filter_series(metrics: Metrics) -> dict[tuple[str, str], float]:
+def filter_series(metrics: ExtenderMetrics) -> dict[tuple[str, str], float]:
     return {(s.labels["outcome"], s.labels["reason"]): s.value
             for family in metrics.registry.collect() if family.name == "fracgpu_extender_filter_nodes"
             for s in family.samples if s.name == "fracgpu_extender_filter_nodes_total"}
