@@ -44,6 +44,7 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
 from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, refusal
 from fracgpu.core.quantity import format_bytes
@@ -52,10 +53,16 @@ from fracgpu.core.tenant import Limits, QuotaError
 # A pod's charge (core.charge) is in this module's interface; importable from here too.
 __all__ = [
     "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
-    "charge_of", "refusal",
+    "charge_of", "queue_time", "refusal",
 ]
 
 LimitsLookup = Callable[[str], Limits | QuotaError]
+
+
+def queue_time(creation_timestamp: str) -> float:
+    """A pod's `metadata.creationTimestamp` as the quota queue orders it (`PendingPod.created`): seconds since
+    the epoch; an unreadable one reads 0.0, the oldest."""
+    return rfc3339.parse_or_zero(creation_timestamp)
 
 
 @dataclass(frozen=True, slots=True)

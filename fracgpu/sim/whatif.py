@@ -17,11 +17,10 @@ from typing import Any, TextIO
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
-from fracgpu.core.confusable import parse_time
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
-from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
+from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of, queue_time
 from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.records import (
     NODE_NO_INVENTORY,
@@ -160,7 +159,7 @@ def quota_queues(world: World) -> dict[str, list[str]]:
         if memory is None:
             continue
         ask = PendingPod(key, world.tenants.tenant_of(rec.namespace), Usage.for_pod(req.cores, memory),
-                         rec.priority, parse_time(rec.created))
+                         rec.priority, queue_time(rec.created))
         ledger.admit(ask, 0.0, lambda k: fits.get(k, False))
     return {t: [str(p.key) for p in ledger.queue(t)] for t in ledger.tenants() if ledger.queue(t)}
 
