@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.metrics import ControllerMetrics
-from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
+from fracgpu.controller.reconcile import EvictionOutcome, Plan, RoundState
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
 from fracgpu.kube import errors, objects
 from fracgpu.kube.leader import Clock, LeaderElector
@@ -146,7 +146,7 @@ class Controller:
         self.elector = elector
         self.clock = clock
         self.metrics = metrics
-        self.memory = Memory()
+        self.state = RoundState()
         self._leading = False
 
     def elect(self) -> bool:
@@ -165,14 +165,14 @@ class Controller:
         return leading
 
     def step(self) -> Plan | None:
-        """One reconcile round; None when this replica does not lead (its memory is dropped)."""
+        """One reconcile round; None when this replica does not lead (its state is dropped)."""
         now = self.clock.monotonic()
         if not self.elector.is_leader(now):
-            self.memory = Memory()
+            self.state = RoundState()
             return None
         self.cache.changed.clear()
-        p = reconcile.plan(self.cache.world(), self.memory, self.cfg, now)
-        self.memory = p.memory
+        p = reconcile.plan(self.cache.world(), self.state, self.cfg, now)
+        self.state = p.state
         self.metrics.set_gauges(p.gauges)
         for event in p.events:
             self._event(event)
@@ -222,8 +222,8 @@ class Controller:
         self.metrics.recovery_jobs.labels("created" if created else "error").inc()
         log_fn = log.warning if created else log.error
         log_fn("recovery job node=%s created=%s reason=%r detail=%r", action.node, created, action.reason, detail)
-        self.memory, events = reconcile.after_recovery(
-            self.memory, action, created, detail, self.cfg, self.clock.monotonic()
+        self.state, events = reconcile.after_recovery(
+            self.state, action, created, detail, self.cfg, self.clock.monotonic()
         )
         for event in events:
             self._event(event)
@@ -246,8 +246,8 @@ class Controller:
         log_fn = log.info if outcome in (EvictionOutcome.EVICTED, EvictionOutcome.GONE) else log.warning
         log_fn("eviction pod=%s node=%s result=%s reason=%r detail=%r", pod.key, pod.node, outcome.value,
                action.reason, detail)  # fmt: skip
-        self.memory, events = reconcile.after_eviction(
-            self.memory, action, outcome, detail, self.cfg, self.clock.monotonic()
+        self.state, events = reconcile.after_eviction(
+            self.state, action, outcome, detail, self.cfg, self.clock.monotonic()
         )
         for event in events:
             self._event(event)
@@ -256,7 +256,7 @@ class Controller:
         if self.elector.is_leader():
             return True
         log.warning("lost leadership mid-round; the rest of the plan is dropped")
-        self.memory = Memory()
+        self.state = RoundState()
         return False
 
     def _event(self, event: reconcile.Event) -> None:
