@@ -45,6 +45,7 @@ from fracgpu.deviceplugin.response import parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import LockError, ServerConfig
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     add_config_flag,
@@ -63,10 +64,6 @@ if TYPE_CHECKING:
     from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A flag or environment value is not valid; the message names it."""
 
 
 FLAGS = (

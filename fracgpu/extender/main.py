@@ -45,6 +45,7 @@ from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, Syst
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.servingtls import CertificateReloader, make_server_context, reload_task
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     StartupError,
@@ -105,10 +106,6 @@ FLAGS = (
     Flag("cert-reload", "seconds between checks for rotated certificate files (0: never)", "60", seconds),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
 )
-
-
-class ConfigError(Exception):
-    """A flag or environment value that cannot be used; the message names it."""
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:

@@ -8,10 +8,11 @@ import pytest
 
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.controller import reconcile as r
-from fracgpu.controller.config import ConfigError, ControllerConfig
+from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.reconcile import EvictionOutcome, RoundState, plan
 from fracgpu.controller.views import NodeView, PodView, World
 from fracgpu.core.healthconfig import NodePolicy
+from fracgpu.startup import ConfigError
 
 CFG = ControllerConfig(taint_hold=60.0, max_evictions_per_node=2, heartbeat_grace=30.0)
 

@@ -17,9 +17,9 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.controller import main as cmain
 from fracgpu.controller import reconcile as r
 from fracgpu.controller import recovery
-from fracgpu.controller.config import ConfigError
 from fracgpu.controller.reconcile import RoundState, plan
 from fracgpu.controller.views import NodeView, World
+from fracgpu.startup import ConfigError
 from tests.controller.clock import FakeClock
 from tests.controller.conftest import CFG, NS, MakeReplica, inventory, with_cfg
 from tests.controller.test_reconcile import inv

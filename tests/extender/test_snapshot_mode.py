@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from fracgpu.extender.app import Deps, make_app
-from fracgpu.extender.main import ConfigError, build_config, main, parse_args
+from fracgpu.extender.main import build_config, main, parse_args
 from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
+from fracgpu.startup import ConfigError
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
 

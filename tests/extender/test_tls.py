@@ -216,7 +216,7 @@ async def test_a_rotated_certificate_is_served_to_new_connections(
     ],
 )
 def test_tls_flags_that_do_not_go_together(flags: list[str], env: dict[str, str], error: str) -> None:
-    from fracgpu.extender.main import ConfigError
+    from fracgpu.startup import ConfigError
 
     with pytest.raises(ConfigError, match=error):
         build_tls(parse_args(flags, env))
