@@ -448,7 +448,7 @@ def plot(results: Sequence[RunResult], path: str, setting: Setting) -> None:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.snapshot or args.pending:
-        from fracgpu.sim.whatif import main_snapshot
+        from fracgpu.sim.pending import main_snapshot
 
         return main_snapshot(args.snapshot, args.pending, args.policy or DEFAULT_POLICY, args.output,
                              sys.stdout, sys.stderr)

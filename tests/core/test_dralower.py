@@ -21,7 +21,8 @@ from fracgpu.core.draslices import (
     node_devices,
 )
 from fracgpu.core.records import parse_list
-from fracgpu.sim.whatif import build_world, pending_whatif
+from fracgpu.inspect.view import build_world
+from fracgpu.sim.pending import pending_whatif
 
 Obj = dict[str, Any]
 GI = 2**30

@@ -26,7 +26,7 @@ from fracgpu.core.quantity import MAX_QUANTITY, QuantityError, parse_bytes, pars
 from fracgpu.core.records import NODE_BAD_INVENTORY, host_requests, node_record, parse_list
 from fracgpu.core.request import RequestError, parse_pod_request
 from fracgpu.core.tenant import QuotaError, Tenants
-from fracgpu.sim.whatif import build_world
+from fracgpu.inspect.view import build_world
 
 HUGE = [2**63, 2**64, 10**30]
 HUGE_IDS = ["2^63", "2^64", "10^30"]

@@ -2,11 +2,11 @@
 
 Per node and GPU: model, allocated/total vgpu-core and VRAM, pods, health (unusable nodes with
 their reason, stale device-plugin heartbeats included); per tenant: used/hard vgpu-core and VRAM,
-the pods waiting for quota and the head of that queue (`whatif.quota_queues`). Like `kubectl
+the pods waiting for quota and the head of that queue (`view.quota_queues`). Like `kubectl
 inspect gpushare`, for shares, VRAM and tenants.
 
 A live cluster is read once (list, no watch) into the same `SnapshotDoc` a snapshot file gives,
-and both go through the same view (`fracgpu.sim.whatif.build_world` / `inspect_doc`), so the
+and both go through the same view (`fracgpu.inspect.view.build_world` / `inspect_doc`), so the
 live answer and the answer for `kubectl get ... -o yaml > snap.yaml` are the same.
 """
 
@@ -28,12 +28,12 @@ from typing import Any, TextIO
 
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, LABEL_ENABLED, LEASE_PREFIX
 from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.inspect.view import build_world, inspect_doc, render_inspect
 from fracgpu.kube import errors, objects
 from fracgpu.kube.client import Transport, build_api_client
 from fracgpu.kube.resources import LEASES
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 from fracgpu.kube.writer import KubeWriter
-from fracgpu.sim.whatif import build_world, inspect_doc, render_inspect
 from fracgpu.startup import Flag, Parser, add_config_flag, add_flags, no_cluster
 
 PROG = "fracgpu inspect"
