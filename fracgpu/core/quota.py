@@ -52,7 +52,7 @@ from fracgpu.core.tenant import Limits, QuotaError
 
 # A pod's charge (core.charge) is in this module's interface; importable from here too.
 __all__ = [
-    "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
+    "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSummary", "Usage",
     "charge_of", "queue_time", "refusal",
 ]
 
@@ -96,7 +96,7 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TenantSnapshot:
+class TenantSummary:
     """One tenant's numbers for status, metrics and `fracgpu inspect`."""
 
     tenant: str
@@ -307,9 +307,9 @@ class QuotaLedger:
 
     # -- status -----------------------------------------------------------------------------
 
-    def snapshot(self, tenant: str) -> TenantSnapshot:
+    def summary(self, tenant: str) -> TenantSummary:
         q = self._queues.get(tenant, [])
-        return TenantSnapshot(
+        return TenantSummary(
             tenant=tenant,
             used=self.used(tenant),
             limits=self._limits(tenant),
@@ -319,7 +319,7 @@ class QuotaLedger:
 
     def status(self, tenant: str, conditions: Sequence[Condition] = ()) -> TenantQuotaStatus:
         """The TenantQuota `status` for a tenant (exact quantities, so unchanged use compares equal)."""
-        snap = self.snapshot(tenant)
+        snap = self.summary(tenant)
         return TenantQuotaStatus(
             used=QuotaAmounts(memory=format_bytes(snap.used.memory), cores=str(snap.used.cores)),
             pending=snap.pending,

@@ -368,7 +368,7 @@ def test_status_snapshot() -> None:
     ledger = ledger_with(TEAM_A, [("r1", A, 150, 24 * GI)], q.QuotaConfig(status_queue_length=2))
     for p in [pending("w3", created=3), pending("w1", created=1), pending("w2", created=2)]:
         ledger.enqueue(p)
-    snap = ledger.snapshot(A)
+    snap = ledger.summary(A)
     assert (snap.used, snap.pending, snap.queue) == (q.Usage(24 * GI, 150), 3, (key("w1"), key("w2")))
     assert snap.limits == TEAM_A[A]
     status = ledger.status(A)
