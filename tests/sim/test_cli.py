@@ -14,9 +14,10 @@ import pytest
 
 from fracgpu.cli import main as cli_main
 from fracgpu.core.policies import policy_list
-from fracgpu.sim.main import Job, Setting, figure, parse_seeds, render_table, run_job, summarise
+from fracgpu.sim.main import Job, parse_seeds, run_job
 from fracgpu.sim.published import published
 from fracgpu.sim.replay import RunResult, run_paper
+from fracgpu.sim.report import Setting, figure, render_table, summarise
 from fracgpu.sim.trace import load_nodes, load_tasks
 
 NODES = """sn,cpu_milli,memory_mib,gpu,model
