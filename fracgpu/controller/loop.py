@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from fracgpu.controller import reconcile, recovery
@@ -176,39 +177,42 @@ class Controller:
         self.metrics.set_gauges(p.gauges)
         for event in p.events:
             self._event(event)
-        for taint in p.taints:
+        # in this order, each only while this replica still leads (a lost Lease stops the round)
+        writes: list[Callable[[], None]] = [
+            *(partial(self._taint, t) for t in p.taints),
+            *(partial(self._untaint, u) for u in p.untaints),
+            *(partial(self._evict, a) for a in p.evictions),
+            *(partial(self._start_recovery, r) for r in p.recoveries),
+        ]
+        for write in writes:
             if not self._still_leader():
                 return p
-            try:
-                self.writer.add_taint(taint.node, self.cfg.taint_key, "NoSchedule")
-            except errors.KubeAPIError as e:
-                self.metrics.errors.labels("taint").inc()
-                log.warning("taint failed node=%s error=%r", taint.node, e)
-                continue
-            self.metrics.taints.inc()
-            log.warning("node tainted node=%s key=%s reason=%r", taint.node, self.cfg.taint_key, taint.reason)
-            self._event(taint.event)
-        for untaint in p.untaints:
-            if not self._still_leader():
-                return p
-            try:
-                self.writer.remove_taint(untaint.node, self.cfg.taint_key)
-            except errors.KubeAPIError as e:
-                self.metrics.errors.labels("untaint").inc()
-                log.warning("untaint failed node=%s error=%r", untaint.node, e)
-                continue
-            self.metrics.recoveries.inc()
-            log.info("node recovered node=%s key=%s reason=%r", untaint.node, self.cfg.taint_key, untaint.reason)
-            self._event(untaint.event)
-        for action in p.evictions:
-            if not self._still_leader():
-                return p
-            self._evict(action)
-        for start in p.recoveries:
-            if not self._still_leader():
-                return p
-            self._start_recovery(start)
+            write()
         return p
+
+    def _taint(self, taint: reconcile.Taint) -> None:
+        try:
+            self.writer.add_taint(taint.node, self.cfg.taint_key, "NoSchedule")
+        except errors.KubeAPIError as e:
+            self._node_write_failed("taint", taint.node, e)
+            return
+        self.metrics.taints.inc()
+        log.warning("node tainted node=%s key=%s reason=%r", taint.node, self.cfg.taint_key, taint.reason)
+        self._event(taint.event)
+
+    def _untaint(self, untaint: reconcile.Untaint) -> None:
+        try:
+            self.writer.remove_taint(untaint.node, self.cfg.taint_key)
+        except errors.KubeAPIError as e:
+            self._node_write_failed("untaint", untaint.node, e)
+            return
+        self.metrics.recoveries.inc()
+        log.info("node recovered node=%s key=%s reason=%r", untaint.node, self.cfg.taint_key, untaint.reason)
+        self._event(untaint.event)
+
+    def _node_write_failed(self, kind: str, node: str, e: errors.KubeAPIError) -> None:
+        self.metrics.errors.labels(kind).inc()
+        log.warning("%s failed node=%s error=%r", kind, node, e)
 
     def _start_recovery(self, action: reconcile.StartRecovery) -> None:
         template = self.cfg.recovery_job
