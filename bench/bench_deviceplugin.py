@@ -32,9 +32,9 @@ from fracgpu.core.inventory import split_device_id
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.reservation import build_assignment
+from fracgpu.deviceplugin.apiserver import MemoryApiServer
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend
-from fracgpu.deviceplugin.cluster import MemoryCluster
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import NoHoldings
 from fracgpu.deviceplugin.server import ServerConfig
@@ -74,7 +74,7 @@ def pod(name: str, cores: int) -> dict[str, Any]:
 class Node:
     """The extender's side of the bench: reservations on the GPUs with room."""
 
-    def __init__(self, cluster: MemoryCluster, backend: SimulatedBackend, rng: random.Random) -> None:
+    def __init__(self, cluster: MemoryApiServer, backend: SimulatedBackend, rng: random.Random) -> None:
         self.cluster = cluster
         self.gpus = backend.inventory()
         self.rng = rng
@@ -125,7 +125,7 @@ def run(admissions: int, running: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     d = tempfile.mkdtemp(prefix="fgbench-", dir="/tmp")
     backend = SimulatedBackend.from_file(GPUS)
-    cluster = MemoryCluster(NODE)
+    cluster = MemoryApiServer(NODE)
     node = Node(cluster, backend, rng)
     all_ids = [f"{g.uuid}::{k}" for g in node.gpus for k in range(100)]
     server = ServerConfig(socket_dir=f"{d}/dp", lock_file=f"{d}/device-plugin.lock")  # the lock outside the socket dir

@@ -33,10 +33,10 @@ from fracgpu.api.v1beta1.extender import ExtenderArgs
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import LABEL_ENABLED, LABEL_ZONE, SCHEDULER_NAME, device_id
 from fracgpu.core.pod import decode_pod
+from fracgpu.core.records import NodeRecord, PodRecord, pod_record
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import NodeRecord, PodRecord, pod_record
 from fracgpu.extender.app import Deps, make_app
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 
 GI = 1024**3
@@ -123,7 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     binds = [pod_obj(f"new-{i}", random.Random(i).choice(SHARES), "8Gi") for i in range(args.binds)]
     for p in binds:
         s.apply_pod(pod_record(p))
-    deps = Deps(s, NoopBinder(), Metrics(s))
+    deps = Deps(s, NoopBinder(), ExtenderMetrics(s))
     base = web.Application(client_max_size=64 * 1024 * 1024)
     base.router.add_post("/filter", parse_only)
     out: dict[str, float] = {"build_s": build_s, "rss_built_mib": rss_built}

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("fracgpu.controller.main", "GPU health self-heal: evict, taint, recover"),
     "webhook": ("fracgpu.webhook.main", "mutating admission webhook for GPU pods"),
     "simulate": ("fracgpu.sim.main", "replay a workload through the placement core, no cluster needed"),
-    "inspect": ("fracgpu.sim.inspect", "GPUs, shares and tenants of a cluster or snapshot"),
+    "inspect": ("fracgpu.inspect.main", "GPUs, shares and tenants of a cluster or snapshot"),
 }
 
 

@@ -10,7 +10,9 @@ old names. `add_flags` turns the table into argparse actions so that
   release, hidden from the usage line, named in the new flag's help, and warned about in one line when
   used (on the command line, in a config file, or through the environment).
 
-Anything else a program cannot start with is a `StartupError`: one line naming the problem and the
+A value that parses but cannot be used (flags that contradict, a setting out of range) is a
+`ConfigError`, raised by the command's config checks. Anything else a program cannot start with is a
+`StartupError`: one line naming the problem and the
 fix, exit 2 (`EXIT_USAGE`).
 """
 
@@ -33,6 +35,10 @@ CONFIG_HELP = ("YAML file with this command's settings, in its section (keys: th
 
 class StartupError(Exception):
     """The program cannot start; the message is one line: what is wrong and what to do about it."""
+
+
+class ConfigError(ValueError):
+    """A flag, environment value or setting that cannot be used (every command's); the message names it."""
 
 
 # ---- converters (argparse `type=`): a ValueError or ArgumentTypeError is a clean argparse error ------------

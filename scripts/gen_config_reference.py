@@ -8,15 +8,13 @@ defaults, and the files some flags take.
 Every command of `fracgpu.cli.COMMANDS` exposes its parser through `build_parser(environ)` (or `parser`)
 in its main module. Flags declared in a `fracgpu.startup.Flag` table are documented from the table
 (the parser keeps each one's `Flag` and variables on its action): names, old names, variables, default,
-help. A parser not built from a table yet (`simulate`, `inspect`) is documented from its argparse
-actions, without a variables column. Files are described by the docstrings or declarations that define
+help. Files are described by the docstrings or declarations that define
 their format. `tests/test_config_reference.py` fails when the committed file is stale.
 """
 
 from __future__ import annotations
 
 import argparse
-import enum
 import inspect
 import re
 import sys
@@ -77,7 +75,7 @@ def _recovery_job() -> str:
 
 
 def _snapshot_file() -> str:
-    from fracgpu.core.snapshot import KINDS
+    from fracgpu.core.records import KINDS
     from fracgpu.kube import snapshot
 
     return (f"{(inspect.getdoc(snapshot) or '').split(chr(10) + chr(10))[0]} Kinds: "
@@ -117,20 +115,6 @@ class CommandDoc:
     files: tuple[FileFormat, ...]
 
 
-def _show(value: Any) -> str:
-    if value is None or value is argparse.SUPPRESS:
-        return ""
-    if isinstance(value, enum.Enum):
-        return str(value.value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return ",".join(_show(v) for v in value) or "(empty)"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)) if abs(value) < 1e15 else repr(value)
-    return str(value)
-
-
 def _one_of(text: str, choices: Iterable[Any] | None) -> str:
     if choices is None or "one of" in text:
         return text
@@ -143,20 +127,6 @@ def _from_table(flag: Flag, env: tuple[str, ...], names: Sequence[str]) -> FlagD
                    " ".join(_one_of(help_text(flag, env), flag.choices).split()))
 
 
-def _from_argparse(action: argparse.Action, prog: str) -> FlagDoc:
-    """A flag of a parser not built from a table: what argparse knows (no environment variables)."""
-    text = action.help or ""
-    if "%" in text:
-        params = {**vars(action), "prog": prog}
-        if params.get("choices") is not None:
-            params["choices"] = ", ".join(str(c) for c in params["choices"])
-        text = text % params
-    default = "false" if isinstance(action, argparse._StoreTrueAction) and action.default is False \
-        else _show(action.default)
-    return FlagDoc(tuple(action.option_strings) or (action.dest,), (), default,
-                   " ".join(_one_of(text, action.choices).split()))
-
-
 def flag_docs(p: argparse.ArgumentParser) -> tuple[FlagDoc, ...]:
     """Every flag of the parser, old names beside the current one (the parser is built with no environment)."""
     out = []
@@ -164,7 +134,10 @@ def flag_docs(p: argparse.ArgumentParser) -> tuple[FlagDoc, ...]:
         if isinstance(a, argparse._HelpAction) or is_deprecated(a):
             continue
         flag: Flag | None = getattr(a, "flag", None)
-        out.append(_from_argparse(a, p.prog) if flag is None else _from_table(flag, a.env, a.option_strings))  # type: ignore[attr-defined]
+        if flag is None:
+            raise SystemExit(f"{p.prog}: {'/'.join(a.option_strings) or a.dest} is not declared in a "
+                             "fracgpu.startup.Flag table; declare it there so that it is documented")
+        out.append(_from_table(flag, a.env, a.option_strings))  # type: ignore[attr-defined]
     return tuple(out)
 
 

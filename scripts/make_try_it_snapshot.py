@@ -34,8 +34,8 @@ from fracgpu.api.v1beta1.names import (  # noqa: E402
     PHASE_ALLOCATED,
 )
 from fracgpu.api.v1beta1.tenantquota import TenantQuota  # noqa: E402
+from fracgpu.core.records import pod_record  # noqa: E402
 from fracgpu.core.reservation import build_assignment  # noqa: E402
-from fracgpu.core.snapshot import pod_record  # noqa: E402
 from fracgpu.core.tenant import NamespaceInfo, Tenants  # noqa: E402
 
 WORKLOAD = ROOT / "examples" / "try-it" / "workload.yaml"

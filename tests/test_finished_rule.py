@@ -19,7 +19,7 @@ from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, ANN_PHASE, de
 from fracgpu.controller.reconcile import victims
 from fracgpu.controller.views import node_view, pod_view
 from fracgpu.core.pod import decode_pod
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from fracgpu.deviceplugin.pods import node_pod_from_dict
 from fracgpu.deviceplugin.quota import TenantQuotas
 from tests.extender.builders import node_obj, pod_obj

@@ -3,6 +3,6 @@ removes the taint when they recover, reports plugins that stop heartbeating, opt
 recovery Job. Leader-elected. See docs/health.md.
 
 ``reconcile`` (pure decisions), ``views`` (API dicts -> values), ``recovery`` (Job template, pure),
-``leader`` (Lease election), ``loop`` (cache + the thin I/O shell), ``kubeio`` (writes over
+``leader`` (Lease election), ``loop`` (cache + the thin I/O shell), ``writer`` (writes over
 ``fracgpu.kube``), ``metrics``, ``main`` (flags, wiring).
 """

@@ -10,14 +10,11 @@ from typing import Any
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, DEFAULT_RECOVERY_NAMESPACE, TAINT_GPU_FAILED
 from fracgpu.core.healthconfig import NodePolicy
+from fracgpu.startup import ConfigError
 
 _QUALIFIED_NAME = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
-
-
-class ConfigError(ValueError):
-    """A controller setting is not valid; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

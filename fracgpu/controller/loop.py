@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.metrics import ControllerMetrics
-from fracgpu.controller.reconcile import EvictionOutcome, Memory, Plan
+from fracgpu.controller.reconcile import EvictionOutcome, Plan, RoundState
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
 from fracgpu.kube import errors, objects
 from fracgpu.kube.leader import Clock, LeaderElector
@@ -146,7 +147,7 @@ class Controller:
         self.elector = elector
         self.clock = clock
         self.metrics = metrics
-        self.memory = Memory()
+        self.state = RoundState()
         self._leading = False
 
     def elect(self) -> bool:
@@ -165,50 +166,53 @@ class Controller:
         return leading
 
     def step(self) -> Plan | None:
-        """One reconcile round; None when this replica does not lead (its memory is dropped)."""
+        """One reconcile round; None when this replica does not lead (its state is dropped)."""
         now = self.clock.monotonic()
         if not self.elector.is_leader(now):
-            self.memory = Memory()
+            self.state = RoundState()
             return None
         self.cache.changed.clear()
-        p = reconcile.plan(self.cache.world(), self.memory, self.cfg, now)
-        self.memory = p.memory
+        p = reconcile.plan(self.cache.world(), self.state, self.cfg, now)
+        self.state = p.state
         self.metrics.set_gauges(p.gauges)
         for event in p.events:
             self._event(event)
-        for taint in p.taints:
+        # in this order, each only while this replica still leads (a lost Lease stops the round)
+        writes: list[Callable[[], None]] = [
+            *(partial(self._taint, t) for t in p.taints),
+            *(partial(self._untaint, u) for u in p.untaints),
+            *(partial(self._evict, a) for a in p.evictions),
+            *(partial(self._start_recovery, r) for r in p.recoveries),
+        ]
+        for write in writes:
             if not self._still_leader():
                 return p
-            try:
-                self.writer.add_taint(taint.node, self.cfg.taint_key, "NoSchedule")
-            except errors.KubeAPIError as e:
-                self.metrics.errors.labels("taint").inc()
-                log.warning("taint failed node=%s error=%r", taint.node, e)
-                continue
-            self.metrics.taints.inc()
-            log.warning("node tainted node=%s key=%s reason=%r", taint.node, self.cfg.taint_key, taint.reason)
-            self._event(taint.event)
-        for untaint in p.untaints:
-            if not self._still_leader():
-                return p
-            try:
-                self.writer.remove_taint(untaint.node, self.cfg.taint_key)
-            except errors.KubeAPIError as e:
-                self.metrics.errors.labels("untaint").inc()
-                log.warning("untaint failed node=%s error=%r", untaint.node, e)
-                continue
-            self.metrics.recoveries.inc()
-            log.info("node recovered node=%s key=%s reason=%r", untaint.node, self.cfg.taint_key, untaint.reason)
-            self._event(untaint.event)
-        for action in p.evictions:
-            if not self._still_leader():
-                return p
-            self._evict(action)
-        for start in p.recoveries:
-            if not self._still_leader():
-                return p
-            self._start_recovery(start)
+            write()
         return p
+
+    def _taint(self, taint: reconcile.Taint) -> None:
+        try:
+            self.writer.add_taint(taint.node, self.cfg.taint_key, "NoSchedule")
+        except errors.KubeAPIError as e:
+            self._node_write_failed("taint", taint.node, e)
+            return
+        self.metrics.taints.inc()
+        log.warning("node tainted node=%s key=%s reason=%r", taint.node, self.cfg.taint_key, taint.reason)
+        self._event(taint.event)
+
+    def _untaint(self, untaint: reconcile.Untaint) -> None:
+        try:
+            self.writer.remove_taint(untaint.node, self.cfg.taint_key)
+        except errors.KubeAPIError as e:
+            self._node_write_failed("untaint", untaint.node, e)
+            return
+        self.metrics.recoveries.inc()
+        log.info("node recovered node=%s key=%s reason=%r", untaint.node, self.cfg.taint_key, untaint.reason)
+        self._event(untaint.event)
+
+    def _node_write_failed(self, kind: str, node: str, e: errors.KubeAPIError) -> None:
+        self.metrics.errors.labels(kind).inc()
+        log.warning("%s failed node=%s error=%r", kind, node, e)
 
     def _start_recovery(self, action: reconcile.StartRecovery) -> None:
         template = self.cfg.recovery_job
@@ -222,8 +226,8 @@ class Controller:
         self.metrics.recovery_jobs.labels("created" if created else "error").inc()
         log_fn = log.warning if created else log.error
         log_fn("recovery job node=%s created=%s reason=%r detail=%r", action.node, created, action.reason, detail)
-        self.memory, events = reconcile.after_recovery(
-            self.memory, action, created, detail, self.cfg, self.clock.monotonic()
+        self.state, events = reconcile.after_recovery(
+            self.state, action, created, detail, self.cfg, self.clock.monotonic()
         )
         for event in events:
             self._event(event)
@@ -246,8 +250,8 @@ class Controller:
         log_fn = log.info if outcome in (EvictionOutcome.EVICTED, EvictionOutcome.GONE) else log.warning
         log_fn("eviction pod=%s node=%s result=%s reason=%r detail=%r", pod.key, pod.node, outcome.value,
                action.reason, detail)  # fmt: skip
-        self.memory, events = reconcile.after_eviction(
-            self.memory, action, outcome, detail, self.cfg, self.clock.monotonic()
+        self.state, events = reconcile.after_eviction(
+            self.state, action, outcome, detail, self.cfg, self.clock.monotonic()
         )
         for event in events:
             self._event(event)
@@ -256,7 +260,7 @@ class Controller:
         if self.elector.is_leader():
             return True
         log.warning("lost leadership mid-round; the rest of the plan is dropped")
-        self.memory = Memory()
+        self.state = RoundState()
         return False
 
     def _event(self, event: reconcile.Event) -> None:

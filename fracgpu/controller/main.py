@@ -18,10 +18,10 @@ import yaml
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, LABEL_RECOVERY_NODE, SCHEDULER_NAME, TAINT_GPU_FAILED
 from fracgpu.controller import recovery
-from fracgpu.controller.config import ConfigError, ControllerConfig
-from fracgpu.controller.kubeio import ControllerWriter, KubeLeaseStore
+from fracgpu.controller.config import ControllerConfig
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
+from fracgpu.controller.writer import ControllerWriter, KubeLeaseStore
 from fracgpu.core.healthconfig import HealthConfigError, NodePolicy
 from fracgpu.kube import client
 from fracgpu.kube.errors import KubeConfigError
@@ -30,6 +30,7 @@ from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import JOBS, LEASES, NODES, PODS
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     StartupError,

@@ -1,8 +1,8 @@
-"""The controller's decisions, pure: desired actions from the observed world and the controller's memory.
+"""The controller's decisions, pure: desired actions from the observed world and the `RoundState`.
 
-``plan(world, memory, cfg, now) -> Plan`` says what to do this round (evict, taint, untaint,
-events) and the memory to carry to the next round; ``after_eviction`` folds the outcome of one
-eviction back into the memory. The I/O loop (``loop.py``) only executes plans. No clock reads, no
+``plan(world, state, cfg, now) -> Plan`` says what to do this round (evict, taint, untaint,
+events) and the state to carry to the next round; ``after_eviction`` folds the outcome of one
+eviction back into the state. The I/O loop (``loop.py``) only executes plans. No clock reads, no
 logging, no API access here.
 
 Rules:
@@ -102,7 +102,7 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
-class Memory:
+class RoundState:
     """What the leader remembers between rounds. Lost on a leader change: every timer restarts (safe)."""
 
     healthy_since: Mapping[str, float] = field(default_factory=dict)  # tainted node -> healthy since
@@ -129,7 +129,7 @@ class Plan:
     untaints: tuple[Untaint, ...] = ()
     recoveries: tuple[StartRecovery, ...] = ()
     events: tuple[Event, ...] = ()  # not tied to a write (heartbeats, bad inventories)
-    memory: Memory = field(default_factory=Memory)
+    state: RoundState = field(default_factory=RoundState)
     gauges: Gauges = field(default_factory=Gauges)
 
     @property
@@ -175,15 +175,15 @@ def backoff(attempts: int, cfg: ControllerConfig) -> float:
     return Backoff(cfg.eviction_backoff, 2.0, cfg.eviction_backoff_max).delay(attempts - 1)
 
 
-def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Plan:
+def plan(world: World, state: RoundState, cfg: ControllerConfig, now: float) -> Plan:
     evictions: list[Evict] = []
     taints: list[Taint] = []
     untaints: list[Untaint] = []
     recoveries: list[StartRecovery] = []
     events: list[Event] = []
-    healthy_since = dict(memory.healthy_since)
+    healthy_since = dict(state.healthy_since)
     broken_since: dict[str, float] = {}
-    recovery_at = {n: t for n, t in memory.recovery_at.items() if n in world.nodes}
+    recovery_at = {n: t for n, t in state.recovery_at.items() if n in world.nodes}
     heartbeats: dict[str, Heartbeat] = {}
     bad_inventory: set[str] = set()
 
@@ -192,7 +192,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         if name not in world.nodes:
             continue  # a Lease of a deleted node: nothing to report on
         marker = world.heartbeats.get(name)
-        prev = memory.heartbeats.get(name)
+        prev = state.heartbeats.get(name)
         if prev is None or prev.marker != marker:
             hb = Heartbeat(marker, now, stale=prev is not None and prev.stale)
         else:
@@ -216,7 +216,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         node = world.nodes[name]
         if node.error:
             bad_inventory.add(name)
-            if name not in memory.bad_inventory:
+            if name not in state.bad_inventory:
                 events.append(Event(node_ref(name), WARNING, EV_BAD_INVENTORY, node.error))
         inv = node.inventory
         if inv is None:
@@ -240,7 +240,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
                     )
                 )
             tainted += 1
-            since_broken = broken_since[name] = memory.broken_since.get(name, now)
+            since_broken = broken_since[name] = state.broken_since.get(name, now)
             last = recovery_at.get(name)
             if (
                 cfg.recovery_job is not None
@@ -268,7 +268,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         in_flight = 0
         ready: list[Evict] = []
         for pod, gpus, why in victims(node, pods_on.get(name, ())):
-            rec = memory.evictions.get(pod.uid)
+            rec = state.evictions.get(pod.uid)
             if rec is not None:
                 records[pod.uid] = rec
             if pod.terminating or (rec is not None and rec.evicted_at is not None):
@@ -284,7 +284,7 @@ def plan(world: World, memory: Memory, cfg: ControllerConfig, now: float) -> Pla
         untaints=tuple(untaints),
         recoveries=tuple(recoveries),
         events=tuple(events),
-        memory=Memory(
+        state=RoundState(
             broken_since=broken_since,
             recovery_at=recovery_at,
             healthy_since=healthy_since,
@@ -310,11 +310,11 @@ class EvictionOutcome(StrEnum):
 
 
 def after_eviction(
-    memory: Memory, action: Evict, outcome: EvictionOutcome, detail: str, cfg: ControllerConfig, now: float
-) -> tuple[Memory, tuple[Event, ...]]:
-    """Fold one eviction's outcome into the memory; returns the Events to record for it."""
+    state: RoundState, action: Evict, outcome: EvictionOutcome, detail: str, cfg: ControllerConfig, now: float
+) -> tuple[RoundState, tuple[Event, ...]]:
+    """Fold one eviction's outcome into the state; returns the Events to record for it."""
     pod = action.pod
-    records = dict(memory.evictions)
+    records = dict(state.evictions)
     rec = records.get(pod.uid, EvictionRecord(node=pod.node))
     events: tuple[Event, ...] = ()
     if outcome is EvictionOutcome.EVICTED:
@@ -340,17 +340,17 @@ def after_eviction(
             )
             events = (Event(pod_ref(pod), WARNING, reason, msg),)
         records[pod.uid] = rec
-    return replace(memory, evictions=records), events
+    return replace(state, evictions=records), events
 
 
 def after_recovery(
-    memory: Memory, action: StartRecovery, created: bool, detail: str, cfg: ControllerConfig, now: float
-) -> tuple[Memory, tuple[Event, ...]]:
+    state: RoundState, action: StartRecovery, created: bool, detail: str, cfg: ControllerConfig, now: float
+) -> tuple[RoundState, tuple[Event, ...]]:
     """Record a recovery Job attempt: the next one waits the cooldown, or the eviction backoff cap after a
     failed create (so a transient API error does not cost an hour)."""
     at = now if created else now - cfg.recovery_cooldown + cfg.eviction_backoff_max
-    memory = replace(memory, recovery_at={**memory.recovery_at, action.node: at})
+    state = replace(state, recovery_at={**state.recovery_at, action.node: at})
     if created:
-        return memory, (action.event,)
+        return state, (action.event,)
     failed = Event(action.event.ref, WARNING, EV_RECOVERY_FAILED, f"could not create the recovery Job: {detail}")
-    return memory, (failed,)
+    return state, (failed,)

@@ -1,4 +1,4 @@
-"""A pod's charge against its tenant's quota: the amounts, how long a pod holds them, and the refusal.
+"""A pod's charge against its tenant's quota: the amounts and the refusal (held until core.pod.pod_finished).
 
 Pure. Units: `cores` are vgpu-core units summed over the pod's GPUs (a 3-GPU pod: 300); `memory` is
 the VRAM charged, i.e. the VRAM per GPU x the number of GPUs (`Usage.for_pod` computes it).
@@ -12,19 +12,6 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.names import CORES_PER_GPU
 from fracgpu.core.quantity import format_bytes_human
 from fracgpu.core.tenant import Limits
-
-POD_SUCCEEDED = "Succeeded"
-POD_FAILED = "Failed"
-
-
-def holds_quota(pod_phase: str, deleted: bool) -> bool:
-    """Whether a charged pod still holds its quota (and its GPU share).
-
-    `deleted` is True once the pod object is gone (a watch DELETE, or absent from a fresh list).
-    A deletionTimestamp alone does not release: during the grace period the containers still
-    run and the kubelet still holds the devices.
-    """
-    return not deleted and pod_phase not in (POD_SUCCEEDED, POD_FAILED)
 
 
 @dataclass(frozen=True, slots=True, order=True)

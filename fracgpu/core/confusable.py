@@ -20,8 +20,8 @@ DEFAULT_STUCK_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
-class Reservation:
-    """What the kubelet's questions could reveal about a pod's reservation on its node."""
+class AllocatingPod:
+    """A pod in phase `allocating` on a node: what the kubelet's questions could reveal about its reservation."""
 
     pod: str  # namespace/name
     gpus: tuple[tuple[str, int], ...]  # (uuid, VRAM bytes) per GPU, sorted by uuid
@@ -31,31 +31,27 @@ class Reservation:
     assigned_at: float = 0.0
 
     @staticmethod
-    def of(pod: str, a: Assignment, assigned_at: float | None = None) -> Reservation:
+    def of(pod: str, a: Assignment, assigned_at: float | None = None) -> AllocatingPod:
         counts = frozenset(len(c.device_ids) for c in a.containers if c.device_ids)
         if not counts:  # an assignment without a container split: the pod's cores per GPU
             counts = frozenset({a.gpus[0].cores}) if a.gpus else frozenset()
-        at = parse_time(a.assigned_at) if assigned_at is None else assigned_at
-        return Reservation(pod, tuple(sorted((g.uuid, g.memory) for g in a.gpus)), counts, at)
+        # an unreadable assign time reads 0.0: long stuck
+        at = rfc3339.parse_or_zero(a.assigned_at) if assigned_at is None else assigned_at
+        return AllocatingPod(pod, tuple(sorted((g.uuid, g.memory) for g in a.gpus)), counts, at)
 
 
-def parse_time(text: str) -> float:
-    """RFC 3339 -> seconds since the epoch; 0.0 when unreadable (so it counts as long stuck)."""
-    return rfc3339.parse_or_zero(text)
-
-
-def confusable(a: Reservation, b: Reservation) -> bool:
+def confusable(a: AllocatingPod, b: AllocatingPod) -> bool:
     """True when a container of one could be taken for a container of the other."""
     return a.pod != b.pod and a.gpus != b.gpus and not a.counts.isdisjoint(b.counts)
 
 
-def is_stuck(r: Reservation, now: float, timeout_s: float) -> bool:
+def is_stuck(r: AllocatingPod, now: float, timeout_s: float) -> bool:
     return now - r.assigned_at > timeout_s
 
 
 def blocker(
-    new: Reservation, allocating: Iterable[Reservation], now: float, timeout_s: float = DEFAULT_STUCK_TIMEOUT_S
-) -> Reservation | None:
+    new: AllocatingPod, allocating: Iterable[AllocatingPod], now: float, timeout_s: float = DEFAULT_STUCK_TIMEOUT_S
+) -> AllocatingPod | None:
     """The first pod still allocating on the node that `new` could be confused with, or None."""
     for r in allocating:
         if confusable(new, r) and not is_stuck(r, now, timeout_s):

@@ -2,11 +2,11 @@
 kube-scheduler, docs/dra.md "Placement").
 
 The extender decides for the pod as for any GPU pod (the claims lowered to vgpu-core / vgpu-memory by
-``core.drasnapshot``); ``claim_allocations`` turns that decision (node, GPUs, shares) into what
+``core.dralower``); ``claim_allocations`` turns that decision (node, GPUs, shares) into what
 kube-scheduler's own allocator would have written for the same devices: one result per device and
 request, the consumed capacity, a share ID (the devices allow multiple allocations) and a node
 selector naming the node, so that the scheduler sends the pod there. Reading the written allocation
-back (``drasnapshot.allocated_gpus``) gives the same shares. Pure.
+back (``dralower.allocated_gpus``) gives the same shares. Pure.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import CORES_PER_GPU, DRA_CAPACITY_CORES, DRA_CAPACITY_MEMORY, DRA_DRIVER
-from fracgpu.core.drasnapshot import request_demand
+from fracgpu.core.dralower import request_demand
 
 Obj = dict[str, Any]
 

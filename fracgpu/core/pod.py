@@ -1,6 +1,6 @@
 """A pod object decoded once, and the one rule for when a pod is finished.
 
-Every program reads pods the same way: the extender's cache and snapshot files (core.snapshot),
+Every program reads pods the same way: the extender's cache and snapshot files (core.records),
 the device plugin's node view and quota cache, the controller, the webhook and the extender's
 filter all call ``decode_pod`` on the JSON object and work on the ``PodObject`` it returns. Users
 that need more (the GPU request, the reservation) build it from the record, never from the dict.

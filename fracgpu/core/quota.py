@@ -11,7 +11,7 @@ How the extender uses it::
     ledger.set_limits(new_tenants.limits)                               # after a rebuild
 
     # restart / list: every pod with a fracgpu.io/assigned annotation that still holds quota
-    if holds_quota(pod_phase, deleted=False):
+    if not pod_finished(pod_phase):                                     # core.pod
         ledger.charge(key, a.tenant, *charge_of(a))                     # cores, memory
     # watch: pod Succeeded/Failed, or its DELETE event (not its deletionTimestamp)
     ledger.release(key); ledger.dequeue(key)
@@ -35,7 +35,7 @@ without vgpu-memory asks a share of the chosen GPU's memory: check it once per d
 
 A pod holds quota from the bind (the ledger charge) until it is Succeeded/Failed or its object
 is gone, NOT from its deletionTimestamp: the kubelet keeps its devices through the grace period.
-See `holds_quota`.
+See `core.pod.pod_finished`.
 """
 
 from __future__ import annotations
@@ -44,18 +44,25 @@ import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1.tenantquota import Condition, QuotaAmounts, TenantQuotaStatus
-from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, holds_quota, refusal
+from fracgpu.core.charge import OK, Outcome, PodKey, Usage, charge_of, refusal
 from fracgpu.core.quantity import format_bytes
 from fracgpu.core.tenant import Limits, QuotaError
 
 # A pod's charge (core.charge) is in this module's interface; importable from here too.
 __all__ = [
-    "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSnapshot", "Usage",
-    "charge_of", "holds_quota", "refusal",
+    "OK", "LimitsLookup", "Outcome", "PendingPod", "PodKey", "QuotaConfig", "QuotaLedger", "TenantSummary", "Usage",
+    "charge_of", "queue_time", "refusal",
 ]
 
 LimitsLookup = Callable[[str], Limits | QuotaError]
+
+
+def queue_time(creation_timestamp: str) -> float:
+    """A pod's `metadata.creationTimestamp` as the quota queue orders it (`PendingPod.created`): seconds since
+    the epoch; an unreadable one reads 0.0, the oldest."""
+    return rfc3339.parse_or_zero(creation_timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +96,7 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class TenantSnapshot:
+class TenantSummary:
     """One tenant's numbers for status, metrics and `fracgpu inspect`."""
 
     tenant: str
@@ -300,9 +307,9 @@ class QuotaLedger:
 
     # -- status -----------------------------------------------------------------------------
 
-    def snapshot(self, tenant: str) -> TenantSnapshot:
+    def summary(self, tenant: str) -> TenantSummary:
         q = self._queues.get(tenant, [])
-        return TenantSnapshot(
+        return TenantSummary(
             tenant=tenant,
             used=self.used(tenant),
             limits=self._limits(tenant),
@@ -312,7 +319,7 @@ class QuotaLedger:
 
     def status(self, tenant: str, conditions: Sequence[Condition] = ()) -> TenantQuotaStatus:
         """The TenantQuota `status` for a tenant (exact quantities, so unchanged use compares equal)."""
-        snap = self.snapshot(tenant)
+        snap = self.summary(tenant)
         return TenantQuotaStatus(
             used=QuotaAmounts(memory=format_bytes(snap.used.memory), cores=str(snap.used.cores)),
             pending=snap.pending,

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 from fracgpu.core.policies import live_default
+from fracgpu.core.policies.fracgpu import PatternPlanner
 from fracgpu.core.policies.paper import FGD
-from fracgpu.core.policies.planned import PatternPlanner
 from fracgpu.core.ranking import BestFit, Policy, Spread, TopologyQuality, Weighted
 from fracgpu.core.workload import WorkloadHistogram
 

@@ -19,8 +19,8 @@ import grpc
 from fracgpu.api.v1beta1.deviceplugin import api_pb2_grpc
 from fracgpu.core.health import HealthTracker
 from fracgpu.core.healthconfig import HealthConfig
+from fracgpu.deviceplugin.apiserver import ApiServer
 from fracgpu.deviceplugin.backends.base import GpuBackend
-from fracgpu.deviceplugin.cluster import Cluster
 from fracgpu.deviceplugin.health import DeviceState, HealthMonitor
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import Plugin, PluginConfig
@@ -42,7 +42,7 @@ class AppConfig:
 
 
 class DevicePluginApp:
-    def __init__(self, cfg: AppConfig, backend: GpuBackend, cluster: Cluster, holdings: HoldingsSource,
+    def __init__(self, cfg: AppConfig, backend: GpuBackend, api: ApiServer, holdings: HoldingsSource,
                  quota: QuotaCheck | None = None, metrics: PluginMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
@@ -50,7 +50,7 @@ class DevicePluginApp:
         self.state = DeviceState(backend, HealthTracker(cfg.health))
         self._reported = threading.Event()
         self.monitor = HealthMonitor(self.state, cfg.health, clock=clock, on_change=self._reported.set)
-        self.plugin = Plugin(cfg.plugin, self.state, cluster, holdings, quota, self.metrics)
+        self.plugin = Plugin(cfg.plugin, self.state, api, holdings, quota, self.metrics)
         self.server = PluginServer(cfg.server, self._add_servicer, on_register=self.metrics.registrations.inc,
                                    wake=self.state.poke)
         self.stopping = threading.Event()
@@ -82,7 +82,7 @@ class DevicePluginApp:
             now = time.monotonic()
             if now >= next_lease:
                 try:
-                    self.plugin.cluster.renew_lease()
+                    self.plugin.api.renew_lease()
                 except Exception as e:
                     self.metrics.write_errors.inc()
                     log.warning("lease renewal failed error=%s", e)

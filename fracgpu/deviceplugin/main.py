@@ -26,10 +26,10 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.tenant import default_limits
+from fracgpu.deviceplugin.apiserver import ApiServer, MemoryApiServer
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.base import BackendError
 from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
-from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.nodeflags import (
@@ -45,6 +45,7 @@ from fracgpu.deviceplugin.response import parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import LockError, ServerConfig
 from fracgpu.kube.errors import KubeConfigError
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     add_config_flag,
@@ -60,13 +61,9 @@ from fracgpu.startup import (
 )
 
 if TYPE_CHECKING:
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A flag or environment value is not valid; the message names it."""
 
 
 FLAGS = (
@@ -116,17 +113,17 @@ def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 
-def make_cluster(args: argparse.Namespace) -> Cluster:
+def make_api_server(args: argparse.Namespace) -> ApiServer:
     if args.no_kube:
-        return MemoryCluster(args.node_name)
-    from fracgpu.deviceplugin.kubecluster import KubeCluster
+        return MemoryApiServer(args.node_name)
+    from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
     from fracgpu.kube import client, writer
 
     api = client.build_api_client(host=args.kube_api or None, kubeconfig=args.kubeconfig or None)
-    cluster = KubeCluster(writer.KubeWriter(client.Transport(api), component="fracgpu-device-plugin"),
-                          args.node_name, namespace=args.namespace)
-    cluster.start()
-    return cluster
+    server = KubeApiServer(writer.KubeWriter(client.Transport(api), component="fracgpu-device-plugin"),
+                           args.node_name, namespace=args.namespace)
+    server.start()
+    return server
 
 
 def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQuotas | None:
@@ -141,7 +138,7 @@ def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQu
         default = default_limits(args.default_memory_quota, args.default_core_quota)
     except QuantityError as e:
         raise ConfigError(f"default quota: {e}") from None
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
     from fracgpu.kube import client
 
     # a connection pool of its own: three long watches must not hold up the plugin's writes
@@ -151,7 +148,7 @@ def make_quota(args: argparse.Namespace, metrics: PluginMetrics) -> KubeTenantQu
     return quota
 
 
-def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DevicePluginApp, Cluster]:
+def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DevicePluginApp, ApiServer]:
     if not args.node_name:
         raise ConfigError("--node-name (or NODE_NAME from the downward API) is required")
     try:
@@ -191,7 +188,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     metrics = PluginMetrics()
     quota = make_quota(args, metrics)
     try:
-        cluster = make_cluster(args)  # waits for this node's pods; the quota caches list meanwhile
+        api = make_api_server(args)  # waits for this node's pods; the quota caches list meanwhile
     except BaseException:
         if quota is not None:
             quota.stop()
@@ -199,7 +196,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
     if quota is not None and not quota.wait_synced(args.quota_sync_timeout):
         log.warning("quota caches not synced after %.0f s; Allocate lets pods through unchecked until they are "
                     "(fracgpu_deviceplugin_quota_checks_total{outcome=\"unchecked\"})", args.quota_sync_timeout)
-    return DevicePluginApp(cfg, backend, cluster, holdings, quota=quota, metrics=metrics), cluster
+    return DevicePluginApp(cfg, backend, api, holdings, quota=quota, metrics=metrics), api
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -209,7 +206,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return args
     start_logging(args.log_level)
     try:
-        app, cluster = build(args, environ)
+        app, api = build(args, environ)
     except KubeConfigError as e:
         return _refuse(no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, run it in a "
                                      "pod, or run without a cluster with --no-kube"))
@@ -218,7 +215,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (ConfigError, SimulatedConfigError, ValueError) as e:
         return _refuse(e)
     if not os.path.isdir(args.socket_dir):
-        _stop(app, cluster, None, started=False)
+        _stop(app, api, None, started=False)
         return _refuse(f"--socket-dir {args.socket_dir} is not a directory: give the kubelet's device-plugins "
                        f"directory ({DEVICE_PLUGIN_DIR}), or for a demo create one (mkdir -p {args.socket_dir})")
     metrics_server = None
@@ -228,7 +225,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         try:
             metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
         except OSError as e:
-            _stop(app, cluster, None, started=False)
+            _stop(app, api, None, started=False)
             return _refuse(metrics_server_error(e, args.metrics_port))
     stop = threading.Event()
 
@@ -253,20 +250,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (OSError, RuntimeError) as e:  # a --socket-dir it may not write to (RuntimeError: gRPC's bind)
         return _refuse(f"cannot serve in --socket-dir {args.socket_dir}: {' '.join(str(e).split())}")
     finally:
-        _stop(app, cluster, metrics_server, started=True)
+        _stop(app, api, metrics_server, started=True)
     log.info("device plugin stopped")
     return 0
 
 
-def _stop(app: DevicePluginApp, cluster: Cluster, metrics_server: Any, *, started: bool) -> None:
+def _stop(app: DevicePluginApp, api: ApiServer, metrics_server: Any, *, started: bool) -> None:
     if started:
         app.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
         metrics_server.server_close()
-    stop_cluster = getattr(cluster, "stop", None)
-    if stop_cluster is not None:
-        stop_cluster()
+    stop_api = getattr(api, "stop", None)
+    if stop_api is not None:
+        stop_api()
     stop_quota = getattr(app.plugin.quota, "stop", None)
     if stop_quota is not None:
         stop_quota()

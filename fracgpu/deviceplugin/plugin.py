@@ -1,7 +1,7 @@
 """The plugin's working parts around the ledger: pods in, decisions out, writes in the background.
 
 ``Plugin`` is what the gRPC servicer calls. It keeps the ledger in step with the API server (a
-cheap read of the Cluster's cache before each decision), answers GetPreferredAllocation and
+cheap read of the ApiServer's cache before each decision), answers GetPreferredAllocation and
 Allocate under one lock (the kubelet admits one pod at a time anyway), and hands every write to
 the API server, every Event and the PodResources cross-check to a single background worker so
 that Allocate never waits on the network.
@@ -35,7 +35,7 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.core.inventory import device_ids
 from fracgpu.core.shareenv import DEVICE_LIST_ENVVAR
-from fracgpu.deviceplugin.cluster import Cluster, PodEvent
+from fracgpu.deviceplugin.apiserver import ApiServer, PodEvent
 from fracgpu.deviceplugin.health import DeviceState
 from fracgpu.deviceplugin.ledger import (
     AMBIGUOUS,
@@ -53,6 +53,7 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.podresources import Holdings, HoldingsSource, NoHoldings
 from fracgpu.deviceplugin.quota import AllowAll, QuotaCheck
 from fracgpu.deviceplugin.response import LimiterConfig, container_response
+from fracgpu.kube.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class Plugin:
         self,
         cfg: PluginConfig,
         state: DeviceState,
-        cluster: Cluster,
+        api: ApiServer,
         holdings: HoldingsSource,
         quota: QuotaCheck | None = None,
         metrics: PluginMetrics | None = None,
@@ -100,7 +101,7 @@ class Plugin:
     ) -> None:
         self.cfg = cfg
         self.state = state
-        self.cluster = cluster
+        self.api = api
         self.holdings = holdings
         self.quota = quota or AllowAll()
         self.metrics = metrics or PluginMetrics()
@@ -210,13 +211,13 @@ class Plugin:
     def _sync(self, refresh: bool = False) -> None:
         if refresh:
             try:
-                self.cluster.refresh()
+                self.api.refresh()
             except Exception as e:
                 log.warning("pod refresh failed error=%s", e)
         if self.state.version != self._gpu_version:
             self._gpu_version = self.state.version
             self.ledger.set_gpus(self.state.gpus())
-        self.ledger.sync_pods(self.cluster.node_pods())
+        self.ledger.sync_pods(self.api.node_pods())
 
     # --- outcomes ---
 
@@ -230,7 +231,7 @@ class Plugin:
             self._submit(partial(self._write_assigned, key, text))
             ns, name = key.split("/", 1)
             msg = f"the kubelet chose other devices; reservation now on GPU(s) {', '.join(g.uuid for g in a.gpus)}"
-            self._submit(partial(self.cluster.pod_event, PodEvent(ns, name, "", EVENT_MOVED, msg, type="Normal")))
+            self._submit(partial(self.api.pod_event, PodEvent(ns, name, "", EVENT_MOVED, msg, type="Normal")))
         if grant.pod_done:
             ns, name = grant.pod.split("/", 1)
             self._submit(partial(self._write, ns, name, {ANN_PHASE: PHASE_ALLOCATED}))
@@ -258,7 +259,7 @@ class Plugin:
             entry = self.ledger.entries.get(key)
             uid = entry.pod.uid if entry is not None else ""
             event = PodEvent(ns, name, uid, EVENT_REFUSED, f"fracgpu device plugin refused Allocate: {refusal.reason}")
-            self._submit(partial(self.cluster.pod_event, event))
+            self._submit(partial(self.api.pod_event, event))
         if len(refusal.pods) == 1 and refusal.code != AMBIGUOUS:
             ns, name = refusal.pods[0].split("/", 1)
             phase = (PHASE_FAILED_PREFIX + refusal.reason)[:1024]
@@ -295,16 +296,19 @@ class Plugin:
                 self._jobs.task_done()
 
     def _write(self, namespace: str, name: str, annotations: dict[str, str | None]) -> bool:
+        # a merge patch without resourceVersion never conflicts (no retry_on_conflict): this retries the
+        # transport / server errors, after a pause, and gives up on a deleted pod
+        backoff = Backoff(self.cfg.retry_backoff)
         for attempt in range(self.cfg.write_retries):
             try:
-                self.cluster.patch_pod_annotations(namespace, name, annotations)
+                self.api.patch_pod_annotations(namespace, name, annotations)
                 return True
             except LookupError:
                 return False  # the pod is gone: nothing to record
             except Exception as e:
                 self.metrics.write_errors.inc()
                 log.warning("pod write failed pod=%s/%s attempt=%d error=%s", namespace, name, attempt + 1, e)
-                self._sleep(self.cfg.retry_backoff * 2**attempt)
+                self._sleep(backoff.delay(attempt))
         return False
 
     def _write_assigned(self, key: str, text: str) -> None:
@@ -377,7 +381,7 @@ class Plugin:
         if models:
             labels[LABEL_GPU_MODEL] = models.most_common(1)[0][0]
         try:
-            self.cluster.publish_node({ANN_INVENTORY: text}, labels)
+            self.api.publish_node({ANN_INVENTORY: text}, labels)
         except Exception as e:
             self.metrics.write_errors.inc()
             log.warning("node publish failed error=%s", e)

@@ -4,7 +4,7 @@ The extender charges quota at bind; the plugin checks once more, at the pod's fi
 that the tenant's quota is not exceeded. ``QuotaCheck`` is the seam the ledger calls;
 ``AllowAll`` is used without an API server (``--no-kube``, ``--quota-check off``).
 
-``TenantQuotas`` is the real one. It keeps, from watch events (``kubequota`` feeds it with
+``TenantQuotas`` is the real one. It keeps, from watch events (``quotawatch`` feeds it with
 reflectors; tests may feed it objects directly), the TenantQuotas, the Namespaces and the
 ``fracgpu.io/assigned`` reservations of every live pod in the cluster, and decides with the core's
 rules only: ``core.tenant.Tenants`` (who is the tenant, what are its limits, the cluster default
@@ -36,7 +36,7 @@ from fracgpu.api.v1beta1.names import ANN_ASSIGNED, TENANT_NS_PREFIX
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.quota import PodKey, QuotaLedger, Usage, charge_of
-from fracgpu.core.snapshot import namespace_record
+from fracgpu.core.records import namespace_record
 from fracgpu.core.tenant import UNLIMITED, Limits, NamespaceInfo, QuotaError, Tenants, ns_tenant
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.kube import objects

@@ -41,6 +41,7 @@ from fracgpu.draplugin.driver import DriverConfig, KubeClaims
 from fracgpu.draplugin.server import ServerConfig
 from fracgpu.kube import client, errors, writer
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     StartupError,
@@ -54,10 +55,6 @@ from fracgpu.startup import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A flag or environment value is not valid; the message names it."""
 
 
 def positive_seconds(raw: str) -> float:

@@ -29,11 +29,11 @@ from fracgpu.api.v1beta1.extender import (
     host_priority_list,
 )
 from fracgpu.extender.leader import Leadership
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from fracgpu.extender.scheduler import BindRefused, Scheduler, binding_annotations
 from fracgpu.kube.httpbody import DEFAULT_BODY_IDLE_TIMEOUT_S, BodyError, read_body
-from fracgpu.kube.tls import certificate_names, peer_certificate
+from fracgpu.servingtls import certificate_names, peer_certificate
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Binder(Protocol):
 class Deps:
     scheduler: Scheduler
     binder: Binder
-    metrics: Metrics
+    metrics: ExtenderMetrics
     body_limit: int = DEFAULT_BODY_LIMIT
     body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S
     ready: Callable[[], bool] = field(default=lambda: True)

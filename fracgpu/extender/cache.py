@@ -1,7 +1,7 @@
 """The extender's cache: list+watch (fracgpu.kube Reflector) of the objects placement needs.
 
 Nodes, the plugins' heartbeat Leases (in fracgpu's namespace), Pods, Namespaces and TenantQuotas,
-each turned into a slim record (fracgpu.core.snapshot) and fed to the Scheduler on the reflector's
+each turned into a slim record (fracgpu.core.records) and fed to the Scheduler on the reflector's
 thread. Nodes are listed first, so that the first pod list already knows which nodes fracgpu
 manages. The Scheduler is marked synced (and /readyz turns ready) after every resource's first
 full list. 410 Gone and dropped watches are the Reflector's business (relist / resume).
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import LEASE_PREFIX
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
-from fracgpu.core.snapshot import namespace_record, node_record, pod_record
+from fracgpu.core.records import namespace_record, node_record, pod_record
 from fracgpu.extender.dracache import DraView, has_claims
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import objects

@@ -23,7 +23,7 @@ from fracgpu.core import confusable, zone
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.nodematch import nodes_unavailable
 from fracgpu.core.pod import PodObject
-from fracgpu.core.quota import PendingPod, PodKey, Usage
+from fracgpu.core.quota import PendingPod, PodKey, Usage, queue_time
 from fracgpu.core.ranking import Ranked, Ranking, rank
 from fracgpu.core.registry import parse_policies, workload_histograms
 from fracgpu.core.request import GpuRequest, RequestError, parse_pod_request
@@ -234,7 +234,7 @@ class Decider:
         spec = self.store.state.specs[r.row]
         assert spec is not None
         gpus = tuple(sorted((spec.gpus[s].uuid, ask.req.memory_on(spec.gpus[s].memory)) for s in r.gpus))
-        mine = confusable.Reservation(ask.key, gpus, counts, now)
+        mine = confusable.AllocatingPod(ask.key, gpus, counts, now)
         others = self.store.allocating.on(r.node).values()
         return confusable.blocker(mine, others, now, self.config.stuck_allocating_s) is not None
 
@@ -251,7 +251,7 @@ class Decider:
             return ""
         pending = PendingPod(
             PodKey(ask.namespace, ask.name), tenant, Usage.for_pod(req.cores, mem), ask.pod.priority,
-            confusable.parse_time(ask.created),
+            queue_time(ask.created),
         )
         out = self.store.book.ledger.admit(pending, now, self.fits_somewhere)
         return "" if out.ok else out.reason

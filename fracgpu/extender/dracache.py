@@ -3,7 +3,7 @@ device-plugin path's records, so that one Scheduler decides for both paths with 
 queue and zone rules.
 
 Raw objects are kept for the nodes labelled ``fracgpu.io/dra=true``, their pools' slices, the claims and
-templates, and the pods that name claims. Every change lowers what it touches with ``core.drasnapshot``
+templates, and the pods that name claims. Every change lowers what it touches with ``core.dralower``
 (the code ``fracgpu simulate`` and ``inspect`` use on a snapshot) and feeds the result to the Scheduler:
 a node's pool becomes its inventory, a pod's claims its vgpu request and, once allocated, its
 reservation on the pool's node. The allocator (``draallocator``) reads the pods that wait for an
@@ -21,9 +21,9 @@ from fracgpu.api.v1beta1.dra.resource import ResourceClaim, ResourceSlice
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_DRIVER, LABEL_DRA
+from fracgpu.core.dralower import PodDra, lower_node, lower_pod, pool_inventories
 from fracgpu.core.draslices import device_allocator
-from fracgpu.core.drasnapshot import PodDra, lower_node, lower_pod, pool_inventories
-from fracgpu.core.snapshot import node_record, pod_record
+from fracgpu.core.records import node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
 
 Obj = Mapping[str, Any]

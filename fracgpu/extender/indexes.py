@@ -8,14 +8,14 @@ from collections.abc import Iterable, Mapping
 
 from fracgpu.core import confusable
 
-_NONE: Mapping[str, confusable.Reservation] = {}
+_NONE: Mapping[str, confusable.AllocatingPod] = {}
 
 
 class Allocating:
     """node -> pod -> its confusable-rule record, for pods in phase `allocating`."""
 
     def __init__(self) -> None:
-        self._on_node: dict[str, dict[str, confusable.Reservation]] = {}
+        self._on_node: dict[str, dict[str, confusable.AllocatingPod]] = {}
         self._node_of: dict[str, str] = {}  # the reverse
 
     def __bool__(self) -> bool:
@@ -25,14 +25,14 @@ class Allocating:
         """Nodes with a pod allocating."""
         return len(self._on_node)
 
-    def on(self, node: str) -> Mapping[str, confusable.Reservation]:
+    def on(self, node: str) -> Mapping[str, confusable.AllocatingPod]:
         return self._on_node.get(node, _NONE)
 
-    def of(self, key: str) -> confusable.Reservation | None:
+    def of(self, key: str) -> confusable.AllocatingPod | None:
         node = self._node_of.get(key)
         return self._on_node.get(node, {}).get(key) if node is not None else None
 
-    def set(self, key: str, node: str, res: confusable.Reservation) -> None:
+    def set(self, key: str, node: str, res: confusable.AllocatingPod) -> None:
         self.unset(key)
         self._on_node.setdefault(node, {})[key] = res
         self._node_of[key] = node

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fracgpu.core.snapshot import PodRecord, pod_record
+from fracgpu.core.records import PodRecord, pod_record
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import errors, pager
 from fracgpu.kube.client import Transport

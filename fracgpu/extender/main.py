@@ -38,16 +38,17 @@ from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.draallocator import Allocator
 from fracgpu.extender.dracache import DraView
 from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
 from fracgpu.kube.errors import KubeAPIError, KubeConfigError, NotFound
 from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.resources import RESOURCECLAIMS
-from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
 from fracgpu.kube.writer import KubeWriter
+from fracgpu.servingtls import CertificateReloader, make_server_context, reload_task
 from fracgpu.startup import (
+    ConfigError,
     Flag,
     Parser,
     StartupError,
@@ -110,10 +111,6 @@ FLAGS = (
          "server serves resource.k8s.io/v1)", "auto", choices=("auto", "on", "off")),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
 )
-
-
-class ConfigError(Exception):
-    """A flag or environment value that cannot be used; the message names it."""
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -285,7 +282,7 @@ def main(argv: list[str]) -> int:
         print(f"fracgpu extender: {e}", file=sys.stderr)
         return 2
     scheduler = new_scheduler(config)
-    metrics = Metrics(scheduler)
+    metrics = ExtenderMetrics(scheduler)
     binder: Binder
     cache: ClusterCache | None = None
     writer: KubeWriter | None = None

@@ -1,4 +1,4 @@
-"""The extender's Prometheus registry (`Metrics`: request latency, filter outcomes per reason kind,
+"""The extender's Prometheus registry (`ExtenderMetrics`: request latency, filter outcomes per reason kind,
 bind failures, cache objects, leadership) and the per-tenant quota gauges (`TenantCollector`),
 read from the Scheduler's quota ledger at scrape time:
 
@@ -57,7 +57,7 @@ class TenantCollector(Collector):
         yield pending
 
 
-class Metrics:
+class ExtenderMetrics:
     """The extender's own Prometheus registry (no process-global state)."""
 
     def __init__(self, scheduler: Scheduler | None = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from fracgpu.core import fit, snapshot
+from fracgpu.core import fit, records
 
 
 class ReasonKind(StrEnum):
@@ -48,12 +48,12 @@ class ReasonKind(StrEnum):
 # Texts that never vary (module constants), then patterns for the templated ones, first match wins.
 # The literal fragments are those of the functions named beside them.
 _EXACT: dict[str, ReasonKind] = {
-    snapshot.NODE_NOT_OPTED_IN: ReasonKind.NODE_NOT_OPTED_IN,
-    snapshot.NODE_NO_INVENTORY: ReasonKind.NODE_INVENTORY,
-    snapshot.NODE_BAD_INVENTORY: ReasonKind.NODE_INVENTORY,
-    snapshot.NODE_GPUS_UNREACHABLE: ReasonKind.NODE_GPUS_UNREACHABLE,
-    snapshot.NODE_NO_HEARTBEAT: ReasonKind.NODE_HEARTBEAT,
-    snapshot.NODE_STALE_HEARTBEAT: ReasonKind.NODE_HEARTBEAT,
+    records.NODE_NOT_OPTED_IN: ReasonKind.NODE_NOT_OPTED_IN,
+    records.NODE_NO_INVENTORY: ReasonKind.NODE_INVENTORY,
+    records.NODE_BAD_INVENTORY: ReasonKind.NODE_INVENTORY,
+    records.NODE_GPUS_UNREACHABLE: ReasonKind.NODE_GPUS_UNREACHABLE,
+    records.NODE_NO_HEARTBEAT: ReasonKind.NODE_HEARTBEAT,
+    records.NODE_STALE_HEARTBEAT: ReasonKind.NODE_HEARTBEAT,
     fit.NO_GPUS: ReasonKind.NO_GPUS,
     fit.NO_HEALTHY: ReasonKind.NO_HEALTHY_GPU,
 }
@@ -62,7 +62,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], ReasonKind], ...] = tuple(
         (r"^the fracgpu extender's cache is not synced yet$", ReasonKind.CACHE_NOT_SYNCED),  # decide.NOT_READY
         (r"^node is not in the fracgpu extender's cache yet$", ReasonKind.NODE_NOT_IN_CACHE),  # decide.UNKNOWN_NODE
         (r"^invalid GPU request: ", ReasonKind.INVALID_REQUEST),  # decide.read_request
-        (r"^node is tainted \S+:NoSchedule$", ReasonKind.NODE_TAINTED),  # snapshot.node_tainted
+        (r"^node is tainted \S+:NoSchedule$", ReasonKind.NODE_TAINTED),  # records.node_tainted
         (r"^node runs pod \S+ .*reservation cannot be read", ReasonKind.NODE_UNREADABLE_RESERVATION),
         (r"^no GPU of a model allowed by ", ReasonKind.GPU_MODEL),  # fit.reason_model
         (r"^the GPUs with room are unhealthy ", ReasonKind.UNHEALTHY_ROOM),  # fit.reason_unhealthy_room

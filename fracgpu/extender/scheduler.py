@@ -35,9 +35,9 @@ from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATING
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.fit import reason_unhealthy_room
 from fracgpu.core.pod import PodObject, decode_pod
-from fracgpu.core.quota import PodKey, TenantSnapshot, charge_of
+from fracgpu.core.quota import PodKey, TenantSummary, charge_of
+from fracgpu.core.records import NamespaceRecord, NodeRecord, PodRecord
 from fracgpu.core.reservation import NoFreeDeviceIds, build_assignment
-from fracgpu.core.snapshot import NamespaceRecord, NodeRecord, PodRecord
 from fracgpu.extender.assume import BindRefused, Failure, Holds
 from fracgpu.extender.config import SchedulerConfig
 from fracgpu.extender.decide import (
@@ -333,7 +333,7 @@ class Scheduler:
         with self._lock:
             return self._book.status_writes(last_write, now, wall)
 
-    def tenant_usage(self) -> list[TenantSnapshot]:
+    def tenant_usage(self) -> list[TenantSummary]:
         """One consistent view of every tenant worth a metric series (extender/metrics.py), sorted."""
         with self._lock:
             return self._book.usage()

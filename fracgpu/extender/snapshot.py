@@ -1,6 +1,6 @@
 """`fracgpu extender --snapshot FILE`: the cache loaded from a `kubectl get -o yaml` style List.
 
-Parsing of the objects is the core's (`fracgpu.core.snapshot`, shared with `fracgpu simulate`);
+Parsing of the objects is the core's (`fracgpu.core.records`, shared with `fracgpu simulate`);
 this module reads the file and feeds the Scheduler. Binds update the in-memory snapshot only.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
-from fracgpu.core.snapshot import SnapshotDoc, namespace_record, node_record, pod_record
+from fracgpu.core.records import SnapshotDoc, namespace_record, node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 

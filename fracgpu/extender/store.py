@@ -14,12 +14,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from fracgpu.api import rfc3339
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.names import LABEL_DRA, PHASE_ALLOCATING
 from fracgpu.core import confusable
 from fracgpu.core.cluster import ClusterState, GpuUse, IntArray, NodeSpec, PodUse
 from fracgpu.core.quota import PodKey, Usage, charge_of
-from fracgpu.core.snapshot import (
+from fracgpu.core.records import (
     NODE_NO_HEARTBEAT,
     NODE_STALE_HEARTBEAT,
     NodeRecord,
@@ -172,7 +173,7 @@ class Store:
             self._drop(key)
             held = None
         gpus: tuple[GpuUse, ...] = ()
-        reservation: confusable.Reservation | None = None
+        reservation: confusable.AllocatingPod | None = None
         unreadable = False
         if rec.assignment is not None and rec.assignment.node == rec.node:
             a = rec.assignment
@@ -222,7 +223,7 @@ class Store:
         uses = tuple(GpuUse(g.uuid, g.cores, g.memory) for g in a.gpus)
         self.state.add_pod(key, PodUse(a.node, uses, rec.cpu_milli, rec.memory_bytes))
         if not rec.claims:  # the device plugin cannot tell same-size pods apart while they allocate
-            self.allocating.set(key, a.node, confusable.Reservation.of(key, a, now))
+            self.allocating.set(key, a.node, confusable.AllocatingPod.of(key, a, now))
         if rec.request is not None and rec.request.group:
             self.groups.add(rec.namespace, rec.request.group, key)
         self.pods[key] = _bound(rec, a.node)
@@ -258,16 +259,16 @@ class Store:
         for name in changed:
             self.rejudge(name)
 
-    def _allocating_from(self, key: str, a: Assignment) -> confusable.Reservation:
+    def _allocating_from(self, key: str, a: Assignment) -> confusable.AllocatingPod:
         """The confusable-rule record of a reservation the watch shows `allocating`, its start on our
         monotonic clock: the age the annotation's assign time gives is read from the wall clock once,
         at first sight; later events of the same reservation keep that start (a wall-clock step in
         between moves nothing)."""
-        res = confusable.Reservation.of(key, a, 0.0)
+        res = confusable.AllocatingPod.of(key, a, 0.0)
         known = self.allocating.of(key)
         if known is not None and known.gpus == res.gpus and known.counts == res.counts:
             return known
-        age = max(0.0, self.wall() - confusable.parse_time(a.assigned_at))  # unreadable: as old as the epoch
+        age = max(0.0, self.wall() - rfc3339.parse_or_zero(a.assigned_at))  # unreadable: as old as the epoch
         return replace(res, assigned_at=self.clock() - age)
 
     # ---- lookups ------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from fracgpu.core.quota import (
     PodKey,
     QuotaConfig,
     QuotaLedger,
-    TenantSnapshot,
+    TenantSummary,
 )
 from fracgpu.core.quotastatus import merge_conditions, should_write_status
-from fracgpu.core.snapshot import NamespaceRecord
+from fracgpu.core.records import NamespaceRecord
 from fracgpu.core.tenant import SOURCE_DEFAULT, SOURCE_NONE, Limits, NamespaceInfo, Tenants, tq_tenant
 
 
@@ -102,7 +102,7 @@ class TenantBook:
                 out.append((name, new.to_dict()))
         return out
 
-    def usage(self) -> list[TenantSnapshot]:
+    def usage(self) -> list[TenantSummary]:
         """Every tenant worth a metric series, sorted: those that hold something or have pods
         waiting, and those with a limit of their own (a tenant whose limit is only the cluster
         default is listed once it holds or waits)."""
@@ -112,7 +112,7 @@ class TenantBook:
             limits = tenants.limits(t)
             if not isinstance(limits, Limits) or _own_limit(limits):
                 names.add(t)
-        return [self.ledger.snapshot(t) for t in sorted(names)]
+        return [self.ledger.summary(t) for t in sorted(names)]
 
 
 def _own_limit(limits: Limits) -> bool:

@@ -1,6 +1,6 @@
 """Reading a snapshot file: a `kubectl get -o yaml` style List (or a stream of documents).
 
-The objects are parsed by the core (`fracgpu.core.snapshot`); this is the one file reader that
+The objects are parsed by the core (`fracgpu.core.records`); this is the one file reader that
 `fracgpu extender --snapshot`, `fracgpu simulate --snapshot` and `fracgpu inspect` share.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
-from fracgpu.core.snapshot import SnapshotDoc, parse_list
+from fracgpu.core.records import SnapshotDoc, parse_list
 
 
 class SnapshotError(Exception):

@@ -1,1 +1,1 @@
-"""`fracgpu simulate` and `fracgpu inspect`: the placement core without a cluster (trace replay, snapshots)."""
+"""`fracgpu simulate`: the placement core without a cluster (trace replay, a snapshot's pending pods)."""

@@ -9,23 +9,30 @@ published figure beside them, and fracgpu's difference to FGD. See docs/simulate
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
 import os
-import statistics
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from fracgpu.core.policies import DEFAULT_POLICY, POLICIES, policy_list
-from fracgpu.sim.published import published
-from fracgpu.sim.replay import KINDS, Progress, RunResult, paper_sequence, run_paper
+from fracgpu.sim.replay import Progress, RunResult, paper_sequence, run_paper
+from fracgpu.sim.report import (
+    DEFAULT_COMPARE,
+    PAPER_INFLATION,
+    Setting,
+    plot,
+    plural,
+    render_csv,
+    render_table,
+    seed_text,
+    summarise,
+)
 from fracgpu.sim.trace import (
     DEFAULT_NODES,
     DEFAULT_TRACE,
@@ -36,7 +43,7 @@ from fracgpu.sim.trace import (
     load_tasks,
     resolve,
 )
-from fracgpu.startup import add_config_flag
+from fracgpu.startup import Flag, add_config_flag, add_flags
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +71,41 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(out))  # a seed given twice is one run, not two samples
 
 
-PAPER_INFLATION = 1.3
-DEFAULT_COMPARE = "fgd"  # run beside the default policy so the table compares like for like
 PLOT_BASELINE = "best-fit"  # and beside those on the plot
 INFLATION_RANGE = (1.0, 10.0)
 PLOT_UPTO = 121.0  # the plot's x axis ends at 120 % arrived
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+FLAGS = (
+    Flag("protocol", "paper: the FGD experiment; cluster: CPU-only pods placed as kube-scheduler would",
+         default="paper", choices=("paper", "cluster")),
+    Flag("policy", f"one of {', '.join(POLICIES)}, a comma list, or 'all'",
+         unset=f"{DEFAULT_POLICY} and {DEFAULT_COMPARE} on the same seeds; with --plot also {PLOT_BASELINE}"),
+    Flag("trace", "task list: a bundled variant (default, gpushare40, ...), a CSV file in the openb pod-list "
+         "format, or a comma list of them", default=DEFAULT_TRACE),
+    Flag("nodes", "node list: gpu_node, all_node, or a CSV file", default=DEFAULT_NODES),
+    Flag("seeds", "seeds, e.g. 42 or 42-51", default="42", type=parse_seeds),
+    Flag("inflation", f"the workload replayed, as a multiple of the cluster's GPU capacity, from "
+         f"{INFLATION_RANGE[0]:g} to {INFLATION_RANGE[1]:g} ({PAPER_INFLATION:g} is the paper's)",
+         default=str(PAPER_INFLATION), type=float),
+    Flag("output", "table, json (with per-run curves) or csv", default="table", choices=("table", "json", "csv"),
+         short="-o"),
+    Flag("plot", "draw unallocated GPU % vs arrived load to FILE (.png, .svg or .pdf; needs matplotlib); replays "
+         "each run to 121 % arrived", metavar="FILE.png", unset="no picture"),
+    Flag("jobs", "parallel runs, at least 1", type=int, short="-j", unset="one per CPU, at most one per run"),
+    Flag("snapshot", "a cluster snapshot (YAML List of Nodes/Pods/...)", metavar="FILE",
+         unset="none, replay --trace"),
+    Flag("pending", "with --snapshot: where would the pending pods fit", switch=True),
+    Flag("full", "replay every task, not only to just past 100 % arrived, where the report is taken", switch=True),
+    Flag("no-progress", "no progress bar (without it, a bar is drawn only when stderr is a terminal)", switch=True),
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fracgpu simulate", description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_config_flag(p, {})
-    p.add_argument("--protocol", choices=("paper", "cluster"), default="paper",
-                   help="paper: the FGD experiment (default); cluster: CPU-only pods placed as kube-scheduler would")
-    p.add_argument("--policy", default=None,
-                   help=f"one of {', '.join(POLICIES)}, a comma list, or 'all' (default {DEFAULT_POLICY} and "
-                        f"{DEFAULT_COMPARE} on the same seeds; with --plot also {PLOT_BASELINE})")
-    p.add_argument("--trace", default=DEFAULT_TRACE, help="task list: a bundled variant (default, gpushare40, ...), "
-                   "a CSV file in the openb pod-list format, or a comma list of them (default default)")
-    p.add_argument("--nodes", default=DEFAULT_NODES, help="node list: gpu_node (default), all_node, or a CSV file")
-    p.add_argument("--seeds", type=parse_seeds, default=[42], help="seeds, e.g. 42 or 42-51 (default 42)")
-    p.add_argument("--inflation", type=float, default=PAPER_INFLATION,
-                   help=f"the workload replayed, as a multiple of the cluster's GPU capacity, from "
-                        f"{INFLATION_RANGE[0]:g} to {INFLATION_RANGE[1]:g} (default 1.3, the paper's)")
-    p.add_argument("-o", "--output", choices=("table", "json", "csv"), default="table",
-                   help="table (default), json (with per-run curves) or csv")
-    p.add_argument("--plot", metavar="FILE.png", help="draw unallocated GPU %% vs arrived load to FILE (.png, .svg or "
-                   ".pdf; needs matplotlib); replays each run to 121 %% arrived (default: no picture)")
-    p.add_argument("-j", "--jobs", type=int, default=None,
-                   help="parallel runs, at least 1 (default: one per CPU, at most one per run)")
-    p.add_argument("--snapshot", metavar="FILE",
-                   help="a cluster snapshot (YAML List of Nodes/Pods/...) (default: none, replay --trace)")
-    p.add_argument("--pending", action="store_true",
-                   help="with --snapshot: where would the pending pods fit (default: off)")
-    p.add_argument("--full", action="store_true",
-                   help="replay every task (default: stop just past 100%% arrived, where the report is taken)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (default: a bar, drawn only when stderr is a terminal)")
+    add_flags(p, FLAGS, {})
     return p
 
 
@@ -124,7 +129,7 @@ def run_job(job: Job, progress: Progress | None = None) -> RunResult:
     tasks = load_tasks(resolve(job.trace, "pod"))
     policies = policy_list
     if job.protocol == "cluster":
-        from fracgpu.sim.cluster import cluster_policies
+        from fracgpu.sim.defaultscheduler import cluster_policies
 
         policies = cluster_policies
     return run_paper(nodes, tasks, job.policy, job.seed, policies, inflation=job.inflation,
@@ -175,37 +180,6 @@ def run_all(jobs: list[Job], workers: int, bar: Bar | None) -> list[RunResult]:
 
 class UsageError(ValueError):
     """A flag value or input the run cannot use; the message names it and what is allowed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """What every run of one invocation shares, for the report's header and published figures."""
-
-    protocol: str
-    inflation: float
-    seeds: tuple[int, ...]
-    nodes: str
-    node_count: int
-    gpus: int
-
-    @property
-    def published_comparable(self) -> bool:
-        """The FGD paper ran its protocol on gpu_node at inflation 1.3 only."""
-        return self.protocol == "paper" and self.nodes == DEFAULT_NODES and self.inflation == PAPER_INFLATION
-
-
-def seed_text(seeds: Sequence[int]) -> str:
-    """[42] -> "seed 42"; [42..51] -> "seeds 42-51"; [1, 5, 6] -> "seeds 1,5-6"."""
-    ss = sorted(set(seeds))
-    parts: list[str] = []
-    i = 0
-    while i < len(ss):
-        j = i
-        while j + 1 < len(ss) and ss[j + 1] == ss[j] + 1:
-            j += 1
-        parts.append(str(ss[i]) if i == j else f"{ss[i]}-{ss[j]}")
-        i = j + 1
-    return ("seed " if len(ss) == 1 else "seeds ") + ",".join(parts)
 
 
 def check_inflation(value: float) -> None:
@@ -282,173 +256,10 @@ def load_inputs(traces: Sequence[str], nodes_arg: str, seeds: Sequence[int], inf
     return counts, nodes
 
 
-def summarise(results: Sequence[RunResult], bucket: int = 100, *, published_too: bool = True) -> list[dict[str, Any]]:
-    """One row per (trace, policy): our mean/sd over seeds beside the authors' for the same trace
-    (only when `published_too`: the same protocol, cluster and inflation as theirs)."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for r in results:
-        groups.setdefault((r.trace, r.policy), []).append(r)
-    rows = []
-    for (trace, policy), rs in groups.items():
-        un = [u for u in (r.unallocated(bucket) for r in rs) if u is not None]
-        fr = [f for f in (r.frag_at(bucket) for r in rs) if f is not None]
-        pub = published(trace, policy, bucket) if published_too else None
-        failed = {k: statistics.fmean(r.failed.get(k, 0) for r in rs) for k in KINDS}
-        rows.append({
-            "trace": trace,
-            "policy": policy,
-            "seeds": [r.seed for r in rs],
-            "unallocated_pct": statistics.fmean(un) if un else None,
-            "unallocated_sd": statistics.stdev(un) if len(un) > 1 else None,
-            "unallocated_gpus": (statistics.fmean(un) / 100 * rs[0].capacity / MILLI) if un else None,
-            "capacity_gpus": rs[0].capacity // MILLI,
-            "allocation_pct": 100 - statistics.fmean(un) if un else None,
-            "frag_ratio_pct": statistics.fmean(fr) if fr else None,
-            "failed_tasks": failed,
-            "published_unallocated_pct": pub.mean if pub else None,
-            "published_sd": pub.sd if pub else None,
-            "published_seeds": sorted(pub.per_seed) if pub else None,
-            "published_same_seeds_pct": (statistics.fmean(pub.per_seed[s] for s in (r.seed for r in rs)
-                                                          if s in pub.per_seed)
-                                         if pub and any(r.seed in pub.per_seed for r in rs) else None),
-            "tasks": rs[0].tasks,
-            "seconds": statistics.fmean(r.seconds for r in rs),
-        })
-    return rows
-
-
-def _pct(value: float | None, sd: float | None) -> str:
-    """A percentage and, when there is one, its spread: the '±' column is blank for one seed."""
-    if value is None:
-        return f"{'-':>7} {'':<6}"
-    return f"{value:>7.2f} {'' if sd is None else f'± {sd:.2f}':<6}"
-
-
-def render_table(rows: list[dict[str, Any]], setting: Setting) -> str:
-    out = io.StringIO()
-    seeds = seed_text(setting.seeds)
-    several = len(setting.seeds) > 1
-    out.write("Unallocated GPUs when the tasks that arrived ask for 100 % of the cluster's GPUs "
-              "(lower is better).\n")
-    out.write(f"{setting.protocol} protocol, inflation {setting.inflation:g}, {seeds}"
-              f"{f' (mean ± sd over {len(setting.seeds)} runs each)' if several else ''}; "
-              f"nodes {setting.nodes}: {setting.node_count} nodes, {setting.gpus} GPUs.\n\n")
-    # (trace, policy, unallocated %, unallocated GPUs, last column), then a comparison line per trace
-    lines: list[tuple[str, str, str, str, str] | str] = []
-    for trace in dict.fromkeys(r["trace"] for r in rows):
-        ours = [r for r in rows if r["trace"] == trace]
-        for r in ours:
-            failed = ", ".join(f"{k} {v:.0f}" for k, v in r["failed_tasks"].items() if v)
-            lines.append((trace, r["policy"], _pct(r["unallocated_pct"], r["unallocated_sd"]),
-                          _fmt(r["unallocated_gpus"], 0 if setting.gpus >= 100 else 1), failed or "none"))
-        if setting.published_comparable:
-            shown = [r["policy"] for r in ours if r["published_unallocated_pct"] is not None] or [DEFAULT_COMPARE]
-            for policy in shown:
-                pub = published(trace, policy, 100)
-                if pub is not None:
-                    lines.append((trace, f"{policy} (published)", _pct(pub.mean, pub.sd),
-                                  f"{pub.mean / 100 * setting.gpus:.0f}",
-                                  f"the FGD paper's mean ± sd over its {seed_text(sorted(pub.per_seed))} "
-                                  "(other random draws than ours)"))
-        by_policy = {r["policy"]: r["unallocated_pct"] for r in ours}
-        ours_pct, theirs_pct = by_policy.get(DEFAULT_POLICY), by_policy.get(DEFAULT_COMPARE)
-        if ours_pct is not None and theirs_pct is not None:
-            diff = round((theirs_pct - ours_pct) / 100 * setting.gpus)
-            than = (f"{abs(diff)} {'fewer' if diff > 0 else 'more'} GPUs unallocated than" if diff
-                    else "as many GPUs unallocated as")
-            lines.append(f"on the same {seeds}, {DEFAULT_POLICY} leaves {than} {DEFAULT_COMPARE}"
-                         f"{' (means)' if several else ''}")
-    rows_only = [x for x in lines if isinstance(x, tuple)]
-    tw = max(len("trace"), *(len(x[0]) for x in rows_only))
-    pw = max(len("policy"), *(len(x[1]) for x in rows_only))
-    head = f"{'trace':<{tw}}  {'policy':<{pw}}  {'unallocated %':<14}  unallocated GPUs  failed tasks by kind"
-    out.write(head + "\n" + "-" * len(head) + "\n")
-    for x in lines:
-        if isinstance(x, str):
-            out.write(f"{'':<{tw}}  {x}\n")
-        else:
-            out.write(f"{x[0]:<{tw}}  {x[1]:<{pw}}  {x[2]:<14}  {x[3]:>16}  {x[4]}\n")
-    if not setting.published_comparable:
-        out.write("\nNo published figures: the FGD paper ran its own protocol on gpu_node at inflation 1.3 only.\n")
-    out.write(f"\nfailed tasks{' (mean per run)' if several else ''}: arrived before 100 % but fitted on no node "
-              "(dropped, as in the paper).\n")
-    return out.getvalue()
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _fmt(x: float | None, nd: int = 2) -> str:
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
-def render_csv(rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    cols = ["trace", "policy", "seeds", "unallocated_pct", "unallocated_sd", "unallocated_gpus", "allocation_pct",
-            "frag_ratio_pct", "published_unallocated_pct", "published_sd", "tasks", "seconds",
-            *[f"failed_{k}" for k in KINDS]]
-    w = csv.writer(out)
-    w.writerow(cols)
-    for r in rows:
-        flat = {**r, "seeds": " ".join(str(s) for s in r["seeds"]),
-                **{f"failed_{k}": v for k, v in r["failed_tasks"].items()}}
-        w.writerow(["" if flat.get(c) is None else flat[c] for c in cols])
-    return out.getvalue()
-
-
-def figure(results: Sequence[RunResult], setting: Setting) -> Any:
-    """The paper's Fig. 9a per trace: unallocated GPU % against arrived load, the median over seeds
-    per policy, the ideal line, and the published FGD figure at 100 % when it applies.
-    A matplotlib Figure (not attached to pyplot: nothing global to close)."""
-    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
-
-    traces = list(dict.fromkeys(r.trace for r in results))
-    fig = Figure(figsize=(7 * len(traces), 4.5))
-    axes = fig.subplots(1, len(traces), squeeze=False)
-    xs = list(range(85, 121))
-    several = len(setting.seeds) > 1
-    for ax, trace in zip(axes[0], traces, strict=True):
-        by_policy: dict[str, list[RunResult]] = {}
-        for r in results:
-            if r.trace == trace:
-                by_policy.setdefault(r.policy, []).append(r)
-        top = 0.0
-        for policy, rs in by_policy.items():
-            ys = []
-            for x in xs:
-                vals = [u for u in (r.unallocated(x) for r in rs) if u is not None]
-                ys.append(statistics.median(vals) if vals else float("nan"))
-            top = max([top, *(y for y in ys if math.isfinite(y))])
-            ax.plot(xs, ys, label=policy, linewidth=2.2 if policy == DEFAULT_POLICY else 1.4)
-        pub = published(trace, DEFAULT_COMPARE, 100) if setting.published_comparable else None
-        if pub is not None:
-            ax.errorbar([100], [pub.mean], yerr=[pub.sd], fmt="o", color="black", capsize=3,
-                        label=f"FGD as published ({len(pub.per_seed)}-seed mean)")
-        ax.plot(xs, [max(0, 100 - x) for x in xs], "k--", linewidth=1, label="ideal (all arrived allocated)")
-        ax.axvline(100, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(f"trace {trace}, {seed_text(setting.seeds)}{' (median)' if several else ''}, "
-                     f"{setting.protocol} protocol")
-        ax.set_xlabel("arrived workload (% of the cluster's GPU capacity)")
-        ax.set_ylabel("unallocated GPU (% of capacity), lower is better")
-        ax.set_xlim(xs[0], xs[-1])
-        ax.set_ylim(0, min(100.0, max(16.0, top * 1.1)))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"fracgpu simulate: unallocated GPUs vs arrived load on {setting.nodes} "
-                 f"({setting.gpus} GPUs)")
-    fig.tight_layout()
-    return fig
-
-
-def plot(results: Sequence[RunResult], path: str, setting: Setting) -> None:
-    figure(results, setting).savefig(path)
-
-
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.snapshot or args.pending:
-        from fracgpu.sim.whatif import main_snapshot
+        from fracgpu.sim.pending import main_snapshot
 
         return main_snapshot(args.snapshot, args.pending, args.policy or DEFAULT_POLICY, args.output,
                              sys.stdout, sys.stderr)
@@ -473,9 +284,9 @@ def main(argv: list[str]) -> int:
     workers = min(len(jobs), args.jobs or os.cpu_count() or 1)
     named = ", ".join(policies) if args.policy is not None else \
         f"{DEFAULT_POLICY} and, for comparison, {' and '.join(policies[1:])}"
-    inputs = ", ".join(f"{t} ({_plural(n, 'task')})" for t, n in counts.items())
+    inputs = ", ".join(f"{t} ({plural(n, 'task')})" for t, n in counts.items())
     print(f"fracgpu simulate: {named} on {inputs}, "
-          f"{seed_text(args.seeds)}: {_plural(len(jobs), 'run')}, {workers} at a time", file=sys.stderr)
+          f"{seed_text(args.seeds)}: {plural(len(jobs), 'run')}, {workers} at a time", file=sys.stderr)
     if args.plot and not args.full:
         print(f"fracgpu simulate: --plot replays each run to {PLOT_UPTO:g} % arrived (the report alone stops "
               f"at 101 %), a little longer per run"

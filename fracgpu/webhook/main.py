@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from fracgpu.kube.tls import CertificateReloader, make_server_context, reload_task
+from fracgpu.servingtls import CertificateReloader, make_server_context, reload_task
 from fracgpu.startup import (
     Flag,
     Parser,

@@ -29,7 +29,7 @@ from fracgpu.api.v1beta1 import names
 from fracgpu.core.tenant import Limits, default_limits
 from fracgpu.extender.app import make_app
 from fracgpu.extender.main import build_tls, parse_args
-from fracgpu.kube.tls import make_server_context
+from fracgpu.servingtls import make_server_context
 from scripts.gen_chart import CHART
 from tests.charts.render import HelmFailed, Obj, container, env, find, helm_run, template
 from tests.extender.builders import bind_args, node_obj, pod_obj

@@ -12,10 +12,10 @@ from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, DEFAULT_NAMESPACE, device_id, lease_name
 from fracgpu.controller.config import ControllerConfig
-from fracgpu.controller.kubeio import JOBS, ControllerWriter, KubeLeaseStore
 from fracgpu.controller.loop import ClusterCache, Controller
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.reconcile import Plan
+from fracgpu.controller.writer import JOBS, ControllerWriter, KubeLeaseStore
 from fracgpu.kube.client import Transport, api_client_for_host
 from fracgpu.kube.leader import LeaderElector, LeaseTiming
 from fracgpu.kube.resources import LEASES

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from fracgpu.controller import main as cmain
-from fracgpu.controller.config import ConfigError
 from fracgpu.core.healthconfig import NodePolicy
+from fracgpu.startup import ConfigError
 from tests.controller.conftest import NS, inventory
 from tests.controller.test_self_heal import set_inventory, taints, terminating
 from tests.fakes.apiserver import FakeApiServer

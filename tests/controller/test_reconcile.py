@@ -8,10 +8,11 @@ import pytest
 
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.controller import reconcile as r
-from fracgpu.controller.config import ConfigError, ControllerConfig
-from fracgpu.controller.reconcile import EvictionOutcome, Memory, plan
+from fracgpu.controller.config import ControllerConfig
+from fracgpu.controller.reconcile import EvictionOutcome, RoundState, plan
 from fracgpu.controller.views import NodeView, PodView, World
 from fracgpu.core.healthconfig import NodePolicy
+from fracgpu.startup import ConfigError
 
 CFG = ControllerConfig(taint_hold=60.0, max_evictions_per_node=2, heartbeat_grace=30.0)
 
@@ -59,7 +60,7 @@ class EvictCase:
     node: NodeView
     pods: tuple[PodView, ...]
     evicted: tuple[str, ...]  # pod names evicted this round
-    memory: Memory = field(default_factory=Memory)
+    state: RoundState = field(default_factory=RoundState)
 
 
 EVICT_CASES = [
@@ -84,27 +85,27 @@ EVICT_CASES = [
         NodeView("n1", inv("x")),
         (pod("a", 0), pod("b", 0), pod("c", 0)),
         ("b",),
-        Memory(evictions={"uid-a": r.EvictionRecord(node="n1", evicted_at=0.0)}),
+        RoundState(evictions={"uid-a": r.EvictionRecord(node="n1", evicted_at=0.0)}),
     ),
     EvictCase(
         "a refused pod waits for its backoff",
         NodeView("n1", inv("x")),
         (pod("a", 0), pod("b", 0)),
         ("b",),
-        Memory(evictions={"uid-a": r.EvictionRecord(node="n1", attempts=1, next_at=105.0, blocked_since=100.0)}),
+        RoundState(evictions={"uid-a": r.EvictionRecord(node="n1", attempts=1, next_at=105.0, blocked_since=100.0)}),
     ),
 ]
 
 
 @pytest.mark.parametrize("case", EVICT_CASES, ids=[c.name for c in EVICT_CASES])
 def test_evictions(case: EvictCase) -> None:
-    p = plan(world(case.node, pods=case.pods), case.memory, CFG, now=100.0)
+    p = plan(world(case.node, pods=case.pods), case.state, CFG, now=100.0)
     assert tuple(e.pod.name for e in p.evictions) == case.evicted
 
 
 def test_eviction_reason_names_the_gpu() -> None:
     p = plan(
-        world(NodeView("n1", inv(True, "xid 79 (GPU has fallen off the bus)")), pods=(pod("b", 1),)), Memory(), CFG, 0.0
+        world(NodeView("n1", inv(True, "xid 79 (GPU has fallen off the bus)")), pods=(pod("b", 1),)), RoundState(), CFG, 0.0
     )
     (e,) = p.evictions
     assert e.gpus == ("GPU-1",)
@@ -118,46 +119,46 @@ def test_blocked_eviction_backs_off_and_reports_at_most_every_interval() -> None
     cfg = ControllerConfig(eviction_backoff=5.0, eviction_backoff_max=20.0, eviction_report_interval=30.0)
     node = NodeView("n1", inv("xid 79"))
     w = world(node, pods=(pod("a", 0),))
-    memory, t = Memory(), 0.0
+    state, t = RoundState(), 0.0
     retries: list[float] = []
     reported: list[float] = []
     for _ in range(6):
-        p = plan(w, memory, cfg, t)
+        p = plan(w, state, cfg, t)
         assert len(p.evictions) == 1, t
-        memory, events = r.after_eviction(p.memory, p.evictions[0], EvictionOutcome.BLOCKED, "budget", cfg, t)
+        state, events = r.after_eviction(p.state, p.evictions[0], EvictionOutcome.BLOCKED, "budget", cfg, t)
         reported += [t for e in events if e.reason == r.EV_EVICTION_BLOCKED]
-        rec = memory.evictions["uid-a"]
+        rec = state.evictions["uid-a"]
         retries.append(rec.next_at - t)
         # nothing happens before the retry time
-        assert plan(w, memory, cfg, rec.next_at - 0.5).evictions == ()
+        assert plan(w, state, cfg, rec.next_at - 0.5).evictions == ()
         t = rec.next_at
     assert retries == [5.0, 10.0, 20.0, 20.0, 20.0, 20.0]  # doubling, capped at 20
     # attempts at 0, 5, 15, 35, 55, 75: reported when 30 s or more passed since the last report
     assert reported == [0.0, 35.0, 75.0]
-    assert plan(w, memory, cfg, t).gauges.blocked_evictions == 1
+    assert plan(w, state, cfg, t).gauges.blocked_evictions == 1
 
 
 def test_accepted_eviction_is_not_repeated() -> None:
     w = world(NodeView("n1", inv("x")), pods=(pod("a", 0),))
-    p = plan(w, Memory(), CFG, 0.0)
-    memory, events = r.after_eviction(p.memory, p.evictions[0], EvictionOutcome.EVICTED, "", CFG, 0.0)
+    p = plan(w, RoundState(), CFG, 0.0)
+    state, events = r.after_eviction(p.state, p.evictions[0], EvictionOutcome.EVICTED, "", CFG, 0.0)
     assert [e.reason for e in events] == [r.EV_EVICTED] and events[0].ref.kind == "Pod"
-    assert plan(w, memory, CFG, 1.0).evictions == ()
+    assert plan(w, state, CFG, 1.0).evictions == ()
 
 
 def test_gone_pod_is_forgotten() -> None:
     w = world(NodeView("n1", inv("x")), pods=(pod("a", 0),))
-    p = plan(w, Memory(), CFG, 0.0)
-    memory, events = r.after_eviction(p.memory, p.evictions[0], EvictionOutcome.GONE, "", CFG, 0.0)
-    assert events == () and memory.evictions == {}
+    p = plan(w, RoundState(), CFG, 0.0)
+    state, events = r.after_eviction(p.state, p.evictions[0], EvictionOutcome.GONE, "", CFG, 0.0)
+    assert events == () and state.evictions == {}
 
 
 def test_records_of_recovered_gpus_are_dropped() -> None:
     node = NodeView("n1", inv("x"))
-    p = plan(world(node, pods=(pod("a", 0),)), Memory(), CFG, 0.0)
-    memory, _ = r.after_eviction(p.memory, p.evictions[0], EvictionOutcome.BLOCKED, "", CFG, 0.0)
-    healed = plan(world(replace(node, inventory=inv(True)), pods=(pod("a", 0),)), memory, CFG, 1.0)
-    assert healed.memory.evictions == {}
+    p = plan(world(node, pods=(pod("a", 0),)), RoundState(), CFG, 0.0)
+    state, _ = r.after_eviction(p.state, p.evictions[0], EvictionOutcome.BLOCKED, "", CFG, 0.0)
+    healed = plan(world(replace(node, inventory=inv(True)), pods=(pod("a", 0),)), state, CFG, 1.0)
+    assert healed.state.evictions == {}
 
 
 # --- taints -------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ TAINT_CASES = [
 @pytest.mark.parametrize("case", TAINT_CASES, ids=[c.name for c in TAINT_CASES])
 def test_taints(case: TaintCase) -> None:
     cfg = replace(CFG, node_policy=case.policy)
-    p = plan(world(case.node), Memory(), cfg, 0.0)
+    p = plan(world(case.node), RoundState(), cfg, 0.0)
     assert [t.reason for t in p.taints] == ([case.reason] if case.taint else [])
     assert [t.event.reason for t in p.taints] == ([r.EV_TAINTED] if case.taint else [])
     assert p.events == ()
@@ -195,10 +196,10 @@ def test_taints(case: TaintCase) -> None:
 def run(inventories: list[NodeInventoryDoc], cfg: ControllerConfig = CFG, step: float = 10.0) -> list[str]:
     """One node, tainted at first, through successive inventories (one per `step` seconds, the plugin
     renewing its Lease each time); the taint writes take effect. What happened each round."""
-    memory, tainted, out = Memory(), True, []
+    state, tainted, out = RoundState(), True, []
     for i, doc in enumerate(inventories):
-        p = plan(world(NodeView("n1", doc, tainted=tainted), beats={"n1": f"renewal {i}"}), memory, cfg, i * step)
-        memory = p.memory
+        p = plan(world(NodeView("n1", doc, tainted=tainted), beats={"n1": f"renewal {i}"}), state, cfg, i * step)
+        state = p.state
         tainted = (tainted or bool(p.taints)) and not p.untaints
         out.append("T" if p.taints else "U" if p.untaints else ".")
     return out
@@ -226,8 +227,8 @@ def test_taint_then_recovery() -> None:
 def test_failed_untaint_retries_at_once() -> None:
     cfg = replace(CFG, taint_hold=0.0)
     view = NodeView("n1", FINE, tainted=True)
-    p1 = plan(world(view), Memory(), cfg, 0.0)
-    p2 = plan(world(view), p1.memory, cfg, 2.0)  # the write failed: still tainted
+    p1 = plan(world(view), RoundState(), cfg, 0.0)
+    p2 = plan(world(view), p1.state, cfg, 2.0)  # the write failed: still tainted
     assert len(p1.untaints) == len(p2.untaints) == 1
 
 
@@ -237,9 +238,9 @@ def test_zero_hold_untaints_at_once() -> None:
 
 def test_stale_node_is_not_untainted() -> None:
     fine = NodeView("n1", inv(True), tainted=True)
-    p = plan(world(fine, beats={}), Memory(), replace(CFG, taint_hold=0.0), 100.0)
-    memory = p.memory
-    p = plan(world(fine, beats={}), memory, replace(CFG, taint_hold=0.0), 200.0)
+    p = plan(world(fine, beats={}), RoundState(), replace(CFG, taint_hold=0.0), 100.0)
+    state = p.state
+    p = plan(world(fine, beats={}), state, replace(CFG, taint_hold=0.0), 200.0)
     assert p.untaints == () and p.gauges.stale_nodes == 1
 
 
@@ -248,12 +249,12 @@ def test_stale_node_is_not_untainted() -> None:
 
 def test_heartbeat_lost_reported_once_then_restored() -> None:
     node = NodeView("n1", inv(True))
-    memory, reasons = Memory(), []
+    state, reasons = RoundState(), []
     # renewals at t=0, 10, 20 then silence until t=90, then renewing again
     markers = ["a", "b", "c", "c", "c", "c", "c", "c", "c", "d", "e"]
     for i, marker in enumerate(markers):
-        p = plan(world(node, beats={"n1": marker}), memory, CFG, i * 10.0)
-        memory = p.memory
+        p = plan(world(node, beats={"n1": marker}), state, CFG, i * 10.0)
+        state = p.state
         reasons.append(",".join(e.reason for e in p.events) or ".")
     # last change at t=20, grace 30: stale from t=50; renewed at t=90
     assert reasons == [".", ".", ".", ".", ".", r.EV_HEARTBEAT_LOST, ".", ".", ".", r.EV_HEARTBEAT_BACK, "."]
@@ -261,24 +262,24 @@ def test_heartbeat_lost_reported_once_then_restored() -> None:
 
 def test_node_without_any_lease_goes_stale_after_grace() -> None:
     node = NodeView("n1", inv(True))
-    p = plan(world(node, beats={}), Memory(), CFG, 0.0)
+    p = plan(world(node, beats={}), RoundState(), CFG, 0.0)
     assert p.events == ()
-    p = plan(world(node, beats={}), p.memory, CFG, 30.0)
+    p = plan(world(node, beats={}), p.state, CFG, 30.0)
     assert [e.reason for e in p.events] == [r.EV_HEARTBEAT_LOST]
     assert "no heartbeat Lease" in p.events[0].message
 
 
 def test_nodes_without_fracgpu_are_ignored() -> None:
-    p = plan(world(NodeView("cpu-node"), beats={}), Memory(), CFG, 1000.0)
-    p = plan(world(NodeView("cpu-node"), beats={}), p.memory, CFG, 2000.0)
-    assert p.empty and p.memory.heartbeats == {}
+    p = plan(world(NodeView("cpu-node"), beats={}), RoundState(), CFG, 1000.0)
+    p = plan(world(NodeView("cpu-node"), beats={}), p.state, CFG, 2000.0)
+    assert p.empty and p.state.heartbeats == {}
 
 
 def test_bad_inventory_reported_once() -> None:
     node = NodeView("n1", None, error="inventory: not JSON")
-    p = plan(world(node), Memory(), CFG, 0.0)
+    p = plan(world(node), RoundState(), CFG, 0.0)
     assert [e.reason for e in p.events] == [r.EV_BAD_INVENTORY]
-    assert plan(world(node), p.memory, CFG, 1.0).events == ()
+    assert plan(world(node), p.state, CFG, 1.0).events == ()
 
 
 # --- config -------------------------------------------------------------------------------------

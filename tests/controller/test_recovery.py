@@ -17,9 +17,9 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.controller import main as cmain
 from fracgpu.controller import reconcile as r
 from fracgpu.controller import recovery
-from fracgpu.controller.config import ConfigError
-from fracgpu.controller.reconcile import Memory, plan
+from fracgpu.controller.reconcile import RoundState, plan
 from fracgpu.controller.views import NodeView, World
+from fracgpu.startup import ConfigError
 from tests.controller.clock import FakeClock
 from tests.controller.conftest import CFG, NS, MakeReplica, inventory, with_cfg
 from tests.controller.test_reconcile import inv
@@ -132,13 +132,13 @@ RCFG = replace(CFG, recovery_job=TEMPLATE, recovery_after=100.0, recovery_cooldo
 def rounds(times: list[float], jobs: dict[str, bool] | None = None, created: bool = True) -> list[float]:
     """A broken node observed at ``times``; when a recovery Job is asked for (each attempt recorded)."""
     node = NodeView("n1", inv("x", "x"), tainted=True)
-    memory, asked = Memory(), []
+    state, asked = RoundState(), []
     for t in times:
-        p = plan(World({"n1": node}, (), {"n1": f"beat {t}"}, jobs or {}), memory, RCFG, t)
-        memory = p.memory
+        p = plan(World({"n1": node}, (), {"n1": f"beat {t}"}, jobs or {}), state, RCFG, t)
+        state = p.state
         for action in p.recoveries:
             asked.append(t)
-            memory, _ = r.after_recovery(memory, action, created, "boom", RCFG, t)
+            state, _ = r.after_recovery(state, action, created, "boom", RCFG, t)
     return asked
 
 
@@ -158,16 +158,16 @@ def test_failed_create_retried_after_the_backoff_cap() -> None:
 
 def test_healthy_node_resets_the_broken_timer() -> None:
     broken, fine = NodeView("n1", inv("x"), tainted=True), NodeView("n1", inv(True), tainted=True)
-    memory = Memory()
+    state = RoundState()
     for t, node in ((0.0, broken), (90.0, fine), (100.0, broken), (150.0, broken)):
-        p = plan(World({"n1": node}, (), {"n1": str(t)}), memory, RCFG, t)
-        memory = p.memory
+        p = plan(World({"n1": node}, (), {"n1": str(t)}), state, RCFG, t)
+        state = p.state
         assert p.recoveries == (), t
 
 
 def test_no_template_no_recovery() -> None:
     node = NodeView("n1", inv("x"), tainted=True)
-    p = plan(World({"n1": node}, (), {"n1": "b"}), Memory(broken_since={"n1": 0.0}), CFG, 10_000.0)
+    p = plan(World({"n1": node}, (), {"n1": "b"}), RoundState(broken_since={"n1": 0.0}), CFG, 10_000.0)
     assert p.recoveries == ()
 
 

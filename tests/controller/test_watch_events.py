@@ -17,9 +17,9 @@ from fracgpu.api.v1beta1.names import DEFAULT_RECOVERY_NAMESPACE, lease_name
 from fracgpu.controller import main as cmain
 from fracgpu.controller import recovery
 from fracgpu.controller.config import ControllerConfig
-from fracgpu.controller.kubeio import ControllerWriter
 from fracgpu.controller.loop import ClusterCache
 from fracgpu.controller.views import World
+from fracgpu.controller.writer import ControllerWriter
 from fracgpu.kube.client import Transport, api_client_for_host
 from fracgpu.kube.writer import KubeWriter
 from tests.controller.conftest import NS, with_cfg

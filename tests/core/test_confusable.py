@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
-from fracgpu.core.confusable import Reservation, blocker, confusable, is_stuck, parse_time, reason_confusable
+from fracgpu.core.confusable import AllocatingPod, blocker, confusable, is_stuck, reason_confusable
 
 GI = 1024**3
 
 
-def res(pod: str, gpus: tuple[tuple[str, int], ...], counts: tuple[int, ...], at: float = 1000.0) -> Reservation:
-    return Reservation(pod, gpus, frozenset(counts), at)
+def res(pod: str, gpus: tuple[tuple[str, int], ...], counts: tuple[int, ...], at: float = 1000.0) -> AllocatingPod:
+    return AllocatingPod(pod, gpus, frozenset(counts), at)
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    a: Reservation
-    b: Reservation
+    a: AllocatingPod
+    b: AllocatingPod
     confused: bool
 
 
@@ -55,18 +55,18 @@ def test_stuck_allocating_pods_stop_blocking() -> None:
     assert blocker(new, [old], now=1300.1, timeout_s=300) is None
 
 
-def test_reservation_of_an_assignment_uses_container_counts() -> None:
+def test_allocating_pod_of_an_assignment_uses_container_counts() -> None:
     a = Assignment(
         node="n", tenant="ns/x", assigned_at="2026-11-22T22:17:15Z",
         gpus=(GpuShare("g0", 50, 8 * GI, tuple(f"g0::{k}" for k in range(50))),),
         containers=(ContainerShare("init", "init", tuple(f"g0::{k}" for k in range(50))),
                     ContainerShare("app", "app", tuple(f"g0::{k}" for k in range(20)))),
     )
-    r = Reservation.of("x/p", a)
+    r = AllocatingPod.of("x/p", a)
     assert r.counts == frozenset({50, 20})
     assert r.gpus == (("g0", 8 * GI),)
-    assert r.assigned_at == parse_time("2026-11-22T22:17:15Z") > 0
-    assert parse_time("garbage") == 0.0
+    assert r.assigned_at == 1795385835.0  # 2026-11-22T22:17:15Z
+    assert AllocatingPod.of("x/p", replace(a, assigned_at="garbage")).assigned_at == 0.0  # unreadable: long stuck
 
 
 def test_reason_is_the_pods_own_numbers() -> None:

@@ -23,10 +23,10 @@ from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import MAX_QUANTITY, QuantityError, parse_bytes, parse_count, parse_milli
+from fracgpu.core.records import NODE_BAD_INVENTORY, host_requests, node_record, parse_list
 from fracgpu.core.request import RequestError, parse_pod_request
-from fracgpu.core.snapshot import NODE_BAD_INVENTORY, host_requests, node_record, parse_list
 from fracgpu.core.tenant import QuotaError, Tenants
-from fracgpu.sim.whatif import build_world
+from fracgpu.inspect.view import build_world
 
 HUGE = [2**63, 2**64, 10**30]
 HUGE_IDS = ["2^63", "2^64", "10^30"]

@@ -10,8 +10,8 @@ from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.fragmentation import TaskShape, WorkloadMix
 from fracgpu.core.policies import POLICIES, make_policy
+from fracgpu.core.policies.fracgpu import knapsack, plan_patterns
 from fracgpu.core.policies.paper import normalise_int, sigmoid_score
-from fracgpu.core.policies.planned import knapsack, plan_patterns
 from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.request import GpuRequest
 

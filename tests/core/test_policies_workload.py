@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fracgpu.core.fragmentation import TaskShape
 from fracgpu.core.policies import live_default
+from fracgpu.core.policies.fracgpu import PatternPlanner
 from fracgpu.core.policies.paper import FGD
-from fracgpu.core.policies.planned import PatternPlanner
 from fracgpu.core.workload import OPENB_PRIOR, WorkloadHistogram, prior_shapes, shape_of
 
 

@@ -46,26 +46,6 @@ def ledger_with(
 TEAM_A = {A: Limits(memory=64 * GI, cores=400)}
 
 
-# -- holds_quota -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("phase", "deleted", "holds"),
-    [
-        ("Pending", False, True),  # bound, containers not started yet
-        ("Running", False, True),  # also with a deletionTimestamp: the grace period still runs (the
-        # extender keeps the charge until the pod ends: tests/extender/test_quota.py terminating pod)
-        ("Unknown", False, True),  # node lost: the devices may still be in use
-        ("", False, True),
-        ("Succeeded", False, False),
-        ("Failed", False, False),
-        ("Running", True, False),  # the object is gone
-    ],
-)
-def test_holds_quota(phase: str, deleted: bool, holds: bool) -> None:
-    assert q.holds_quota(phase, deleted) is holds
-
-
 # -- charges -----------------------------------------------------------------------------------
 
 
@@ -388,7 +368,7 @@ def test_status_snapshot() -> None:
     ledger = ledger_with(TEAM_A, [("r1", A, 150, 24 * GI)], q.QuotaConfig(status_queue_length=2))
     for p in [pending("w3", created=3), pending("w1", created=1), pending("w2", created=2)]:
         ledger.enqueue(p)
-    snap = ledger.snapshot(A)
+    snap = ledger.summary(A)
     assert (snap.used, snap.pending, snap.queue) == (q.Usage(24 * GI, 150), 3, (key("w1"), key("w2")))
     assert snap.limits == TEAM_A[A]
     status = ledger.status(A)

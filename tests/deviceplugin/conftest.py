@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from fracgpu.api.v1beta1.names import RESOURCE_CORE
+from fracgpu.deviceplugin.apiserver import MemoryApiServer
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend
-from fracgpu.deviceplugin.cluster import MemoryCluster
 from tests.deviceplugin.kubelet import FakeKubelet
 from tests.deviceplugin.world import NODE, World, gpus, lock_path, remove_dirs, short_tmpdir
 
@@ -19,7 +19,7 @@ def world() -> Iterator[World]:
     d = short_tmpdir()
     kubelet = FakeKubelet(d, RESOURCE_CORE)
     kubelet.start()
-    w = World(dir=d, backend=SimulatedBackend(gpus(4)), cluster=MemoryCluster(NODE), kubelet=kubelet,
+    w = World(dir=d, backend=SimulatedBackend(gpus(4)), cluster=MemoryApiServer(NODE), kubelet=kubelet,
               lock_file=lock_path(d))
     try:
         yield w

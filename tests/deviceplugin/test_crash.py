@@ -22,7 +22,7 @@ import yaml
 
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATED, PHASE_ALLOCATING
-from fracgpu.deviceplugin.kubecluster import KubeCluster
+from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import NODE, World, gpu_uuid, gpus_doc, wait_until
@@ -111,7 +111,7 @@ def test_killed_during_the_podresources_crosscheck_then_converges(
     held_by_second = set(kubelet.allocated[("default/second", "main")])
     assert reservations(api)["default/first"].device_ids == held_by_second
 
-    cluster = KubeCluster(writer.KubeWriter(client.Transport(api.api_client())), NODE)
+    cluster = KubeApiServer(writer.KubeWriter(client.Transport(api.api_client())), NODE)
     cluster.start(timeout_s=5)
     try:
         world.start_plugin(cluster=cluster)  # the restarted plugin (its lock was released by the kill)

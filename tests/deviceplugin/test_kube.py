@@ -18,7 +18,7 @@ from fracgpu.api.v1beta1.names import (
     PHASE_ALLOCATED,
     lease_name,
 )
-from fracgpu.deviceplugin.kubecluster import KubeCluster
+from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import NODE, World, gpu_uuid, wait_until
@@ -26,10 +26,10 @@ from tests.fakes.apiserver import FakeApiServer
 
 
 @pytest.fixture
-def kube(world: World, apiserver: FakeApiServer) -> Iterator[tuple[World, FakeApiServer, KubeCluster]]:
+def kube(world: World, apiserver: FakeApiServer) -> Iterator[tuple[World, FakeApiServer, KubeApiServer]]:
     """The plugin running against the fake API server (pods are built in `world.cluster`, then seeded)."""
     apiserver.seed({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-    cluster = KubeCluster(writer.KubeWriter(client.Transport(apiserver.api_client())), NODE)
+    cluster = KubeApiServer(writer.KubeWriter(client.Transport(apiserver.api_client())), NODE)
     cluster.start(timeout_s=5)
     world.start_plugin(cluster=cluster)
     world.kubelet.wait_connected()
@@ -40,7 +40,7 @@ def kube(world: World, apiserver: FakeApiServer) -> Iterator[tuple[World, FakeAp
         cluster.stop()
 
 
-def test_publishes_inventory_labels_and_lease(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:
+def test_publishes_inventory_labels_and_lease(kube: tuple[World, FakeApiServer, KubeApiServer]) -> None:
     world, api, _ = kube
 
     def inventory() -> NodeInventoryDoc | None:
@@ -79,7 +79,7 @@ def test_publishes_inventory_labels_and_lease(kube: tuple[World, FakeApiServer, 
     assert doc is not None and [(g.healthy, g.reason) for g in doc.gpus][2] == (False, "test")
 
 
-def test_allocate_marks_the_pod_allocated_on_the_api_server(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:
+def test_allocate_marks_the_pod_allocated_on_the_api_server(kube: tuple[World, FakeApiServer, KubeApiServer]) -> None:
     world, api, _ = kube
     api.seed(world.add_pod("p", [Container("main", 50)], [1]))  # seeded just now: the watch may lag
     adm = world.admit("p")
@@ -89,7 +89,7 @@ def test_allocate_marks_the_pod_allocated_on_the_api_server(kube: tuple[World, F
     assert pod is not None and pod["metadata"]["annotations"][ANN_PHASE] == PHASE_ALLOCATED
 
 
-def test_a_refusal_is_an_event_on_the_pod(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:
+def test_a_refusal_is_an_event_on_the_pod(kube: tuple[World, FakeApiServer, KubeApiServer]) -> None:
     world, api, _ = kube
     api.seed(world.add_pod("rogue", [Container("main", 20)]))  # no reservation
     adm = world.admit("rogue")
@@ -101,7 +101,7 @@ def test_a_refusal_is_an_event_on_the_pod(kube: tuple[World, FakeApiServer, Kube
     assert events[0]["involvedObject"]["uid"] == "uid-default-rogue"
 
 
-def test_a_move_is_recorded_on_the_api_server(kube: tuple[World, FakeApiServer, KubeCluster]) -> None:
+def test_a_move_is_recorded_on_the_api_server(kube: tuple[World, FakeApiServer, KubeApiServer]) -> None:
     world, api, _ = kube
     api.seed(world.add_pod("p", [Container("main", 30)], [0]))
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from fracgpu.api.v1beta1.names import RESOURCE_CORE
-from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
 from fracgpu.deviceplugin.main import build, main, parser
 from fracgpu.deviceplugin.quota import AllowAll
+from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 from tests.deviceplugin.kubelet import FakeKubelet
 from tests.deviceplugin.world import World, lock_path, remove_dirs, short_tmpdir
 from tests.fakes.apiserver import FakeApiServer

@@ -30,9 +30,9 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.core.quota import Usage
 from fracgpu.core.tenant import UNLIMITED, Limits, default_limits
-from fracgpu.deviceplugin.kubecluster import KubeCluster
-from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.deviceplugin.metrics import PluginMetrics
+from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Admission, Container
 from tests.deviceplugin.world import NODE, World, wait_until
@@ -80,7 +80,7 @@ class QuotaWorld:
     world: World
     api: FakeApiServer
     quota: KubeTenantQuotas | None = None
-    cluster: KubeCluster | None = None
+    cluster: KubeApiServer | None = None
     metrics: PluginMetrics = field(default_factory=PluginMetrics)
 
     def start(self, *objects: dict[str, Any], default: Limits = UNLIMITED, synced: bool = True) -> KubeTenantQuotas:
@@ -89,7 +89,7 @@ class QuotaWorld:
         self.quota.start()
         if synced:
             assert self.quota.wait_synced(10)
-        self.cluster = KubeCluster(writer.KubeWriter(client.Transport(self.api.api_client())), NODE)
+        self.cluster = KubeApiServer(writer.KubeWriter(client.Transport(self.api.api_client())), NODE)
         self.cluster.start(timeout_s=5)
         self.world.quota = self.quota
         self.world.start_plugin(cluster=self.cluster)

@@ -25,8 +25,8 @@ import yaml
 from fracgpu.api.v1beta1.deviceplugin import api_pb2, api_pb2_grpc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, ANN_PHASE, PHASE_ALLOCATED, RESOURCE_CORE
 from fracgpu.core.healthconfig import HealthConfig
+from fracgpu.deviceplugin.apiserver import MemoryApiServer
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
-from fracgpu.deviceplugin.cluster import MemoryCluster
 from fracgpu.deviceplugin.main import build, parser
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import NoHoldings
@@ -55,7 +55,7 @@ def run_node(node: str, gpus_file: Path) -> tuple[set[str], dict[str, str]]:
         app.start()
         kubelet.wait_connected()
         uuids = {i.rsplit("::", 1)[0] for i in kubelet.devices}
-        assert isinstance(cluster, MemoryCluster)
+        assert isinstance(cluster, MemoryApiServer)
         return uuids, dict(cluster.node_annotations)
     finally:
         app.stop()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from fracgpu.deviceplugin.apiserver import MemoryApiServer
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, parse_gpus
-from fracgpu.deviceplugin.cluster import MemoryCluster
 from fracgpu.deviceplugin.health import DeviceState
 from fracgpu.deviceplugin.plugin import Plugin, PluginConfig
 from fracgpu.deviceplugin.podresources import Holdings, PodResourcesUnavailable
@@ -30,7 +30,7 @@ class Malformed:
 
 def plugin_with(holdings: KubeletDown | Malformed) -> Plugin:
     backend = SimulatedBackend(parse_gpus({"gpus": [{"uuid": "GPU-a", "memory": "1Gi"}]}))
-    return Plugin(PluginConfig(node="n1"), DeviceState(backend), MemoryCluster("n1"), holdings)
+    return Plugin(PluginConfig(node="n1"), DeviceState(backend), MemoryApiServer("n1"), holdings)
 
 
 @pytest.mark.parametrize(("holdings", "message", "traceback"), [

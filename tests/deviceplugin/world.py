@@ -18,9 +18,9 @@ from fracgpu.core.pod import decode_pod
 from fracgpu.core.quantity import format_bytes
 from fracgpu.core.request import parse_pod_request
 from fracgpu.core.reservation import build_assignment
+from fracgpu.deviceplugin.apiserver import ApiServer, MemoryApiServer
 from fracgpu.deviceplugin.app import AppConfig, DevicePluginApp
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend, parse_gpus
-from fracgpu.deviceplugin.cluster import Cluster, MemoryCluster
 from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import PodResourcesClient
@@ -75,7 +75,7 @@ def pod_object(name: str, containers: list[Container], *, node: str = NODE, name
 class World:
     dir: str  # the kubelet's device-plugins directory
     backend: SimulatedBackend
-    cluster: MemoryCluster
+    cluster: MemoryApiServer
     kubelet: FakeKubelet
     lock_file: str = ""  # the restart lock, outside `dir` (as /var/lib/fracgpu on a node)
     quota: QuotaCheck | None = None
@@ -87,7 +87,7 @@ class World:
     def clock(self) -> float:
         return self.clock_at
 
-    def start_plugin(self, crosscheck_delay: float = 0.0, cluster: Cluster | None = None,
+    def start_plugin(self, crosscheck_delay: float = 0.0, cluster: ApiServer | None = None,
                      limiter: LimiterConfig | None = None, cdi_kind: str = "",
                      device_list: tuple[str, ...] = ("envvar",)) -> DevicePluginApp:
         self.metrics = PluginMetrics()

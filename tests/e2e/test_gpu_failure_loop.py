@@ -18,7 +18,7 @@ import pytest
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, LABEL_ENABLED, TAINT_GPU_FAILED
 from fracgpu.deviceplugin.backends.simulated import SimulatedBackend
-from fracgpu.deviceplugin.kubecluster import KubeCluster
+from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.extender.scheduler import SchedulerConfig
 from fracgpu.kube import client, writer
 from tests.controller.clock import FakeClock
@@ -51,7 +51,7 @@ class Loop:
         """The plugin's report tick: inventory annotation (when changed) and heartbeat."""
         assert self.world.app is not None
         self.world.app.plugin.publish_node()
-        self.world.app.plugin.cluster.renew_lease()
+        self.world.app.plugin.api.renew_lease()
 
     def inventory(self) -> NodeInventoryDoc:
         node = self.api.get_object("nodes", NODE)
@@ -92,7 +92,7 @@ def loop(world: World,  # noqa: F811
     apiserver.seed({"apiVersion": "v1", "kind": "Node",
                     "metadata": {"name": NODE, "labels": {LABEL_ENABLED: "true"}},
                     "status": {"allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110"}}})
-    cluster = KubeCluster(writer.KubeWriter(client.Transport(apiserver.api_client())), NODE)
+    cluster = KubeApiServer(writer.KubeWriter(client.Transport(apiserver.api_client())), NODE)
     cluster.start(timeout_s=5)
     world.start_plugin(cluster=cluster)
     world.kubelet.wait_connected()

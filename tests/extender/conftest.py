@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from fracgpu.core.snapshot import parse_list
+from fracgpu.core.records import parse_list
 from fracgpu.extender.app import Deps, make_app
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import load_into
 
@@ -66,7 +66,7 @@ def build_world(objects: list[dict[str, Any]], config: SchedulerConfig | None = 
     if synced:
         load_into(scheduler, parse_list({"kind": "List", "items": objects}))
     binder = RecordingBinder()
-    deps = Deps(scheduler=scheduler, binder=binder, metrics=Metrics(scheduler))
+    deps = Deps(scheduler=scheduler, binder=binder, metrics=ExtenderMetrics(scheduler))
     if body_limit is not None:
         deps.body_limit = body_limit
     return World(scheduler, binder, clock, deps)

@@ -12,11 +12,11 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.extender import ExtenderBindingArgs
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, DEFAULT_NAMESPACE, lease_name
-from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
+from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT
 from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.decide import RETRY_ALLOCATING, UNKNOWN_NODE
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.retry import Backoff
@@ -101,7 +101,7 @@ async def test_bind_through_the_api_is_assumed_then_confirmed_once(cache_world: 
                                                                    ) -> None:
     w = cache_world
     writer = KubeWriter(w.transport)
-    deps = Deps(scheduler=w.scheduler, binder=writer, metrics=Metrics(w.scheduler))
+    deps = Deps(scheduler=w.scheduler, binder=writer, metrics=ExtenderMetrics(w.scheduler))
     client = await aiohttp_client(make_app(deps))
     assert w.room("n1") == 100
     out = await (await client.post("/bind", json=bind_args(pod_obj("pending", 50, "8Gi"), "n1"))).json()
@@ -172,7 +172,7 @@ async def test_a_relist_keeps_a_binding_of_unknown_outcome(cache_world: CacheWor
     pending: the reservation stays (the Binding may still land); the retry re-sends it and it lands."""
     w = cache_world
     writer = KubeWriter(Transport(w.apiserver.api_client(), timeout_s=5))
-    client = await aiohttp_client(make_app(Deps(scheduler=w.scheduler, binder=writer, metrics=Metrics(w.scheduler))))
+    client = await aiohttp_client(make_app(Deps(scheduler=w.scheduler, binder=writer, metrics=ExtenderMetrics(w.scheduler))))
 
     def drop() -> None:
         raise ConnectionResetError("injected")

@@ -16,7 +16,7 @@ import pytest
 
 from fracgpu.api.rfc3339 import format_time
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
-from fracgpu.core.snapshot import NODE_STALE_HEARTBEAT, pod_record
+from fracgpu.core.records import NODE_STALE_HEARTBEAT, pod_record
 from fracgpu.extender.decide import reason_already_reserved
 from fracgpu.extender.main import new_scheduler
 from fracgpu.extender.scheduler import SchedulerConfig

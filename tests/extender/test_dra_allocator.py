@@ -26,13 +26,13 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.dralower import allocated_gpus
 from fracgpu.core.draslices import device_names
-from fracgpu.core.drasnapshot import allocated_gpus
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import live_default
 from fracgpu.core.ranking import Weighted, rank
+from fracgpu.core.records import node_priority
 from fracgpu.core.request import GpuRequest
-from fracgpu.core.snapshot import node_priority
 from fracgpu.core.workload import shape_of
 from fracgpu.extender.main import dra_wanted
 from fracgpu.extender.scheduler import SchedulerConfig

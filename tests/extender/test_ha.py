@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from fracgpu.extender.leader import DEFAULT_LEASE, CacheFence, LeaderConfig, Leadership, check_timing
 from fracgpu.extender.main import main
 from fracgpu.kube.client import Transport

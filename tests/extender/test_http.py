@@ -12,7 +12,7 @@ import pytest
 
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from fracgpu.extender.scheduler import SchedulerConfig
 from tests.extender.builders import (
     GI,

@@ -13,7 +13,7 @@ from fracgpu.api.v1beta1.names import (
     RESOURCE_CORE,
     RESOURCE_MEMORY,
 )
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from fracgpu.extender.leader import Leadership
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, World, build_world

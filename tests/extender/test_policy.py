@@ -20,11 +20,11 @@ from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.policies import live_default
-from fracgpu.core.policies.planned import PatternPlanner
+from fracgpu.core.policies.fracgpu import PatternPlanner
 from fracgpu.core.ranking import Weighted, rank
+from fracgpu.core.records import node_priority, node_record, pod_record
 from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies, workload_histograms
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import node_priority, node_record, pod_record
 from fracgpu.core.workload import shape_of
 from fracgpu.extender.scheduler import SchedulerConfig
 from tests.extender.builders import GI, bind_args, bound_annotations, filter_args, node_obj, pod_obj

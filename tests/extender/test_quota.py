@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_GPU_MODEL, ANN_NS_MEMORY_QUOTA
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from tests.extender.builders import bind_args, bound_annotations, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, World, build_world
 

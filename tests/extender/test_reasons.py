@@ -11,14 +11,14 @@ import pytest
 
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_NS_CORE_QUOTA, ZONE_SAME, ZONE_SPREAD
-from fracgpu.core import confusable, fit, snapshot, zone
+from fracgpu.core import confusable, fit, records, zone
 from fracgpu.core.pod import decode_pod
 from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, refusal
+from fracgpu.core.records import pod_record
 from fracgpu.core.request import GpuRequest, parse_pod_request
-from fracgpu.core.snapshot import pod_record
 from fracgpu.core.tenant import Limits, QuotaError
 from fracgpu.extender.decide import NOT_READY, UNKNOWN_NODE, reason_already_reserved, reason_retry_allocating
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.reasons import ReasonKind, reason_kind
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, build_world
@@ -46,14 +46,14 @@ BUILT: list[tuple[ReasonKind, Callable[[], str]]] = [
     (ReasonKind.CACHE_NOT_SYNCED, lambda: NOT_READY),
     (ReasonKind.NODE_NOT_IN_CACHE, lambda: UNKNOWN_NODE),
     (ReasonKind.INVALID_REQUEST, lambda: "invalid GPU request: vgpu-core 150 is neither 1-100 nor a multiple of 100"),
-    (ReasonKind.NODE_NOT_OPTED_IN, lambda: snapshot.NODE_NOT_OPTED_IN),
-    (ReasonKind.NODE_TAINTED, lambda: snapshot.node_tainted("fracgpu.io/gpu-failed")),
-    (ReasonKind.NODE_INVENTORY, lambda: snapshot.NODE_NO_INVENTORY),
-    (ReasonKind.NODE_INVENTORY, lambda: snapshot.NODE_BAD_INVENTORY),
-    (ReasonKind.NODE_GPUS_UNREACHABLE, lambda: snapshot.NODE_GPUS_UNREACHABLE),
-    (ReasonKind.NODE_HEARTBEAT, lambda: snapshot.NODE_NO_HEARTBEAT),
-    (ReasonKind.NODE_HEARTBEAT, lambda: snapshot.NODE_STALE_HEARTBEAT),
-    (ReasonKind.NODE_UNREADABLE_RESERVATION, lambda: snapshot.node_unreadable_reservation(["ns/a", "ns/b"])),
+    (ReasonKind.NODE_NOT_OPTED_IN, lambda: records.NODE_NOT_OPTED_IN),
+    (ReasonKind.NODE_TAINTED, lambda: records.node_tainted("fracgpu.io/gpu-failed")),
+    (ReasonKind.NODE_INVENTORY, lambda: records.NODE_NO_INVENTORY),
+    (ReasonKind.NODE_INVENTORY, lambda: records.NODE_BAD_INVENTORY),
+    (ReasonKind.NODE_GPUS_UNREACHABLE, lambda: records.NODE_GPUS_UNREACHABLE),
+    (ReasonKind.NODE_HEARTBEAT, lambda: records.NODE_NO_HEARTBEAT),
+    (ReasonKind.NODE_HEARTBEAT, lambda: records.NODE_STALE_HEARTBEAT),
+    (ReasonKind.NODE_UNREADABLE_RESERVATION, lambda: records.node_unreadable_reservation(["ns/a", "ns/b"])),
     (ReasonKind.NO_GPUS, lambda: fit.NO_GPUS),
     (ReasonKind.GPU_MODEL, lambda: fit.reason_model(parse_pod_request(decode_pod(pod_obj(
         "p", 50, annotations={"fracgpu.io/gpu-model": "A100*"}))) or request(50))),
@@ -102,7 +102,7 @@ def _letters(i: int) -> str:
             return out
 
 
-def filter_series(metrics: Metrics) -> dict[tuple[str, str], float]:
+def filter_series(metrics: ExtenderMetrics) -> dict[tuple[str, str], float]:
     return {(s.labels["outcome"], s.labels["reason"]): s.value
             for family in metrics.registry.collect() if family.name == "fracgpu_extender_filter_nodes"
             for s in family.samples if s.name == "fracgpu_extender_filter_nodes_total"}

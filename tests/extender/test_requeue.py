@@ -28,8 +28,8 @@ from aiohttp.test_utils import TestClient
 from fracgpu.core import confusable
 from fracgpu.core.fit import reason_capacity
 from fracgpu.core.pod import decode_pod
+from fracgpu.core.records import node_record, parse_list, pod_record
 from fracgpu.core.request import parse_pod_request
-from fracgpu.core.snapshot import node_record, parse_list, pod_record
 from fracgpu.extender.decide import NOT_READY
 from fracgpu.extender.snapshot import load_into
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from fracgpu.extender.app import Deps, make_app
-from fracgpu.extender.main import ConfigError, build_config, main, parse_args
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.main import build_config, main, parse_args
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
+from fracgpu.startup import ConfigError
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
 
@@ -30,7 +31,7 @@ async def test_snapshot_serves_and_binds_in_memory(tmp_path: Path, aiohttp_clien
     counts = load_file(scheduler, write_snapshot(tmp_path / "snap.yaml"))
     assert counts == {"nodes": 2, "pods": 2, "namespaces": 1, "tenantquotas": 0}
     binder = SnapshotBinder()
-    client = await aiohttp_client(make_app(Deps(scheduler, binder, Metrics(scheduler))))  # type: ignore[operator]
+    client = await aiohttp_client(make_app(Deps(scheduler, binder, ExtenderMetrics(scheduler))))  # type: ignore[operator]
     pod = pod_obj("new", 60, None)
     out = await (await client.post("/filter", json=filter_args(pod, ["n1", "n2"]))).json()
     # "old" has no reservation annotation, so n1's GPU looks free: both fit; binpack ties -> fixed priority

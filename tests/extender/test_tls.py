@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fracgpu.extender.app import make_app
 from fracgpu.extender.main import build_tls, parse_args
-from fracgpu.kube.tls import CertificateReloader, make_server_context
+from fracgpu.servingtls import CertificateReloader, make_server_context
 from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import World, build_world
 
@@ -216,7 +216,7 @@ async def test_a_rotated_certificate_is_served_to_new_connections(
     ],
 )
 def test_tls_flags_that_do_not_go_together(flags: list[str], env: dict[str, str], error: str) -> None:
-    from fracgpu.extender.main import ConfigError
+    from fracgpu.startup import ConfigError
 
     with pytest.raises(ConfigError, match=error):
         build_tls(parse_args(flags, env))

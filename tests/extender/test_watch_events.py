@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED
-from fracgpu.core.snapshot import pod_record
+from fracgpu.core.records import pod_record
 from tests.extender.builders import bind_args, bound_annotations, node_obj, pod_obj
 from tests.extender.conftest import ClientFactory, World, build_world
 from tests.extender.probe import room, scheduler_filter

@@ -23,7 +23,7 @@ from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, ANN_PHASE, API_VERSION, LABEL_TENANT
-from fracgpu.core.snapshot import NODE_BAD_INVENTORY, NODE_NO_INVENTORY
+from fracgpu.core.records import NODE_BAD_INVENTORY, NODE_NO_INVENTORY
 from fracgpu.extender.app import Deps
 from tests.extender.builders import filter_args, inventory, node_obj, pod_obj
 from tests.extender.probe import room, whole_gpus

@@ -3,7 +3,7 @@ server (tests/fakes/apiserver.py), and every request it makes must be allowed by
 roles in manifests/ — and, the other way, every rule must be used by some request, except the
 grants listed in AHEAD_OF_CODE (rules for code that DESIGN asks for and that is not written yet).
 
-The sessions drive the real adapter classes (KubeCluster, ClusterCache, ControllerWriter,
+The sessions drive the real adapter classes (KubeApiServer, ClusterCache, ControllerWriter,
 KubeLeaseStore, the reflectors each main() starts) rather than a copy of their calls, so a new
 API call in one of them fails here until the manifests grant it.
 """
@@ -89,9 +89,9 @@ def _world(server: FakeApiServer) -> None:
 
 
 def device_plugin_session(server: FakeApiServer, writer: KubeWriter) -> None:
-    from fracgpu.deviceplugin.cluster import PodEvent
-    from fracgpu.deviceplugin.kubecluster import KubeCluster
-    from fracgpu.deviceplugin.kubequota import KubeTenantQuotas
+    from fracgpu.deviceplugin.apiserver import PodEvent
+    from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
+    from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 
     # the quota re-check's reflectors (TenantQuotas, Namespaces, fracgpu pods cluster-wide)
     quota = KubeTenantQuotas(_reader(server))
@@ -100,7 +100,7 @@ def device_plugin_session(server: FakeApiServer, writer: KubeWriter) -> None:
         assert quota.wait_synced(10)
     finally:
         quota.stop()
-    cluster = KubeCluster(writer, NODE, namespace=NS)
+    cluster = KubeApiServer(writer, NODE, namespace=NS)
     cluster.start(timeout_s=10)
     try:
         cluster.refresh()
@@ -179,7 +179,7 @@ def dra_session(server: FakeApiServer, writer: KubeWriter) -> None:
 
 
 def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
-    from fracgpu.controller.kubeio import ControllerWriter
+    from fracgpu.controller.writer import ControllerWriter
     from fracgpu.kube.leader import KubeLeaseStore
     from fracgpu.kube.objects import ObjectRef
 

@@ -19,7 +19,7 @@ import yaml
 from fracgpu.api.v1beta1 import names
 from fracgpu.controller import main as cmain
 from fracgpu.controller import recovery
-from fracgpu.controller.kubeio import ControllerWriter
+from fracgpu.controller.writer import ControllerWriter
 from fracgpu.kube.client import Transport
 from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import JOBS

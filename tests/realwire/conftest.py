@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from fracgpu.extender.app import make_app
-from fracgpu.kube.tls import make_server_context
+from fracgpu.servingtls import make_server_context
 from tests.extender.builders import FIXTURES, node_obj
 from tests.extender.conftest import World, build_world
 from tests.extender.test_tls import Issued, issue, make_ca

@@ -24,7 +24,7 @@ from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY
-from fracgpu.core.snapshot import NODE_BAD_INVENTORY
+from fracgpu.core.records import NODE_BAD_INVENTORY
 from fracgpu.kube.client import Transport, api_client_for_host
 from fracgpu.kube.errors import KubeAPIError, ServerError, Unavailable
 from fracgpu.webhook.app import WebhookConfig, make_app

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY
-from fracgpu.core.snapshot import NODE_BAD_INVENTORY, node_unreadable_reservation
+from fracgpu.core.records import NODE_BAD_INVENTORY, node_unreadable_reservation
 from tests.extender.builders import inventory, pod_obj
 from tests.fuzz.test_wire_cache import GOOD_QUOTA, VICTIM_ASSIGNED, CacheFuzz, tenant_quota
 from tests.reliability.harness import eventually

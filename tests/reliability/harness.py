@@ -26,7 +26,7 @@ from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, DEFAULT_NAMESPACE
 from fracgpu.extender.app import Deps, make_app
 from fracgpu.extender.cache import ClusterCache
-from fracgpu.extender.metrics import Metrics
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.retry import Backoff
@@ -168,7 +168,7 @@ class LiveExtender:
         self.writer = KubeWriter(write, component="fracgpu-extender")
         self.cache = ClusterCache(read, self.scheduler, namespace=self.config.namespace,
                                   backoff=Backoff(initial_s=0.01, cap_s=0.05), watch_timeout_s=30)
-        self.deps = Deps(self.scheduler, self.writer, Metrics(self.scheduler), ready=self.cache.synced.is_set)
+        self.deps = Deps(self.scheduler, self.writer, ExtenderMetrics(self.scheduler), ready=self.cache.synced.is_set)
         self.served = ServedApp(make_app(self.deps))
 
     def start(self, sync_timeout_s: float = 20.0) -> LiveExtender:

@@ -18,7 +18,7 @@ import pytest
 from fracgpu.api.rfc3339 import format_time
 from fracgpu.api.v1beta1.assignment import Assignment, ContainerShare, GpuShare
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, LABEL_TENANT, PHASE_ALLOCATED
-from fracgpu.core.snapshot import node_unreadable_reservation, pod_record
+from fracgpu.core.records import node_unreadable_reservation, pod_record
 from fracgpu.kube.errors import ServerError, Unavailable, error_from_status, outcome_unknown
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from fracgpu.cli import main as cli_main
-from fracgpu.sim.main import Job, Setting, figure, parse_seeds, render_table, run_job, summarise
+from fracgpu.core.policies import policy_list
+from fracgpu.sim.main import Job, parse_seeds, run_job
 from fracgpu.sim.published import published
-from fracgpu.sim.replay import RunResult
+from fracgpu.sim.replay import RunResult, run_paper
+from fracgpu.sim.report import Setting, figure, render_table, summarise
+from fracgpu.sim.trace import load_nodes, load_tasks
 
 NODES = """sn,cpu_milli,memory_mib,gpu,model
 n0,32000,131072,2,T4
@@ -58,9 +62,18 @@ def test_json_and_csv(tiny_trace: tuple[str, str], capsys: pytest.CaptureFixture
     assert (doc["seeds"], doc["protocol"], doc["gpus"]) == ([1, 2], "paper", 8)
     assert {r["policy"] for r in doc["summary"]} == {"random", "dot-product", "clustering", "packing", "best-fit",
                                                       "fgd", "fracgpu"}
+    # the reported figures are the simulator's own: each policy replayed through its API on the same seeds
+    loaded_nodes, loaded_tasks = load_nodes(Path(nodes)), load_tasks(Path(tasks))
     for r in doc["summary"]:
-        assert 0 <= r["unallocated_pct"] <= 100
+        direct = [run_paper(loaded_nodes, loaded_tasks, r["policy"], seed, policy_list, upto=101.0).unallocated(100)
+                  for seed in (1, 2)]
+        assert None not in direct
+        assert r["unallocated_pct"] == pytest.approx(statistics.fmean(u for u in direct if u is not None))
+        assert r["unallocated_gpus"] == pytest.approx(r["unallocated_pct"] / 100 * 8)
         assert r["published_unallocated_pct"] is None  # a user trace has no published figures
+    for run in doc["runs"]:
+        assert run["unallocated_pct"] == pytest.approx(100 - run["alloc_curve"][str(max(
+            int(b) for b in run["alloc_curve"] if int(b) <= 100))])
     assert cli_main([*args, "--policy", "best-fit", "-o", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("trace,policy,seeds,unallocated_pct") and len(lines) == 2

@@ -19,9 +19,10 @@ from fracgpu.api.v1beta1.inventory import NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY
 from fracgpu.cli import main as cli_main
 from fracgpu.core.draslices import node_devices, same_devices
-from fracgpu.core.snapshot import parse_list
-from fracgpu.sim import inspect
-from fracgpu.sim.whatif import build_world, pending_whatif
+from fracgpu.core.records import parse_list
+from fracgpu.inspect import main as inspect
+from fracgpu.inspect.view import build_world
+from fracgpu.sim.pending import pending_whatif
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra"
 PODS, CLAIMS = EXAMPLES / "snapshot-pods.yaml", EXAMPLES / "snapshot-claims.yaml"

@@ -34,7 +34,7 @@ def make_policy(name: str, mix: WorkloadMix | WorkloadHistogram, seed: int = 0) 
     if name == "fgd":
         return FGD(mix)
     if name == DEFAULT_POLICY:
-        from fracgpu.core.policies.planned import PatternPlanner
+        from fracgpu.core.policies.fracgpu import PatternPlanner
 
         return PatternPlanner(mix)
     raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")

@@ -8,8 +8,7 @@ from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo, NodeInventoryDoc
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, LABEL_ENABLED, LABEL_ZONE
 from fracgpu.core.pod import decode_pod
-from fracgpu.core.registry import PolicyConfigError, parse_policies
-from fracgpu.core.snapshot import (
+from fracgpu.core.records import (
     NODE_BAD_INVENTORY,
     NODE_GPUS_UNREACHABLE,
     NODE_NO_INVENTORY,
@@ -19,6 +18,7 @@ from fracgpu.core.snapshot import (
     parse_list,
     pod_record,
 )
+from fracgpu.core.registry import PolicyConfigError, parse_policies
 
 INV = NodeInventoryDoc(gpus=(GpuInfo("g0", 0, "T4", 16 * 1024**3, 0),)).to_json()
 

@@ -1,4 +1,4 @@
-"""``Cluster`` over the API server, through ``fracgpu.kube`` (KubeWriter + a Reflector of this node's pods).
+"""``ApiServer`` over the real API server, through ``fracgpu.kube`` (KubeWriter + a Reflector of this node's pods).
 
 Pods bound to the node are watched (fieldSelector spec.nodeName=<node>) and decoded once per
 event into ``NodePod``; ``node_pods()`` is a read of that cache, cheap enough to call before
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, lease_name
-from fracgpu.deviceplugin.cluster import PodEvent
+from fracgpu.deviceplugin.apiserver import PodEvent
 from fracgpu.deviceplugin.pods import NodePod, node_pod_from_dict
 from fracgpu.kube import errors, objects
 from fracgpu.kube.objects import ObjectRef
@@ -24,7 +24,7 @@ from fracgpu.kube.writer import EVENT_WARNING, KubeWriter
 log = logging.getLogger(__name__)
 
 
-class KubeCluster:
+class KubeApiServer:
     def __init__(self, writer: KubeWriter, node: str, namespace: str = DEFAULT_NAMESPACE,
                  lease_duration_s: int = 40) -> None:
         self.writer = writer
@@ -54,7 +54,7 @@ class KubeCluster:
                 self._pods[event.key] = node_pod_from_dict(event.object)
             self._snapshot = None
 
-    # --- Cluster ---
+    # --- ApiServer ---
 
     def node_pods(self) -> list[NodePod]:
         with self._lock:

@@ -12,7 +12,7 @@
 
 What has no such equivalent (another driver, CEL selectors, constraints, several shares, a share without
 ``memory`` ...) is not guessed: the pod keeps its objects and the reason is recorded in ``pod_problems``
-(the node's in ``node_problems``), which ``sim.whatif.build_world`` shows as the pod's refusal. Pure.
+(the node's in ``node_problems``), which ``inspect.view.build_world`` shows as the pod's refusal. Pure.
 """
 
 from __future__ import annotations

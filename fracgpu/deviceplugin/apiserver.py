@@ -1,7 +1,7 @@
-"""The narrow Kubernetes side of the plugin, and an in-memory implementation of it.
+"""The plugin's narrow view of the API server (``ApiServer``), and an in-memory implementation of it.
 
-Everything the plugin asks of the API server goes through ``Cluster``; ``kubecluster`` implements
-it over ``fracgpu.kube``; ``MemoryCluster`` keeps the objects in memory (tests, benchmarks, and
+Everything the plugin asks of the API server goes through ``ApiServer``; ``kubeapiserver`` implements
+it over ``fracgpu.kube``; ``MemoryApiServer`` keeps the objects in memory (tests, benchmarks, and
 running without a cluster).
 """
 
@@ -27,7 +27,7 @@ class PodEvent:
     type: str = "Warning"
 
 
-class Cluster(Protocol):
+class ApiServer(Protocol):
     def node_pods(self) -> list[NodePod]:
         """Pods bound to this node (all phases)."""
         ...
@@ -51,7 +51,7 @@ class Cluster(Protocol):
         ...
 
 
-class MemoryCluster:
+class MemoryApiServer:
     """Pods and one node in memory. Thread-safe; records every write."""
 
     def __init__(self, node: str, pods: list[Mapping[str, Any]] | None = None) -> None:

@@ -1,7 +1,8 @@
-"""A cluster from a snapshot file, for `fracgpu inspect` and `fracgpu simulate --snapshot FILE --pending`.
+"""A cluster read from a snapshot (a file, or a live cluster listed once): what `fracgpu inspect` shows, and
+what `fracgpu simulate --snapshot FILE [--pending]` starts from (`fracgpu.sim.pending`).
 
 The snapshot is a `kubectl get -o yaml` style List of Nodes (with fracgpu's inventory annotation),
-Pods, Namespaces and TenantQuotas; objects are parsed by the core (`fracgpu.core.snapshot`, the same
+Pods, Namespaces and TenantQuotas; objects are parsed by the core (`fracgpu.core.records`, the same
 functions the extender uses), placed into a ClusterState, and pending pods are ranked by the same
 `ranking.rank` the extender uses. The tie-break priority is the extender's rule (crc32 of the node
 name), so the what-if answer is the extender's answer for the same cache.
@@ -9,23 +10,18 @@ name), so the what-if answer is the extender's answer for the same cache.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import Any
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
-from fracgpu.core.confusable import parse_time
 from fracgpu.core.fit import FitOptions
-from fracgpu.core.nodematch import nodes_unavailable
-from fracgpu.core.policies import POLICIES, live_default, make_policy
 from fracgpu.core.quantity import format_bytes_human
-from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of
-from fracgpu.core.ranking import Weighted, rank
-from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
-from fracgpu.core.snapshot import (
+from fracgpu.core.quota import PendingPod, PodKey, QuotaLedger, Usage, charge_of, queue_time
+from fracgpu.core.ranking import rank
+from fracgpu.core.records import (
     NODE_NO_INVENTORY,
     NodeRecord,
     PodRecord,
@@ -35,9 +31,8 @@ from fracgpu.core.snapshot import (
     node_record,
     pod_record,
 )
+from fracgpu.core.registry import DEFAULT_POLICIES, parse_policies
 from fracgpu.core.tenant import SOURCE_NAMESPACE, SOURCE_TENANTQUOTA, Limits, NamespaceInfo, QuotaError, Tenants
-from fracgpu.core.workload import WorkloadHistogram, shape_of
-from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 
 
 @dataclass(slots=True)
@@ -134,17 +129,23 @@ def inspect_doc(world: World) -> dict[str, Any]:
     return {"nodes": nodes, "tenants": tenants}
 
 
+def charged_ledger(world: World) -> QuotaLedger:
+    """What each tenant holds now: the bound pods' reservations, charged to the tenant recorded at bind."""
+    ledger = QuotaLedger(world.tenants.limits)
+    for rec in world.pods:
+        if rec.assignment is not None and rec.node and not rec.finished:
+            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
+            ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
+    return ledger
+
+
 def quota_queues(world: World) -> dict[str, list[str]]:
     """Per tenant, the pending pods that wait for quota, in admission order: what the extender's quota
     ledger queues (its TenantQuota `status.queue`). A pod that waits for a node, not for quota, is not
     in it. As in the extender's filter, a pod is checked against its tenant's quota (and queue order)
     with the VRAM it would get on the node the ranking picks, so a pod that names no vgpu-memory and
     fits no node waits for capacity first."""
-    ledger = QuotaLedger(world.tenants.limits)
-    for rec in world.pods:
-        if rec.assignment is not None and rec.node and not rec.finished:
-            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
-            ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
+    ledger = charged_ledger(world)
     policies = parse_policies(DEFAULT_POLICIES)
     opts = FitOptions(check_host=False)  # the extender's: kube-scheduler checked CPU/RAM before
     fits: dict[PodKey, bool] = {}
@@ -161,7 +162,7 @@ def quota_queues(world: World) -> dict[str, list[str]]:
         if memory is None:
             continue
         ask = PendingPod(key, world.tenants.tenant_of(rec.namespace), Usage.for_pod(req.cores, memory),
-                         rec.priority, parse_time(rec.created))
+                         rec.priority, queue_time(rec.created))
         ledger.admit(ask, 0.0, lambda k: fits.get(k, False))
     return {t: [str(p.key) for p in ledger.queue(t)] for t in ledger.tenants() if ledger.queue(t)}
 
@@ -202,85 +203,3 @@ def render_inspect(doc: Mapping[str, Any]) -> str:
         lines.append(f"{t['tenant']:<24} {t['used']['vgpu-core']:>10} {hc:>6} {_mem(t['used']['vgpu-memory']):>10} "
                      f"{hm:>8} {t['pending']:>7} {', '.join(t['queue']) or '-'}")
     return "\n".join(lines) + "\n"
-
-
-# ---- what-if for pending pods --------------------------------------------------------------------
-def _ledger(world: World) -> QuotaLedger:
-    """What each tenant holds now: the bound pods' reservations, charged to the tenant recorded at bind."""
-    ledger = QuotaLedger(world.tenants.limits)
-    for rec in world.pods:
-        if rec.assignment is not None and rec.node and not rec.finished:
-            tenant = rec.assignment.tenant or world.tenants.tenant_of(rec.namespace)
-            ledger.charge(PodKey(rec.namespace, rec.name), tenant, *charge_of(rec.assignment))
-    return ledger
-
-
-def pending_whatif(world: World, policy: str) -> list[dict[str, Any]]:
-    """Place the pending GPU pods one by one (priority, then age), each seeing the ones before it.
-
-    A pod that fits a node but not its tenant's quota is refused with the extender's quota text
-    (`QuotaLedger.fits`). The extender's queue order within a tenant (--queue-head-wait) is not
-    modelled: every pod is tried in turn."""
-    ledger = _ledger(world)
-    if policy == "fracgpu":
-        live, histogram = live_default(world.state.units_per_gpu)
-    else:
-        histogram = WorkloadHistogram(world.state.units_per_gpu)
-        live = make_policy(policy, histogram)
-    out: list[dict[str, Any]] = []
-    for rec in world.pending:
-        if rec.request is None:
-            out.append({"pod": rec.key, "fits": False, "reason": rec.request_error})
-            continue
-        req = rec.request
-        histogram.observe(shape_of(req.cpu_milli, req.cores, world.state.units_per_gpu))
-        r = rank(world.state, req, [Weighted(live)], opts=FitOptions())
-        if not r.ranked:
-            text = nodes_unavailable([*r.failed.values(), *r.unresolvable.values()])
-            out.append({"pod": rec.key, "fits": False, "reason": text})
-            continue
-        top = r.ranked[0]
-        uses = tuple(GpuUse(world.state.gpu_uuid(top.row, s), req.cores_per_gpu,
-                            req.memory_on(int(world.state.total_memory[top.row, s]))) for s in top.gpus)
-        tenant = world.tenants.tenant_of(rec.namespace)
-        quota = ledger.try_reserve(PodKey(rec.namespace, rec.name), tenant, req.cores, sum(u.memory for u in uses))
-        if not quota.ok:
-            out.append({"pod": rec.key, "fits": False, "reason": quota.reason})
-            continue
-        world.state.add_pod(rec.key, PodUse(top.node, uses, req.cpu_milli, req.memory_bytes))
-        spec = world.state.specs[top.row]
-        assert spec is not None
-        out.append({"pod": rec.key, "fits": True, "node": top.node, "gpus": [u.uuid for u in uses],
-                    "gpu_indices": [spec.gpus[s].index for s in top.gpus], "cores": req.cores, "tenant": tenant})
-    return out
-
-
-def main_snapshot(path: str | None, pending: bool, policy: str, output: str, out: TextIO, err: TextIO) -> int:
-    if not path:
-        err.write("fracgpu simulate: --pending needs --snapshot FILE\n")
-        return 2
-    if policy not in POLICIES or policy == "random":
-        err.write(f"fracgpu simulate: --snapshot takes one policy of {', '.join(POLICIES)} (not random)\n")
-        return 2
-    try:
-        world = build_world(read_snapshot(path))
-    except SnapshotError as e:
-        err.write(f"fracgpu simulate: {e}\n")
-        return 2
-    if not pending:
-        doc = inspect_doc(world)
-        out.write(json.dumps(doc, indent=1) + "\n" if output == "json" else render_inspect(doc))
-        return 0
-    result = pending_whatif(world, policy)
-    if output == "json":
-        out.write(json.dumps({"policy": policy, "pending": result}, indent=1) + "\n")
-        return 0
-    if not result:
-        out.write("no pending GPU pods in the snapshot\n")
-    for r in result:
-        if r["fits"]:
-            which = ", ".join(str(i) for i in r["gpu_indices"])
-            out.write(f"{r['pod']}: fits on {r['node']}, GPU{'s' if len(r['gpus']) > 1 else ''} {which}\n")
-        else:
-            out.write(f"{r['pod']}: does not fit: {r['reason']}\n")
-    return 0

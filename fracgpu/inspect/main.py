@@ -2,11 +2,11 @@
 
 Per node and GPU: model, allocated/total vgpu-core and VRAM, pods, health (unusable nodes with
 their reason, stale device-plugin heartbeats included); per tenant: used/hard vgpu-core and VRAM,
-the pods waiting for quota and the head of that queue (`whatif.quota_queues`). Like `kubectl
+the pods waiting for quota and the head of that queue (`view.quota_queues`). Like `kubectl
 inspect gpushare`, for shares, VRAM and tenants.
 
 A live cluster is read once (list, no watch) into the same `SnapshotDoc` a snapshot file gives,
-and both go through the same view (`fracgpu.sim.whatif.build_world` / `inspect_doc`), so the
+and both go through the same view (`fracgpu.inspect.view.build_world` / `inspect_doc`), so the
 live answer and the answer for `kubectl get ... -o yaml > snap.yaml` are the same.
 """
 
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, LABEL_ENABLED, LEASE_PREFIX
-from fracgpu.core.snapshot import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.inspect.view import build_world, inspect_doc, render_inspect
 from fracgpu.kube import errors, objects
 from fracgpu.kube.client import Transport, build_api_client
 from fracgpu.kube.resources import LEASES
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 from fracgpu.kube.writer import KubeWriter
-from fracgpu.sim.whatif import build_world, inspect_doc, render_inspect
-from fracgpu.startup import Parser, add_config_flag, no_cluster
+from fracgpu.startup import Flag, Parser, add_config_flag, add_flags, no_cluster
 
 PROG = "fracgpu inspect"
 DEFAULT_HEARTBEAT_STALE_S = 40.0  # the extender's default (--heartbeat-stale)
@@ -46,27 +46,28 @@ EXIT_USAGE = 2  # bad flags, no usable kubeconfig, unreadable snapshot
 EXIT_API = 1  # the API server could not be reached or refused a list
 
 
+FLAGS = (
+    Flag("snapshot", "read a `kubectl get -o yaml` style List of Nodes, Pods, Namespaces, TenantQuotas (and Leases) "
+         "instead of a live cluster", metavar="FILE", unset="the live cluster"),
+    Flag("kubeconfig", "kubeconfig file", metavar="FILE",
+         unset="$KUBECONFIG, then ~/.kube/config, then the in-cluster service account"),
+    Flag("context", "kubeconfig context", unset="the current context"),
+    Flag("namespace", "fracgpu's namespace, where the device plugins' heartbeat Leases live",
+         default=DEFAULT_NAMESPACE, env=(ENV_NAMESPACE,)),
+    Flag("heartbeat-stale", "a live node whose heartbeat Lease was renewed longer ago than this is shown stale, "
+         "0 = do not judge; the default is the extender's", default=f"{DEFAULT_HEARTBEAT_STALE_S}", type=float,
+         metavar="SECONDS"),
+    Flag("request-timeout", "seconds each API request may take", default="30.0", type=float, metavar="SECONDS"),
+    Flag("output", "table for people, json for scripts", default="table", choices=("table", "json"), short="-o"),
+)
+
+
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
     p = Parser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flag(p, env)
-    p.add_argument("--snapshot", metavar="FILE", help="read a `kubectl get -o yaml` style List of Nodes, Pods, "
-                   "Namespaces, TenantQuotas (and Leases) instead of a live cluster (default: the live cluster)")
-    p.add_argument("--kubeconfig", metavar="FILE", default=None,
-                   help="kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the in-cluster "
-                        "service account)")
-    p.add_argument("--context", default=None, help="kubeconfig context (default: the current context)")
-    p.add_argument("--namespace", default=env.get(ENV_NAMESPACE, DEFAULT_NAMESPACE),
-                   help=f"fracgpu's namespace, where the device plugins' heartbeat Leases live "
-                        f"[env {ENV_NAMESPACE}] (default: {DEFAULT_NAMESPACE})")
-    p.add_argument("--heartbeat-stale", type=float, default=DEFAULT_HEARTBEAT_STALE_S, metavar="SECONDS",
-                   help="a live node whose heartbeat Lease was renewed longer ago than this is shown stale, "
-                        "0 = do not judge (default: %(default)s, the extender's)")
-    p.add_argument("--request-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="seconds each API request may take (default: %(default)s)")
-    p.add_argument("-o", "--output", choices=("table", "json"), default="table",
-                   help="table for people, json for scripts (default: %(default)s)")
+    add_flags(p, FLAGS, env)
     return p
 
 

@@ -25,7 +25,7 @@ from fracgpu.api.v1beta1.names import (
     LABEL_ZONE,
     TAINT_GPU_FAILED,
 )
-from fracgpu.core.drasnapshot import lower_dra
+from fracgpu.core.dralower import lower_dra
 from fracgpu.core.pod import PodObject, decode_pod, pod_finished
 from fracgpu.core.quantity import MAX_QUANTITY, MAX_WHOLE_MILLI, QuantityError, parse_bytes, parse_milli
 from fracgpu.core.request import GpuRequest, RequestError, effective_host, parse_pod_request
@@ -255,7 +255,7 @@ class SnapshotDoc:
     namespaces: tuple[Mapping[str, Any], ...] = ()
     tenant_quotas: tuple[Mapping[str, Any], ...] = ()
     leases: tuple[Mapping[str, Any], ...] = ()
-    # resource.k8s.io/v1 (DRA), read into the nodes' and pods' fracgpu form by parse_list (core.drasnapshot)
+    # resource.k8s.io/v1 (DRA), read into the nodes' and pods' fracgpu form by parse_list (core.dralower)
     resource_slices: tuple[Mapping[str, Any], ...] = ()
     resource_claims: tuple[Mapping[str, Any], ...] = ()
     resource_claim_templates: tuple[Mapping[str, Any], ...] = ()

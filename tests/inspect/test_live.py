@@ -25,7 +25,7 @@ from fracgpu.api.v1beta1.names import (
     lease_name,
 )
 from fracgpu.cli import main as cli_main
-from fracgpu.sim import inspect
+from fracgpu.inspect import main as inspect
 from tests.fakes.apiserver import DEFAULT_RESOURCES, FakeApiServer
 
 GI = 1024**3

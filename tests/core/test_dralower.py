@@ -1,4 +1,4 @@
-"""DRA objects in a snapshot read as fracgpu's (fracgpu.core.drasnapshot): slices -> inventory, claims -> requests
+"""DRA objects in a snapshot read as fracgpu's (fracgpu.core.dralower): slices -> inventory, claims -> requests
 and reservations, and every shape that has no vgpu equivalent refused with its reason."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, LABEL_ENABLED
+from fracgpu.core.dralower import Demand, lower_dra, request_demand
 from fracgpu.core.draslices import (
     SliceOptions,
     SliceReadError,
@@ -19,9 +20,9 @@ from fracgpu.core.draslices import (
     gpus_from_devices,
     node_devices,
 )
-from fracgpu.core.drasnapshot import Demand, lower_dra, request_demand
-from fracgpu.core.snapshot import parse_list
-from fracgpu.sim.whatif import build_world, pending_whatif
+from fracgpu.core.records import parse_list
+from fracgpu.inspect.view import build_world
+from fracgpu.sim.pending import pending_whatif
 
 Obj = dict[str, Any]
 GI = 2**30
