@@ -18,7 +18,7 @@ from typing import Any
 
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import CORES_PER_GPU, DRA_CAPACITY_CORES, DRA_CAPACITY_MEMORY, DRA_DRIVER
-from fracgpu.core.dralower import request_demand
+from fracgpu.core.draclaims import request_demand
 
 Obj = dict[str, Any]
 

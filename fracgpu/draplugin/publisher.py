@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 
 from fracgpu.api.v1beta1.dra.resource import Device, OwnerReference, Pool, ResourceSlice, ResourceSliceSpec
 from fracgpu.api.v1beta1.errors import InvalidDocument
-from fracgpu.core.draslices import SliceOptions, build_slices, dropped_fields, same_devices, validate_slice
+from fracgpu.core.draslicerules import validate_slice
+from fracgpu.core.draslices import SliceOptions, build_slices, dropped_fields, same_devices
 from fracgpu.kube import errors
 from fracgpu.kube.objects import name as object_name
 from fracgpu.kube.objects import uid as object_uid

@@ -29,7 +29,7 @@ from fracgpu.api.v1beta1.names import PLUGIN_TYPE_DRA
 from fracgpu.api.v1beta1.pluginregistration import api_pb2 as reg_pb2
 from fracgpu.api.v1beta1.pluginregistration import api_pb2_grpc as reg_grpc
 from fracgpu.core.draprepare import valid_uid
-from fracgpu.core.draslices import dns_label, dns_subdomain
+from fracgpu.core.draslicerules import dns_label, dns_subdomain
 from fracgpu.draplugin.driver import ClaimRef, Driver
 
 log = logging.getLogger(__name__)

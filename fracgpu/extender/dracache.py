@@ -21,7 +21,8 @@ from fracgpu.api.v1beta1.dra.resource import ResourceClaim, ResourceSlice
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_DRIVER, LABEL_DRA
-from fracgpu.core.dralower import PodDra, lower_node, lower_pod, pool_inventories
+from fracgpu.core.draclaims import PodDra
+from fracgpu.core.dralower import lower_node, lower_pod, pool_inventories
 from fracgpu.core.draslices import device_allocator
 from fracgpu.core.records import node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler

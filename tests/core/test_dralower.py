@@ -11,7 +11,8 @@ import pytest
 from fracgpu.api.v1beta1.assignment import Assignment
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY, LABEL_ENABLED
-from fracgpu.core.dralower import Demand, lower_dra, request_demand
+from fracgpu.core.draclaims import Demand, request_demand
+from fracgpu.core.dralower import lower_dra
 from fracgpu.core.draslices import (
     SliceOptions,
     SliceReadError,

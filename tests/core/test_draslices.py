@@ -20,6 +20,7 @@ from fracgpu.api.v1beta1.dra.resource import (
 )
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import DRA_ALLOCATORS, DRA_ATTR_ALLOCATOR
+from fracgpu.core.draslicerules import validate_slice
 from fracgpu.core.draslices import (
     ATTR_NUMA_NODE,
     ATTR_PCI_BUS_ID,
@@ -35,7 +36,6 @@ from fracgpu.core.draslices import (
     same_devices,
     slice_names,
     taint_value,
-    validate_slice,
 )
 
 GI = 1024**3

@@ -26,7 +26,7 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
-from fracgpu.core.dralower import allocated_gpus
+from fracgpu.core.draclaims import allocated_gpus
 from fracgpu.core.draslices import device_names
 from fracgpu.core.fit import FitOptions
 from fracgpu.core.policies import live_default
