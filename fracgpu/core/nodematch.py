@@ -11,6 +11,7 @@ plugins (component-helpers/scheduling/corev1/nodeaffinity, v1.Toleration.Tolerat
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 UNSCHEDULABLE = "node(s) were unschedulable"
@@ -73,15 +74,32 @@ def tolerates(tolerations: Sequence[Any], taint: Mapping[str, Any]) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What the node checks read of a Node, read once per node change (a pass asks every node)."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: tuple[Mapping[str, Any], ...]  # the NoSchedule and NoExecute ones
+    unschedulable: bool
+
+    @staticmethod
+    def of(node: Mapping[str, Any]) -> NodeFacts:
+        spec, meta = _map(node.get("spec")), _map(node.get("metadata"))
+        taints = tuple(t for t in _list(spec.get("taints"))
+                       if isinstance(t, Mapping) and t.get("effect") in ("NoSchedule", "NoExecute"))
+        labels = {str(k): str(v) for k, v in _map(meta.get("labels")).items()}
+        return NodeFacts(str(meta.get("name") or ""), labels, taints, spec.get("unschedulable") is True)
+
+
 def node_refusal(pod: Mapping[str, Any], node: Mapping[str, Any]) -> str:
     """Why kube-scheduler would not put the pod on the node ("" = it might): the first refusal in its
     default filter order (NodeUnschedulable, TaintToleration, NodeAffinity), as it reports one per node."""
-    return refusal_of(pod)(node)
+    return refusal_of(pod)(NodeFacts.of(node))
 
 
-def refusal_of(pod: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
-    """`node_refusal` for one pod, its selector, affinity and tolerations read once (a pass over every
-    node asks the same pod about each)."""
+def refusal_of(pod: Mapping[str, Any]) -> Callable[[NodeFacts], str]:
+    """`node_refusal` for one pod, its selector, affinity and tolerations read once."""
     spec = _map(pod.get("spec"))
     tolerations = _list(spec.get("tolerations"))
     selector = {str(k): str(v) for k, v in _map(spec.get("nodeSelector")).items()}
@@ -90,22 +108,17 @@ def refusal_of(pod: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], str]:
     terms = [t for t in _list(required.get("nodeSelectorTerms")) if isinstance(t, Mapping)]
     unschedulable_ok = tolerates(tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"})
 
-    def refusal(node: Mapping[str, Any]) -> str:
-        nspec, meta = _map(node.get("spec")), _map(node.get("metadata"))
-        if nspec.get("unschedulable") is True and not unschedulable_ok:
+    def refusal(node: NodeFacts) -> str:
+        if node.unschedulable and not unschedulable_ok:
             return UNSCHEDULABLE
-        for taint in _list(nspec.get("taints")):
-            if isinstance(taint, Mapping) and taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(
-                    tolerations, taint):
+        for taint in node.taints:
+            if not tolerates(tolerations, taint):
                 value = taint.get("value")
                 shown = f"{taint.get('key')}: {value}" if value else str(taint.get("key"))
                 return f"node(s) had untolerated taint {{{shown}}}"
-        if not selector and not required:
-            return ""
-        labels = _map(meta.get("labels"))
-        if any(labels.get(k) != v for k, v in selector.items()):
+        if selector and any(node.labels.get(k) != v for k, v in selector.items()):
             return AFFINITY
-        if required and not any(_term(t, str(meta.get("name") or ""), labels) for t in terms):
+        if required and not any(_term(t, node.name, node.labels) for t in terms):
             return AFFINITY
         return ""
 
@@ -121,4 +134,4 @@ def nodes_unavailable(reasons: Sequence[str]) -> str:
     return f"0/{len(reasons)} nodes are available: {grouped}"
 
 
-__all__ = ["AFFINITY", "UNSCHEDULABLE", "node_refusal", "nodes_unavailable", "refusal_of", "tolerates"]
+__all__ = ["AFFINITY", "UNSCHEDULABLE", "NodeFacts", "node_refusal", "nodes_unavailable", "refusal_of", "tolerates"]

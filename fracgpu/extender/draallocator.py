@@ -122,9 +122,9 @@ class Allocator:
         names: list[str] = []
         revoked = self.view.revoked(w.key)
         node_refusal = refusal_of(w.raw)
-        for candidate, obj in sorted(self.view.nodes().items()):
-            why = REVOKED if candidate in revoked else node_refusal(obj)
-            (refused.append(why) if why else names.append(candidate))
+        for facts in self.view.nodes():
+            why = REVOKED if facts.name in revoked else node_refusal(facts)
+            (refused.append(why) if why else names.append(facts.name))
         if not names:
             self._tell(w, nodes_unavailable(refused) if refused else NO_NODE)
             return 0

@@ -24,6 +24,7 @@ from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_DRIVER, LABEL_D
 from fracgpu.core.draclaims import PodDra
 from fracgpu.core.dralower import lower_node, lower_pod, pool_inventories
 from fracgpu.core.draslices import device_allocator
+from fracgpu.core.nodematch import NodeFacts
 from fracgpu.core.records import node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
 
@@ -138,6 +139,7 @@ class DraView:
         self._slices: dict[str, dict[str, Obj]] = {}  # pool -> slice name -> slice
         self._devices: dict[str, Mapping[str, GpuInfo]] = {}  # node -> device name -> GPU
         self._ours: set[str] = set()  # nodes whose every device says allocator: fracgpu
+        self._facts: list[NodeFacts] | None = None  # nodes() as last built; None after a node change
         self._claims: dict[str, Obj] = {}
         self._templates: dict[str, Obj] = {}
         self._pods: dict[str, _Pod] = {}
@@ -158,6 +160,7 @@ class DraView:
                 if self._nodes.pop(name, None) is not None:
                     self._devices.pop(name, None)
                     self._ours.discard(name)
+                    self._facts = None
                 return False
             self._nodes[name] = obj
             self._lower_node(name, obj)
@@ -169,6 +172,7 @@ class DraView:
             self._nodes.pop(name, None)
             self._devices.pop(name, None)
             self._ours.discard(name)
+            self._facts = None
 
     def apply_slice(self, obj: Obj, deleted: bool = False) -> None:
         spec = obj.get("spec")
@@ -192,6 +196,7 @@ class DraView:
         self.changed.set()
 
     def _lower_node(self, name: str, raw: Obj) -> None:
+        self._facts = None
         slices = list(self._slices.get(name, {}).values())
         if _allocators(slices) == {DRA_ALLOCATOR_FRACGPU}:
             self._ours.add(name)
@@ -323,10 +328,12 @@ class DraView:
                 del nodes[n]
             return frozenset(nodes)
 
-    def nodes(self) -> dict[str, Obj]:
-        """The DRA nodes (raw) whose devices fracgpu allocates, for the allocator."""
+    def nodes(self) -> list[NodeFacts]:
+        """The DRA nodes whose devices fracgpu allocates, by name, for the allocator's node checks."""
         with self._lock:
-            return {n: obj for n, obj in self._nodes.items() if n in self._ours}
+            if self._facts is None:
+                self._facts = [NodeFacts.of(self._nodes[n]) for n in sorted(self._ours & set(self._nodes))]
+            return self._facts
 
     def devices(self, node: str) -> Mapping[str, GpuInfo]:
         with self._lock:
