@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from fracgpu.core.draallocation import allocated_claim, claim_allocations, place
 from fracgpu.core.nodematch import nodes_unavailable, refusal_of
 from fracgpu.extender.dracache import DraView, Waiting, obj_key
 from fracgpu.extender.leader import Leadership
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import BindRefused, Scheduler
 from fracgpu.kube.objects import ObjectRef
 
@@ -38,6 +40,8 @@ REVOKED = "node(s) where kube-scheduler undid this pod's allocation in the last 
 NO_NODE = ("no node labelled fracgpu.io/dra=true publishes GPUs whose allocator is fracgpu (fracgpu dra-driver "
            "--allocator)")
 PARTIAL_GRACE_S = 30.0  # a pod seen half-allocated this long (and not by a write in flight) is undone
+# outcomes of one pod, the label of fracgpu_extender_dra_allocations_total
+ALLOCATED, REFUSED, UNREADABLE, WRITE_FAILED = "allocated", "refused", "unreadable", "write_failed"
 
 Obj = Mapping[str, Any]
 
@@ -62,7 +66,7 @@ def _sort_key(w: Waiting) -> tuple[int, str, str]:
 class Allocator:
     def __init__(self, scheduler: Scheduler, view: DraView, writer: ClaimWriter, *, clock: Callable[[], float],
                  leadership: Leadership | None = None, new_share_id: Callable[[], str] = lambda: str(uuid.uuid4()),
-                 interval_s: float = 1.0, tell_every_s: float = 60.0) -> None:
+                 interval_s: float = 1.0, tell_every_s: float = 60.0, metrics: ExtenderMetrics | None = None) -> None:
         self.scheduler = scheduler
         self.view = view
         self.writer = writer
@@ -71,6 +75,7 @@ class Allocator:
         self.new_share_id = new_share_id
         self.interval_s = interval_s
         self.tell_every_s = tell_every_s
+        self.metrics = metrics
         self._told: dict[str, tuple[str, float]] = {}  # pod key -> (last text, when)
         self._partial_since: dict[str, float] = {}
         self._stop = threading.Event()
@@ -102,22 +107,31 @@ class Allocator:
         """One pass over the waiting pods; returns how many pods got their claims allocated."""
         if not self.scheduler.synced or (self.leadership is not None and not self.leadership.can_bind()):
             return 0
+        start = time.perf_counter()
         self._undo_partial()
         done = 0
         waiting = sorted(self.view.waiting(), key=_sort_key)
         for w in waiting:
             if self._stop.is_set():
                 break
-            done += self._allocate(w)
+            outcome = self._allocate(w)
+            done += outcome == ALLOCATED
+            if self.metrics is not None and outcome:
+                self.metrics.dra_allocations.labels(outcome).inc()
         keys = {w.key for w in waiting}
         self._told = {k: v for k, v in self._told.items() if k in keys}  # pods gone or placed: forgotten
+        if self.metrics is not None:
+            self.metrics.dra_waiting.set(len(waiting) - done)
+            self.metrics.dra_pass.observe(time.perf_counter() - start)
         return done
 
     # ---- one pod ------------------------------------------------------------------------------
-    def _allocate(self, w: Waiting) -> int:
+    def _allocate(self, w: Waiting) -> str:
+        """One pod: its outcome (a label of fracgpu_extender_dra_allocations_total), or "" when there is
+        nothing to count (reserved by an earlier pass, leadership lost)."""
         if w.problem:
             self._tell(w, w.problem)
-            return 0
+            return UNREADABLE
         refused: list[str] = []
         names: list[str] = []
         revoked = self.view.revoked(w.key)
@@ -127,14 +141,14 @@ class Allocator:
             (refused.append(why) if why else names.append(facts.name))
         if not names:
             self._tell(w, nodes_unavailable(refused) if refused else NO_NODE)
-            return 0
+            return REFUSED
         result = self.scheduler.filter(ExtenderArgs(pod=w.pod, node_names=tuple(names)))
         if result.error:
             self._tell(w, result.error)
-            return 0
+            return REFUSED
         if not result.node_names:
             self._tell(w, nodes_unavailable([*refused, *result.failed.values(), *result.unresolvable.values()]))
-            return 0
+            return REFUSED
         node = result.node_names[0]
         meta = w.raw.get("metadata") or {}
         ns, name, uid = str(meta.get("namespace") or "default"), str(meta.get("name")), str(meta.get("uid") or "")
@@ -142,19 +156,19 @@ class Allocator:
             a = self.scheduler.reserve(ExtenderBindingArgs(name, ns, uid, node))
         except BindRefused as e:
             self._tell(w, str(e))
-            return 0
+            return REFUSED
         if a is None:  # reserved by an earlier pass; its claims' writes are in flight or landed
-            return 0
+            return ""
         if self.leadership is not None and not self.leadership.can_bind():
             self.scheduler.release(w.key, a)
-            return 0
+            return ""
         try:
             placed = placed_on([(g.uuid, g.cores, g.memory) for g in a.gpus], self.view.devices(node))
             allocations = claim_allocations(w.claims, node, placed, self.view.devices(node), self.new_share_id)
         except (KeyError, ValueError) as e:
             self.scheduler.release(w.key, a)
             log.error("dra allocation does not match the claims pod=%s node=%s error=%s", w.key, node, e)
-            return 0
+            return WRITE_FAILED
         written: list[dict[str, Any]] = []
         try:
             for claim, allocation in zip(w.claims, allocations, strict=True):
@@ -164,12 +178,12 @@ class Allocator:
             self._roll_back(w.key, written)
             answer = self.scheduler.binding_failed(w.key, a, e)
             log.warning("dra allocation failed pod=%s node=%s error=%s", w.key, node, answer)
-            return 0
+            return WRITE_FAILED
         self.scheduler.confirm(w.key, a)
         self._told.pop(w.key, None)
         log.info("allocated pod=%s node=%s claims=%s gpus=%s", w.key, node, [obj_key(c) for c in w.claims],
                  [g.uuid for g in a.gpus])
-        return 1
+        return ALLOCATED
 
     def _roll_back(self, key: str, written: list[dict[str, Any]]) -> None:
         """Claims allocated before a later claim's write failed: cleared, so the pod is whole again."""

@@ -331,7 +331,8 @@ def main(argv: list[str]) -> int:
             binder = writer
             leadership = None
         if view is not None:
-            allocator = Allocator(scheduler, view, claim_writer, clock=time.monotonic, leadership=leadership)
+            allocator = Allocator(scheduler, view, claim_writer, clock=time.monotonic, leadership=leadership,
+                                  metrics=metrics)
         deps = Deps(scheduler, binder, metrics, body_limit=body_limit, ready=cache.synced.is_set,
                     leadership=leadership, client_names=client_names)
     app = make_app(deps)

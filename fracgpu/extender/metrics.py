@@ -1,6 +1,6 @@
 """The extender's Prometheus registry (`ExtenderMetrics`: request latency, filter outcomes per reason kind,
-bind failures, cache objects, leadership) and the per-tenant quota gauges (`TenantCollector`),
-read from the Scheduler's quota ledger at scrape time:
+bind failures, cache objects, leadership, the DRA allocator's outcomes) and the per-tenant quota gauges
+(`TenantCollector`), read from the Scheduler's quota ledger at scrape time:
 
 - `fracgpu_tenant_used{tenant,resource}`: what the tenant's bound pods hold (vgpu-memory in bytes,
   vgpu-core in units; the same numbers as TenantQuota status.used);
@@ -84,6 +84,18 @@ class ExtenderMetrics:
         self.refused_clients = Counter(
             "fracgpu_extender_refused_clients_total", "Verb requests refused for want of an allowed client "
             "certificate", ["verb"], registry=self.registry,
+        )
+        self.dra_allocations = Counter(
+            "fracgpu_extender_dra_allocations_total", "Pods whose DRA claims the allocator handled, by outcome "
+            "(allocated; refused: told to the pod; unreadable: claims fracgpu cannot place; write_failed)",
+            ["outcome"], registry=self.registry,
+        )
+        self.dra_waiting = Gauge("fracgpu_extender_dra_waiting_pods",
+                                 "Pods whose fracgpu claims wait for an allocation, at the last pass",
+                                 registry=self.registry)
+        self.dra_pass = Histogram(
+            "fracgpu_extender_dra_pass_seconds", "Duration of one allocator pass over the waiting pods",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0), registry=self.registry,
         )
         self._scheduler = scheduler
         if scheduler is not None:

@@ -22,6 +22,7 @@ from fracgpu.core.draslices import build_slices, node_devices
 from fracgpu.extender.cache import ClusterCache
 from fracgpu.extender.draallocator import Allocator
 from fracgpu.extender.dracache import DraView
+from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.retry import Backoff
@@ -93,7 +94,8 @@ class DraCluster:
         self.writer = KubeWriter(self.transport, component="fracgpu-extender")
         self.cache = ClusterCache(self.transport, self.scheduler, namespace=DEFAULT_NAMESPACE,
                                   backoff=Backoff(initial_s=0.01, cap_s=0.05), watch_timeout_s=30, dra=self.view)
-        self.allocator = Allocator(self.scheduler, self.view, self.writer, clock=self.clock)
+        self.metrics = ExtenderMetrics(self.scheduler)
+        self.allocator = Allocator(self.scheduler, self.view, self.writer, clock=self.clock, metrics=self.metrics)
 
     # ---- kube-controller-manager's resourceclaim controller ----------------------------------------
     def generate_claims(self, pod: Obj) -> list[Obj]:
@@ -177,6 +179,11 @@ class DraCluster:
 
     def waiting(self) -> set[str]:
         return {w.key for w in self.view.waiting()}
+
+    def counted(self, outcome: str) -> float:
+        """fracgpu_extender_dra_allocations_total{outcome}, as /metrics shows it."""
+        return self.metrics.registry.get_sample_value("fracgpu_extender_dra_allocations_total",
+                                                      {"outcome": outcome}) or 0.0
 
     def caught_up(self) -> bool:
         """Every allocation of ours is seen back through the claim watch."""

@@ -176,6 +176,9 @@ def test_a_burst_never_over_commits_a_gpu(cluster: DraCluster) -> None:
     assert len(used) == 4
     assert all(c <= CORES_PER_GPU and m <= 80 * GI for c, m in used.values())
     refused = [n for n, p in placed.items() if not p]
+    assert cluster.counted("allocated") == len(placed) - len(refused)
+    assert cluster.counted("refused") == 2 * len(refused)  # the second pass refuses them again (told once)
+    assert cluster.metrics.registry.get_sample_value("fracgpu_extender_dra_waiting_pods") == len(refused)
     assert refused and all(cluster.events(n)[0].startswith("0/2 nodes are available: 2 no single GPU with")
                            for n in refused)  # refused for room only: claims are never 'still allocating'
     other = FakeApiServer().start()
@@ -291,6 +294,7 @@ def test_claims_fracgpu_cannot_read_are_told_not_guessed(cluster: DraCluster) ->
     assert told.startswith("claims not understood:") and "without memory" in told
     assert cluster.results(pod) == []
     assert cluster.allocator.run_once() == 0 and len(cluster.events("vague")) == 1  # told once per text
+    assert cluster.counted("unreadable") == 2 and cluster.counted("allocated") == 0
 
 
 def test_nothing_is_allocated_before_the_cache_is_synced(apiserver: FakeApiServer) -> None:
