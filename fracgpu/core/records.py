@@ -288,18 +288,27 @@ def parse_list(doc: Any, where: str = "snapshot") -> SnapshotDoc:
         if not isinstance(_meta(item).get("name"), str) or not _meta(item).get("name"):
             raise InvalidDocument(f"{where}.items[{i}].metadata.name: expected a non-empty string")
         by_kind[str(kind)].append(item)
-    dra = lower_dra(by_kind["Node"], by_kind["Pod"], by_kind["ResourceSlice"], by_kind["ResourceClaim"],
-                    by_kind["ResourceClaimTemplate"])
+    return snapshot_of(by_kind)
+
+
+def snapshot_of(by_kind: Mapping[str, Sequence[Mapping[str, Any]]]) -> SnapshotDoc:
+    """The snapshot of these objects (keys of KINDS, any missing = none), the DRA side read into the nodes'
+    and pods' fracgpu form: the one way a snapshot file and a live read (`fracgpu inspect`) become a view."""
+    def kind(k: str) -> tuple[Mapping[str, Any], ...]:
+        return tuple(by_kind.get(k, ()))
+
+    dra = lower_dra(kind("Node"), kind("Pod"), kind("ResourceSlice"), kind("ResourceClaim"),
+                    kind("ResourceClaimTemplate"))
     return SnapshotDoc(
         nodes=dra.nodes,
         pods=dra.pods,
-        namespaces=tuple(by_kind["Namespace"]),
-        tenant_quotas=tuple(by_kind["TenantQuota"]),
-        leases=tuple(by_kind["Lease"]),
-        resource_slices=tuple(by_kind["ResourceSlice"]),
-        resource_claims=tuple(by_kind["ResourceClaim"]),
-        resource_claim_templates=tuple(by_kind["ResourceClaimTemplate"]),
-        device_classes=tuple(by_kind["DeviceClass"]),
+        namespaces=kind("Namespace"),
+        tenant_quotas=kind("TenantQuota"),
+        leases=kind("Lease"),
+        resource_slices=kind("ResourceSlice"),
+        resource_claims=kind("ResourceClaim"),
+        resource_claim_templates=kind("ResourceClaimTemplate"),
+        device_classes=kind("DeviceClass"),
         dra_nodes=dra.dra_nodes,
         dra_pods=dra.dra_pods,
         dra_node_problems=dra.node_problems,

@@ -26,12 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, LABEL_ENABLED, LEASE_PREFIX
-from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc
+from fracgpu.api.v1beta1.names import ANN_INVENTORY, DEFAULT_NAMESPACE, DRA_DRIVER, LABEL_ENABLED, LEASE_PREFIX
+from fracgpu.core.records import NODE_NO_HEARTBEAT, NODE_STALE_HEARTBEAT, SnapshotDoc, snapshot_of
 from fracgpu.inspect.view import build_world, inspect_doc, render_inspect
 from fracgpu.kube import errors, objects
 from fracgpu.kube.client import Transport, build_api_client
-from fracgpu.kube.resources import LEASES
+from fracgpu.kube.resources import LEASES, RESOURCECLAIMS, RESOURCECLAIMTEMPLATES, RESOURCESLICES
 from fracgpu.kube.snapshot import SnapshotError, read_snapshot
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.startup import Flag, Parser, add_config_flag, add_flags, no_cluster
@@ -105,8 +105,10 @@ def read_cluster(writer: KubeWriter, namespace: str) -> SnapshotDoc:
     """One read (lists, no watch) of what the view needs, as the snapshot of the cluster it is.
 
     Nodes, Pods that are not finished (Succeeded/Failed pods hold no share), Namespaces,
-    TenantQuotas (none when the CRD is not installed: namespace quotas still apply), and the
-    device plugins' heartbeat Leases in fracgpu's namespace.
+    TenantQuotas (none when the CRD is not installed: namespace quotas still apply), the
+    device plugins' heartbeat Leases in fracgpu's namespace, and, where the API server serves
+    resource.k8s.io/v1, fracgpu's ResourceSlices and the ResourceClaims and their templates (DRA nodes
+    and pods, read as a snapshot file's are).
     """
     try:
         quotas = writer.list_tenant_quotas()
@@ -114,9 +116,16 @@ def read_cluster(writer: KubeWriter, namespace: str) -> SnapshotDoc:
         quotas = []
     leases = [lease for lease in writer.list_objects(LEASES, namespace=namespace)
               if objects.name(lease).startswith(LEASE_PREFIX)]
-    return SnapshotDoc(nodes=tuple(writer.list_nodes()), pods=tuple(writer.list_pods(field_selector=LIVE_POD_FIELDS)),
-                       namespaces=tuple(writer.list_namespaces()), tenant_quotas=tuple(quotas),
-                       leases=tuple(leases))
+    by_kind: dict[str, Sequence[Mapping[str, Any]]] = {
+        "Node": writer.list_nodes(), "Pod": writer.list_pods(field_selector=LIVE_POD_FIELDS),
+        "Namespace": writer.list_namespaces(), "TenantQuota": quotas, "Lease": leases}
+    try:
+        by_kind["ResourceSlice"] = writer.list_objects(RESOURCESLICES, field_selector=f"spec.driver={DRA_DRIVER}")
+        by_kind["ResourceClaim"] = writer.list_objects(RESOURCECLAIMS)
+        by_kind["ResourceClaimTemplate"] = writer.list_objects(RESOURCECLAIMTEMPLATES)
+    except errors.NotFound:  # no resource.k8s.io/v1 here: no DRA path
+        pass
+    return snapshot_of(by_kind)
 
 
 # ---- the view -------------------------------------------------------------------------------------
@@ -153,8 +162,8 @@ def inspect_view(doc: SnapshotDoc, *, now: float | None = None,
         at = _epoch(stamp) if stamp else None
         age = None if now is None or at is None else round(now - at, 1)
         node["heartbeat"] = None if stamp is None else {"renewTime": stamp, "age_s": age}
-        if not judge or not node["usable"]:
-            continue
+        if not judge or not node["usable"] or node.get("source") == "dra":
+            continue  # a DRA node's driver writes no heartbeat Lease (its slices go when it does)
         if stamp is None:
             node["usable"], node["reason"] = False, NODE_NO_HEARTBEAT
         elif age is None or age > heartbeat_stale_s:
@@ -221,7 +230,8 @@ def _read_live(args: argparse.Namespace, environ: Mapping[str, str], err: TextIO
         err.write(f"{PROG}: cannot reach the API server {server}: {_one_line(e.message)}\n")
     except errors.Forbidden as e:
         err.write(f"{PROG}: the API server {server} refused a read (needs list on nodes, pods, namespaces, "
-                  f"tenantquotas and leases in {args.namespace}): {_one_line(e)}\n")
+                  f"tenantquotas, leases in {args.namespace}, and resourceslices, resourceclaims and "
+                  f"resourceclaimtemplates where resource.k8s.io/v1 is served): {_one_line(e)}\n")
     except errors.KubeAPIError as e:
         err.write(f"{PROG}: reading the cluster at {server} failed: {_one_line(e)}\n")
     finally:

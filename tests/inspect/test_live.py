@@ -336,3 +336,25 @@ def test_cli_error_has_no_traceback(tmp_path: Path, closed_port: int, capsys: py
     assert captured.out == ""
     assert captured.err.startswith("fracgpu inspect: cannot reach the API server")
     assert "Traceback" not in captured.err and "Retrying" not in captured.err
+
+
+def test_a_live_dra_cluster_reads_as_its_snapshot(tmp_path: Path) -> None:
+    """DRA nodes and pods (examples/dra/snapshot-claims.yaml: ResourceSlices, claims, templates) served by an API
+    server: the live view equals the view of the same file, DRA nodes marked and not judged by a heartbeat
+    Lease their driver does not write."""
+    from tests.extender.draworld import DRA_RESOURCES
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "dra" / "snapshot-claims.yaml"
+    items = yaml.safe_load(example.read_text())["items"]
+    with FakeApiServer((*DEFAULT_RESOURCES, *DRA_RESOURCES)) as fake:
+        fake.seed(*items)
+        config = write_kubeconfig(tmp_path / "config", fake.url)
+        code, live_out, err = run(["--kubeconfig", str(config), "-o", "json"], {"HOME": str(tmp_path)})
+    assert (code, err) == (0, "")
+    file_code, file_out, _ = run(["--snapshot", str(example), "-o", "json"], {})
+    assert file_code == 0
+    live, from_file = json.loads(live_out), json.loads(file_out)
+    assert live["heartbeat_stale_s"] is not None  # a live cluster is judged ...
+    assert all(n["source"] == "dra" and n["usable"] for n in live["nodes"])  # ... but DRA nodes need no Lease
+    live["heartbeat_stale_s"] = from_file["heartbeat_stale_s"]
+    assert live == from_file
