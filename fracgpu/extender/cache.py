@@ -17,10 +17,11 @@ from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import LEASE_PREFIX
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.records import namespace_record, node_record, pod_record
-from fracgpu.extender.dracache import DraView, has_claims
+from fracgpu.extender.dracache import DraView
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import objects
 from fracgpu.kube.client import Transport
+from fracgpu.kube.dralowering import has_claims
 from fracgpu.kube.reflector import DELETED, Reflector, WatchEvent
 from fracgpu.kube.resources import (
     LEASES,

@@ -27,10 +27,11 @@ from typing import Any, Protocol
 from fracgpu.api.v1beta1.extender import ExtenderArgs, ExtenderBindingArgs
 from fracgpu.core.draallocation import allocated_claim, claim_allocations, placed_on
 from fracgpu.core.nodematch import nodes_unavailable, refusal_of
-from fracgpu.extender.dracache import DraView, Waiting, obj_key
+from fracgpu.extender.dracache import DraView, Waiting
 from fracgpu.extender.leader import Leadership
 from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import BindRefused, Scheduler
+from fracgpu.kube.dralowering import obj_key
 from fracgpu.kube.objects import ObjectRef
 
 log = logging.getLogger(__name__)

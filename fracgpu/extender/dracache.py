@@ -1,83 +1,34 @@
-"""The DRA side of the extender's cache: ResourceSlices, ResourceClaims and their templates, read as the
-device-plugin path's records, so that one Scheduler decides for both paths with the same ranking, quotas,
-queue and zone rules.
+"""The DRA side of the extender's cache: ResourceSlices, ResourceClaims and their templates lowered
+(``kube.dralowering``, the code of ``core.dralower`` that ``fracgpu simulate`` and ``inspect`` use on a snapshot)
+into the records the Scheduler already reads, so that one Scheduler decides for both paths with the same
+ranking, quotas, queue and zone rules: a node's pool becomes its inventory, a pod's claims its vgpu request and,
+once allocated, its reservation on the pool's node.
 
-Raw objects are kept for the nodes labelled ``fracgpu.io/dra=true``, their pools' slices, the claims and
-templates, and the pods that name claims. Every change lowers what it touches with ``core.dralower``
-(the code ``fracgpu simulate`` and ``inspect`` use on a snapshot) and feeds the result to the Scheduler:
-a node's pool becomes its inventory, a pod's claims its vgpu request and, once allocated, its
-reservation on the pool's node. The allocator (``draallocator``) reads the pods that wait for an
-allocation from here. Thread-safe: the reflectors feed it, the allocator reads it.
+Besides feeding the Scheduler, ``DraView`` keeps what the allocator (``draallocator``) reads: the pods whose
+claims wait for an allocation, the half-allocated ones, the nodes whose devices fracgpu allocates, and the nodes
+where kube-scheduler undid a pod's allocation. Thread-safe: the reflectors feed it, the allocator reads it.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from fracgpu.api.v1beta1.dra.resource import ResourceClaim, ResourceSlice
+from fracgpu.api.v1beta1.dra.resource import ResourceSlice
 from fracgpu.api.v1beta1.errors import InvalidDocument
-from fracgpu.api.v1beta1.inventory import GpuInfo
-from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_DRIVER, LABEL_DRA
-from fracgpu.core.draclaims import PodDra
-from fracgpu.core.dralower import lower_node, lower_pod, pool_inventories
+from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU
+from fracgpu.core.dralower import LoweredNode, LoweredPod
 from fracgpu.core.draslices import device_allocator
 from fracgpu.core.nodematch import NodeFacts
 from fracgpu.core.records import node_record, pod_record
 from fracgpu.extender.scheduler import Scheduler
+from fracgpu.kube.dralowering import DraLowering, LoweredPodState, bound_node
 
 Obj = Mapping[str, Any]
 Clock = Callable[[], float]
 
 REVOKED_TTL_S = 300.0  # a node whose allocation the scheduler undid is not chosen again for that pod this long
-
-
-def _meta(obj: Obj) -> Mapping[str, Any]:
-    m = obj.get("metadata")
-    return m if isinstance(m, Mapping) else {}
-
-
-def obj_key(obj: Obj) -> str:
-    m = _meta(obj)
-    ns = m.get("namespace")
-    return f"{ns}/{m.get('name')}" if ns else str(m.get("name") or "")
-
-
-def is_dra_node(obj: Obj) -> bool:
-    labels = _meta(obj).get("labels")
-    return isinstance(labels, Mapping) and labels.get(LABEL_DRA) == "true"
-
-
-def has_claims(pod: Obj) -> bool:
-    spec = pod.get("spec")
-    return isinstance(spec, Mapping) and bool(spec.get("resourceClaims"))
-
-
-def _refs(pod: Obj) -> tuple[set[str], set[str]]:
-    """The claim keys (by name, or generated from a template) and template keys a pod names."""
-    ns = str(_meta(pod).get("namespace") or "default")
-    spec = pod.get("spec")
-    refs = spec.get("resourceClaims") if isinstance(spec, Mapping) else None
-    status = pod.get("status")
-    made: dict[str, str] = {}
-    if isinstance(status, Mapping) and isinstance(status.get("resourceClaimStatuses"), list):
-        for st in status["resourceClaimStatuses"]:
-            if isinstance(st, Mapping) and isinstance(st.get("resourceClaimName"), str):
-                made[str(st.get("name"))] = st["resourceClaimName"]
-    claims: set[str] = set()
-    templates: set[str] = set()
-    for ref in refs if isinstance(refs, list) else ():
-        if not isinstance(ref, Mapping):
-            continue
-        if isinstance(ref.get("resourceClaimName"), str):
-            claims.add(f"{ns}/{ref['resourceClaimName']}")
-        elif isinstance(ref.get("resourceClaimTemplateName"), str):
-            templates.add(f"{ns}/{ref['resourceClaimTemplateName']}")
-            if str(ref.get("name")) in made:
-                claims.add(f"{ns}/{made[str(ref.get('name'))]}")
-    return claims, templates
 
 
 def _allocators(slices: list[Obj]) -> set[str]:
@@ -90,14 +41,6 @@ def _allocators(slices: list[Obj]) -> set[str]:
             continue
     newest = max((s.spec.pool.generation for s in parsed), default=0)
     return {device_allocator(d) for s in parsed if s.spec.pool.generation == newest for d in s.spec.devices}
-
-
-def _allocated_pool(claim: Obj) -> str:
-    try:
-        c = ResourceClaim.from_json(claim)
-    except InvalidDocument:
-        return ""
-    return next((r.pool for r in c.results if r.driver == DRA_DRIVER), "") if c.allocated else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,165 +62,36 @@ class Partial:
     allocated: tuple[Obj, ...]
 
 
-@dataclass(slots=True)
-class _Pod:
-    raw: Obj
-    dra: PodDra | None
-    lowered: Obj
-    problem: str
-    claims: set[str] = field(default_factory=set)
-    templates: set[str] = field(default_factory=set)
-    node: str = ""  # where the lowering put it (bound, or its claims allocated there)
-
-
-class DraView:
+class DraView(DraLowering):
     def __init__(self, scheduler: Scheduler, clock: Clock) -> None:
+        super().__init__()
         self._scheduler = scheduler
         self._clock = clock
-        self._lock = threading.RLock()
-        self._nodes: dict[str, Obj] = {}  # DRA nodes (labelled), raw
-        self._slices: dict[str, dict[str, Obj]] = {}  # pool -> slice name -> slice
-        self._devices: dict[str, Mapping[str, GpuInfo]] = {}  # node -> device name -> GPU
         self._ours: set[str] = set()  # nodes whose every device says allocator: fracgpu
         self._facts: list[NodeFacts] | None = None  # nodes() as last built; None after a node change
-        self._claims: dict[str, Obj] = {}
-        self._templates: dict[str, Obj] = {}
-        self._pods: dict[str, _Pod] = {}
-        self._by_claim: dict[str, set[str]] = {}  # claim key -> pod keys naming it
         self._waiting: set[str] = set()  # pods the allocator has to place (Waiting)
-        self._clearing: set[str] = set()  # claims the allocator is clearing itself
         self._partial: set[str] = set()  # pods half-allocated (Partial)
+        self._clearing: set[str] = set()  # claims the allocator is clearing itself
         self._revoked: dict[str, dict[str, float]] = {}  # pod key -> node -> when its allocation was undone
-        self.changed = threading.Event()  # set on every change: the allocator's wake-up
 
-    # ---- nodes and slices ---------------------------------------------------------------------
-    def apply_node(self, obj: Obj) -> bool:
-        """Take a node labelled fracgpu.io/dra=true (its inventory is its pool's); False for any other
-        node (one that lost the label is forgotten here), which the caller reads as usual."""
-        name = str(_meta(obj).get("name") or "")
-        with self._lock:
-            if not is_dra_node(obj):
-                if self._nodes.pop(name, None) is not None:
-                    self._devices.pop(name, None)
-                    self._ours.discard(name)
-                    self._facts = None
-                return False
-            self._nodes[name] = obj
-            self._lower_node(name, obj)
-        self.changed.set()
-        return True
-
-    def delete_node(self, name: str) -> None:
-        with self._lock:
-            self._nodes.pop(name, None)
-            self._devices.pop(name, None)
-            self._ours.discard(name)
-            self._facts = None
-
-    def apply_slice(self, obj: Obj, deleted: bool = False) -> None:
-        spec = obj.get("spec")
-        if not isinstance(spec, Mapping) or spec.get("driver") != DRA_DRIVER:
-            return
-        pool = spec.get("pool")
-        name = str(pool.get("name") or "") if isinstance(pool, Mapping) else ""
-        slice_name = str(_meta(obj).get("name") or "")
-        with self._lock:
-            slices = self._slices.setdefault(name, {})
-            if deleted:
-                slices.pop(slice_name, None)
-            else:
-                slices[slice_name] = obj
-            if not slices:
-                self._slices.pop(name, None)
-            raw = self._nodes.get(name)
-            if raw is not None:
-                self._lower_node(name, raw)
-                self._relower([k for k, p in self._pods.items() if p.node == name])
-        self.changed.set()
-
-    def _lower_node(self, name: str, raw: Obj) -> None:
+    # ---- the lowered objects, to the Scheduler --------------------------------------------------
+    def node_lowered(self, name: str, slices: list[Obj], lowered: LoweredNode) -> None:
         self._facts = None
-        slices = list(self._slices.get(name, {}).values())
         if _allocators(slices) == {DRA_ALLOCATOR_FRACGPU}:
             self._ours.add(name)
         else:  # kube-scheduler allocates them (or an older driver does not say): never fracgpu
             self._ours.discard(name)
-        inventories, problems = pool_inventories(slices)
-        ln = lower_node(raw, inventories, problems)
-        self._devices[name] = ln.devices
-        rec = node_record(ln.obj, self._scheduler.cached_node(name))
-        self._scheduler.apply_node(replace(rec, problem=ln.problem))
+        rec = node_record(lowered.obj, self._scheduler.cached_node(name))
+        self._scheduler.apply_node(replace(rec, problem=lowered.problem))
 
-    # ---- claims and templates -----------------------------------------------------------------
-    def apply_claim(self, obj: Obj, deleted: bool = False) -> None:
-        key = obj_key(obj)
-        with self._lock:
-            before = self._claims.get(key)
-            if deleted:
-                self._claims.pop(key, None)
-            else:
-                self._claims[key] = obj
-            users = list(self._by_claim.get(key, ()))
-            was = _allocated_pool(before) if before is not None else ""
-            cleared = bool(was) and (deleted or not _allocated_pool(obj))
-            ours = cleared and key in self._clearing  # the allocator's own roll back: not a revocation
-            if cleared:
-                self._clearing.discard(key)
-            if cleared and not ours:
-                now = self._clock()
-                for k in users:  # undone before its pod was bound there: kube-scheduler's PostFilter did
-                    p = self._pods.get(k)
-                    if p is not None and not _bound_node(p.raw):
-                        self._revoked.setdefault(k, {})[was] = now
-            self._relower(users)
-        self.changed.set()
+    def node_gone(self, name: str) -> None:
+        self._ours.discard(name)
+        self._facts = None
 
-    def apply_template(self, obj: Obj, deleted: bool = False) -> None:
-        key = obj_key(obj)
-        with self._lock:
-            if deleted:
-                self._templates.pop(key, None)
-            else:
-                self._templates[key] = obj
-            self._relower([k for k, p in self._pods.items() if key in p.templates])
-        self.changed.set()
-
-    # ---- pods ---------------------------------------------------------------------------------
-    def apply_pod(self, obj: Obj) -> None:
-        key = obj_key(obj)
-        with self._lock:
-            self._lower_pod(key, obj)
-        self.changed.set()
-
-    def delete_pod(self, key: str) -> None:
-        with self._lock:
-            p = self._pods.pop(key, None)
-            self._waiting.discard(key)
-            self._partial.discard(key)
-            if p is not None:
-                for c in p.claims:
-                    self._by_claim.get(c, set()).discard(key)
-            self._revoked.pop(key, None)
-
-    def _relower(self, keys: list[str]) -> None:
-        for k in keys:
-            p = self._pods.get(k)
-            if p is not None:
-                self._lower_pod(k, p.raw)
-
-    def _lower_pod(self, key: str, raw: Obj) -> None:
-        old = self._pods.get(key)
-        if old is not None:
-            for c in old.claims:
-                self._by_claim.get(c, set()).discard(key)
-        claims, templates = _refs(raw)
-        lp = lower_pod(raw, self._claims, self._templates, self._devices)
-        spec = lp.obj.get("spec")
-        node = str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
-        self._pods[key] = _Pod(raw, lp.dra, lp.obj, lp.problem, claims, templates, node)
-        d, unbound = lp.dra, not _bound_node(raw)
-        if d is not None and unbound and not d.node and not d.generating and d.claims and not _meta(raw).get(
-                "deletionTimestamp"):
+    def pod_lowered(self, key: str, state: LoweredPodState, lowered: LoweredPod) -> None:
+        d, unbound = lowered.dra, not bound_node(state.raw)
+        deleting = bool((state.raw.get("metadata") or {}).get("deletionTimestamp"))
+        if d is not None and unbound and not d.node and not d.generating and d.claims and not deleting:
             self._waiting.add(key)  # its fracgpu claims all exist and none is allocated
         else:
             self._waiting.discard(key)
@@ -285,15 +99,28 @@ class DraView:
             self._partial.add(key)
         else:
             self._partial.discard(key)
-        for c in claims:
-            self._by_claim.setdefault(c, set()).add(key)
-        rec = replace(pod_record(lp.obj), claims=lp.dra is not None)
-        if lp.problem:  # pending: refused with the reason (the allocator tells the pod)
-            rec = replace(rec, request=None, request_error=lp.problem)
-        if lp.node_problem[0]:  # what it holds cannot be read: its node takes no new GPU pod (fail closed)
-            rec = replace(rec, assignment=None, assignment_error=lp.node_problem[1],
-                          request_error=rec.request_error or lp.node_problem[1])
+        rec = replace(pod_record(lowered.obj), claims=lowered.dra is not None)
+        if lowered.problem:  # pending: refused with the reason (the allocator tells the pod)
+            rec = replace(rec, request=None, request_error=lowered.problem)
+        if lowered.node_problem[0]:  # what it holds cannot be read: its node takes no new GPU pod (fail closed)
+            rec = replace(rec, assignment=None, assignment_error=lowered.node_problem[1],
+                          request_error=rec.request_error or lowered.node_problem[1])
         self._scheduler.apply_pod(rec)
+
+    def pod_gone(self, key: str) -> None:
+        self._waiting.discard(key)
+        self._partial.discard(key)
+        self._revoked.pop(key, None)
+
+    def claim_cleared(self, key: str, pool: str, users: list[str]) -> None:
+        if key in self._clearing:  # the allocator's own roll back: not a revocation
+            self._clearing.discard(key)
+            return
+        now = self._clock()
+        for k in users:  # undone before its pod was bound there: kube-scheduler's PostFilter did
+            p = self._pods.get(k)
+            if p is not None and not bound_node(p.raw):
+                self._revoked.setdefault(k, {})[pool] = now
 
     # ---- what the allocator reads -------------------------------------------------------------
     def waiting(self) -> list[Waiting]:
@@ -335,14 +162,5 @@ class DraView:
                 self._facts = [NodeFacts.of(self._nodes[n]) for n in sorted(self._ours & set(self._nodes))]
             return self._facts
 
-    def devices(self, node: str) -> Mapping[str, GpuInfo]:
-        with self._lock:
-            return self._devices.get(node, {})
 
-
-def _bound_node(pod: Obj) -> str:
-    spec = pod.get("spec")
-    return str(spec.get("nodeName") or "") if isinstance(spec, Mapping) else ""
-
-
-__all__ = ["DraView", "Partial", "Waiting", "has_claims", "is_dra_node", "obj_key"]
+__all__ = ["DraView", "Partial", "Waiting"]
