@@ -25,6 +25,7 @@ from fracgpu.api.v1beta1.names import DRA_CDI_KIND, DRA_DRIVER
 from fracgpu.core.draprepare import Refusal, cdi_device_ids, cdi_spec, plan_claim
 from fracgpu.core.shareenv import LimiterConfig
 from fracgpu.draplugin.files import CdiFiles, CheckpointStore
+from fracgpu.draplugin.metrics import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REFUSED
 from fracgpu.kube import errors
 from fracgpu.kube.resources import RESOURCECLAIMS
 from fracgpu.kube.writer import KubeWriter
@@ -88,7 +89,7 @@ class PrepareResult:
 
     @property
     def outcome(self) -> str:
-        return "ok" if not self.error else "refused" if self.refused else "error"
+        return OUTCOME_OK if not self.error else OUTCOME_REFUSED if self.refused else OUTCOME_ERROR
 
 
 @dataclass(frozen=True, slots=True)
