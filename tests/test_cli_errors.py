@@ -77,6 +77,11 @@ CASES: dict[str, Case] = {
         "device-plugin", lambda w: [*SIMULATED, "--no-kube", "--socket-dir", str(w.tmp), "--pod-resources-socket",
                                     "none", "--metrics-port", str(w.busy_port)],
         lambda w: (f"cannot serve /metrics on port {w.busy_port}: Address already in use",)),
+    "dra-driver with a busy metrics port": Case(
+        "dra-driver", lambda w: [*SIMULATED, "--kube-api", "http://127.0.0.1:1", "--plugin-dir", str(w.tmp / "dra"),
+                                 "--metrics-port", str(w.busy_port)],
+        lambda w: (f"cannot serve /metrics on port {w.busy_port}: Address already in use",
+                   "choose another --metrics-port")),
     # a directory that is not there
     "device-plugin with a missing socket dir": Case(
         "device-plugin", lambda w: [*SIMULATED, "--no-kube", "--socket-dir", str(w.tmp / "dp")],
@@ -90,6 +95,9 @@ CASES: dict[str, Case] = {
         {"FRACGPU_METRICS_PORT": "x"}),
     "device-plugin with a bad metrics port in the environment": Case(
         "device-plugin", lambda w: [], lambda w: ("FRACGPU_METRICS_PORT='x' (environment)",),
+        {"FRACGPU_METRICS_PORT": "x"}),
+    "dra-driver with a bad metrics port in the environment": Case(
+        "dra-driver", lambda w: [], lambda w: ("FRACGPU_METRICS_PORT='x' (environment)",),
         {"FRACGPU_METRICS_PORT": "x"}),
     "dra-driver with a bad resync interval in the environment": Case(
         "dra-driver", lambda w: [], lambda w: ("FRACGPU_DRA_RESYNC_INTERVAL='soon' (environment)",),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fracgpu.deviceplugin.gpumetrics import GpuGauges
+
 
 class PluginMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -21,11 +23,7 @@ class PluginMetrics:
             "fracgpu_deviceplugin_reservation_repairs_total",
             "Reservation mismatches found against the kubelet's PodResources and Allocate calls, by kind",
             ["kind"], registry=r)
-        self.gpu_cores = Gauge("fracgpu_gpu_allocated_cores", "vgpu-core reserved on the GPU", ["gpu", "model"],
-                               registry=r)
-        self.gpu_memory = Gauge("fracgpu_gpu_allocated_memory_bytes", "VRAM reserved on the GPU", ["gpu", "model"],
-                                registry=r)
-        self.gpu_healthy = Gauge("fracgpu_gpu_healthy", "1 when the GPU is healthy", ["gpu", "model"], registry=r)
+        self.gpus = GpuGauges(r)
         self.registrations = Counter("fracgpu_deviceplugin_registrations_total", "Registrations with the kubelet",
                                      registry=r)
         self.write_errors = Counter("fracgpu_deviceplugin_kube_write_errors_total",

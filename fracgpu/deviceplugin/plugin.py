@@ -361,11 +361,7 @@ class Plugin:
     def _refresh_metrics(self) -> None:
         with self._lock:
             usage = self.ledger.allocated()
-        for g in self.state.gpus():
-            cores, memory = usage.get(g.uuid, (0, 0))
-            self.metrics.gpu_cores.labels(gpu=g.uuid, model=g.model).set(cores)
-            self.metrics.gpu_memory.labels(gpu=g.uuid, model=g.model).set(memory)
-            self.metrics.gpu_healthy.labels(gpu=g.uuid, model=g.model).set(1 if g.healthy else 0)
+        self.metrics.gpus.set(self.state.gpus(), usage)
 
     # --- node reporting ---
 

@@ -25,6 +25,7 @@ from fracgpu.api.v1beta1.names import DRA_CDI_KIND, DRA_DRIVER
 from fracgpu.core.draprepare import Refusal, cdi_device_ids, cdi_spec, plan_claim
 from fracgpu.core.shareenv import LimiterConfig
 from fracgpu.draplugin.files import CdiFiles, CheckpointStore
+from fracgpu.draplugin.metrics import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REFUSED
 from fracgpu.kube import errors
 from fracgpu.kube.resources import RESOURCECLAIMS
 from fracgpu.kube.writer import KubeWriter
@@ -84,6 +85,11 @@ class PreparedDeviceIds:
 class PrepareResult:
     devices: tuple[PreparedDeviceIds, ...] = ()
     error: str = ""
+    refused: bool = False  # the error is the claim's (does not fit, not ours, replaced), not a failure here
+
+    @property
+    def outcome(self) -> str:
+        return OUTCOME_OK if not self.error else OUTCOME_REFUSED if self.refused else OUTCOME_ERROR
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +102,9 @@ class DriverConfig:
 
 class Driver:
     def __init__(self, cfg: DriverConfig, gpus: Callable[[], Sequence[GpuInfo]], claims: ClaimSource,
-                 store: CheckpointStore, cdi: CdiFiles) -> None:
+                 store: CheckpointStore, cdi: CdiFiles, on_change: Callable[[], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_change = on_change  # called after the set of prepared claims changed (the metrics' gauges)
         self._gpus = gpus
         self._claims = claims
         self._store = store
@@ -109,6 +116,11 @@ class Driver:
         with self._lock:
             self._checkpoint = self._store.load()
         log.info("checkpoint loaded prepared_claims=%d", len(self._checkpoint.claims))
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def prepared(self) -> dict[str, PreparedClaim]:
         with self._lock:
@@ -127,25 +139,29 @@ class Driver:
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
         with self._lock:
             known = {uid for uid in self._checkpoint.claims}
-        fetched: dict[str, ResourceClaim | str] = {}
+        fetched: dict[str, ResourceClaim | PrepareResult] = {}
         for ref in refs:
             if ref.uid in known or ref.uid in fetched:
                 continue
             try:
                 claim = self._claims.get(ref.namespace, ref.name)
             except ClaimError as e:
-                fetched[ref.uid] = str(e)
+                fetched[ref.uid] = PrepareResult(error=str(e))
                 continue
             if claim.uid != ref.uid:
-                fetched[ref.uid] = (f"claim {ref.key} was replaced: the kubelet asked for uid {ref.uid}, "
-                                    f"the API server has {claim.uid or 'none'}")
+                fetched[ref.uid] = PrepareResult(
+                    error=f"claim {ref.key} was replaced: the kubelet asked for uid {ref.uid}, the API server has "
+                          f"{claim.uid or 'none'}", refused=True)
             else:
                 fetched[ref.uid] = claim
         with self._lock:
-            return self._prepare_locked(refs, fetched)
+            results, changed = self._prepare_locked(refs, fetched)
+        if changed:
+            self._changed()
+        return results
 
-    def _prepare_locked(self, refs: Sequence[ClaimRef], fetched: dict[str, ResourceClaim | str],
-                        ) -> dict[str, PrepareResult]:
+    def _prepare_locked(self, refs: Sequence[ClaimRef], fetched: dict[str, ResourceClaim | PrepareResult],
+                        ) -> tuple[dict[str, PrepareResult], bool]:
         claims = dict(self._checkpoint.claims)
         results: dict[str, PrepareResult] = {}
         new: list[PreparedClaim] = []
@@ -166,13 +182,13 @@ class Driver:
                 continue
             got = fetched.get(ref.uid)
             if not isinstance(got, ResourceClaim):
-                results[ref.uid] = PrepareResult(error=got or f"claim {ref.key}: not read")
+                results[ref.uid] = got or PrepareResult(error=f"claim {ref.key}: not read")
                 continue
             try:
                 plan = plan_claim(got, node=self.cfg.node, gpus=gpus, prepared=claims, driver=self.cfg.driver)
             except Refusal as e:
                 log.info("claim refused claim=%s uid=%s reason=%s", ref.key, ref.uid, e)
-                results[ref.uid] = PrepareResult(error=str(e))
+                results[ref.uid] = PrepareResult(error=str(e), refused=True)
                 continue
             try:
                 self._cdi.write(ref.uid, cdi_spec(plan, kind=self.cfg.cdi_kind, limiter=self.cfg.limiter))
@@ -191,36 +207,42 @@ class Driver:
                     self._cdi.remove(plan.uid)
                     results[plan.uid] = PrepareResult(error=f"claim {plan.key}: saving the checkpoint failed: {e}")
                 log.error("checkpoint save failed error=%s", e)
-                return results
+                return results, False
             self._checkpoint = Checkpoint(self.cfg.node, claims)
             for plan in new:
                 log.info("claim prepared claim=%s uid=%s devices=%s", plan.key, plan.uid,
                          ",".join(f"{x.device}:{x.cores}c/{x.memory}B" for x in plan.devices))
-        return results
+        return results, bool(new)
 
     def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
         """uid -> "" when unprepared (or never prepared here), else the reason it failed."""
         with self._lock:
-            claims = dict(self._checkpoint.claims)
-            results: dict[str, str] = {}
-            dropped = []
-            for ref in refs:
-                try:
-                    self._cdi.remove(ref.uid)
-                except OSError as e:
-                    results[ref.uid] = f"claim {ref.key}: removing its CDI spec failed: {e}"
-                    continue
-                results[ref.uid] = ""
-                if claims.pop(ref.uid, None) is not None:
-                    dropped.append(ref)
-            if dropped:
-                try:
-                    self._store.save(Checkpoint(self.cfg.node, claims))
-                except OSError as e:
-                    log.error("checkpoint save failed error=%s", e)
-                    return {uid: (f"saving the checkpoint failed: {e}" if any(r.uid == uid for r in dropped) else err)
-                            for uid, err in results.items()}
-                self._checkpoint = Checkpoint(self.cfg.node, claims)
-                for ref in dropped:
-                    log.info("claim unprepared claim=%s uid=%s", ref.key, ref.uid)
-            return results
+            results, changed = self._unprepare_locked(refs)
+        if changed:
+            self._changed()
+        return results
+
+    def _unprepare_locked(self, refs: Sequence[ClaimRef]) -> tuple[dict[str, str], bool]:
+        claims = dict(self._checkpoint.claims)
+        results: dict[str, str] = {}
+        dropped = []
+        for ref in refs:
+            try:
+                self._cdi.remove(ref.uid)
+            except OSError as e:
+                results[ref.uid] = f"claim {ref.key}: removing its CDI spec failed: {e}"
+                continue
+            results[ref.uid] = ""
+            if claims.pop(ref.uid, None) is not None:
+                dropped.append(ref)
+        if dropped:
+            try:
+                self._store.save(Checkpoint(self.cfg.node, claims))
+            except OSError as e:
+                log.error("checkpoint save failed error=%s", e)
+                return {uid: (f"saving the checkpoint failed: {e}" if any(r.uid == uid for r in dropped) else err)
+                        for uid, err in results.items()}, False
+            self._checkpoint = Checkpoint(self.cfg.node, claims)
+            for ref in dropped:
+                log.info("claim unprepared claim=%s uid=%s", ref.key, ref.uid)
+        return results, bool(dropped)

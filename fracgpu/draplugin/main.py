@@ -48,8 +48,10 @@ from fracgpu.startup import (
     add_config_flag,
     add_flags,
     log_level,
+    metrics_server_error,
     no_cluster,
     parse,
+    port_or_off,
     seconds,
     start_logging,
 )
@@ -86,6 +88,7 @@ FLAGS = (
          "deletes them when it starts)", "30", positive_seconds, env=("FRACGPU_DRA_RESYNC_INTERVAL",),
          metavar="SECONDS"),
     *KUBE_FLAGS,
+    Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
     *LIMITER_FLAGS,
     Flag("sysfs", "sysfs root, where the GPUs' PCIe roots are read", "/sys", env=("FRACGPU_SYSFS",), metavar="DIR"),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
@@ -152,6 +155,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
         print(f"fracgpu dra-driver: {e}", file=sys.stderr)
         return 2
+    if args.metrics_port:
+        try:
+            app.serve_metrics(args.metrics_port)
+        except OSError as e:
+            app.monitor.stop()  # not started: only the backend to close
+            print(f"fracgpu dra-driver: {metrics_server_error(e, args.metrics_port)}", file=sys.stderr)
+            return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

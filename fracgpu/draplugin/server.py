@@ -96,13 +96,15 @@ class _Socket:
 
 class KubeletPluginServer:
     def __init__(self, cfg: ServerConfig, add_dra: Callable[[grpc.Server], None],
-                 add_registration: Callable[[grpc.Server], None]) -> None:
+                 add_registration: Callable[[grpc.Server], None],
+                 on_registration_served: Callable[[], None] | None = None) -> None:
         for path in (cfg.dra_socket, cfg.registration_socket):
             if len(path.encode()) > MAX_UNIX_PATH:
                 raise ValueError(f"socket path longer than {MAX_UNIX_PATH} bytes: {path}")
         self.cfg = cfg
         self.dra = _Socket(cfg.dra_socket, add_dra, cfg.workers, "dra")
         self.registration = _Socket(cfg.registration_socket, add_registration, 2, "reg")
+        self.on_registration_served = on_registration_served  # the kubelet will register the plugin anew
         self._lock_fd: int | None = None
 
     def take_lock(self) -> None:
@@ -136,6 +138,8 @@ class KubeletPluginServer:
                 sock.stop(grace=0.5)
                 sock.serve()
                 changed = True
+                if sock is self.registration and self.on_registration_served is not None:
+                    self.on_registration_served()
         return changed
 
     def run(self, stop: threading.Event, interval: float = 0.5) -> None:

@@ -31,6 +31,7 @@ from fracgpu.api.v1beta1.pluginregistration import api_pb2_grpc as reg_grpc
 from fracgpu.core.draprepare import valid_uid
 from fracgpu.core.draslicerules import dns_label, dns_subdomain
 from fracgpu.draplugin.driver import ClaimRef, Driver
+from fracgpu.draplugin.metrics import OUTCOME_ERROR, OUTCOME_OK, DriverMetrics
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,16 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):
         return reg_pb2.RegistrationStatusResponse()
 
 
-def _refs(claims: Any, context: grpc.ServicerContext) -> list[ClaimRef]:
+def _refs(claims: Any) -> list[ClaimRef] | str:
+    """The claims of a request, or why the request is malformed as a whole."""
     refs = []
     for i, c in enumerate(claims):
         if not c.uid or not c.namespace or not c.name:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"claims[{i}]: namespace, uid and name are required")
+            return f"claims[{i}]: namespace, uid and name are required"
         if not valid_uid(c.uid):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"claims[{i}].uid {c.uid[:80]!r}: not a Kubernetes uid")
+            return f"claims[{i}].uid {c.uid[:80]!r}: not a Kubernetes uid"
         if not dns_label(c.namespace) or not dns_subdomain(c.name):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"claims[{i}]: {c.namespace[:80]!r}/{c.name[:260]!r} is not a namespace and object name")
+            return f"claims[{i}]: {c.namespace[:80]!r}/{c.name[:260]!r} is not a namespace and object name"
         refs.append(ClaimRef(c.namespace, c.name, c.uid))
     return refs
 
@@ -89,17 +90,31 @@ def _refs(claims: Any, context: grpc.ServicerContext) -> list[ClaimRef]:
 class _DraService:
     """NodePrepareResources / NodeUnprepareResources over one generated proto module."""
 
-    def __init__(self, driver: Driver, pb2: ModuleType) -> None:
+    def __init__(self, driver: Driver, pb2: ModuleType, metrics: DriverMetrics) -> None:
         self.driver = driver
         self.pb2 = pb2
+        self.metrics = metrics
+
+    def _refs_or_abort(self, call: str, request: Any, context: grpc.ServicerContext) -> list[ClaimRef]:
+        refs = _refs(request.claims)
+        if isinstance(refs, str):
+            self.metrics.count(call, [OUTCOME_ERROR] * len(request.claims))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refs)
+        return refs
 
     def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = _refs(request.claims, context)
+        with self.metrics.prepare_seconds.time():
+            return self._prepare(request, context)
+
+    def _prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
+        refs = self._refs_or_abort("prepare", request, context)
         try:
             results = self.driver.prepare(refs)
         except Exception:
             log.exception("NodePrepareResources failed")
+            self.metrics.count("prepare", [OUTCOME_ERROR] * len(set(ref.uid for ref in refs)))
             context.abort(grpc.StatusCode.INTERNAL, "preparing the claims failed; see the driver's log")
+        self.metrics.count("prepare", [results[uid].outcome for uid in dict.fromkeys(ref.uid for ref in refs)])
         answer = self.pb2.NodePrepareResourcesResponse()
         for uid in dict.fromkeys(ref.uid for ref in refs):  # a claim named twice is answered once
             r = results[uid]
@@ -111,12 +126,15 @@ class _DraService:
         return answer
 
     def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = _refs(request.claims, context)
+        refs = self._refs_or_abort("unprepare", request, context)
         try:
             results = self.driver.unprepare(refs)
         except Exception:
             log.exception("NodeUnprepareResources failed")
+            self.metrics.count("unprepare", [OUTCOME_ERROR] * len(set(ref.uid for ref in refs)))
             context.abort(grpc.StatusCode.INTERNAL, "unpreparing the claims failed; see the driver's log")
+        self.metrics.count("unprepare", [OUTCOME_ERROR if results[uid] else OUTCOME_OK
+                                         for uid in dict.fromkeys(ref.uid for ref in refs)])
         answer = self.pb2.NodeUnprepareResourcesResponse()
         for ref in refs:
             answer.claims[ref.uid].error = results[ref.uid]
@@ -124,15 +142,15 @@ class _DraService:
 
 
 class DraV1Servicer(_DraService, v1_grpc.DRAPluginServicer):
-    def __init__(self, driver: Driver) -> None:
-        _DraService.__init__(self, driver, v1_pb2)
+    def __init__(self, driver: Driver, metrics: DriverMetrics) -> None:
+        _DraService.__init__(self, driver, v1_pb2, metrics)
 
 
 class DraV1beta1Servicer(_DraService, v1beta1_grpc.DRAPluginServicer):
-    def __init__(self, driver: Driver) -> None:
-        _DraService.__init__(self, driver, v1beta1_pb2)
+    def __init__(self, driver: Driver, metrics: DriverMetrics) -> None:
+        _DraService.__init__(self, driver, v1beta1_pb2, metrics)
 
 
-def add_dra_services(server: grpc.Server, driver: Driver) -> None:
-    v1_grpc.add_DRAPluginServicer_to_server(DraV1Servicer(driver), server)
-    v1beta1_grpc.add_DRAPluginServicer_to_server(DraV1beta1Servicer(driver), server)
+def add_dra_services(server: grpc.Server, driver: Driver, metrics: DriverMetrics) -> None:
+    v1_grpc.add_DRAPluginServicer_to_server(DraV1Servicer(driver, metrics), server)
+    v1beta1_grpc.add_DRAPluginServicer_to_server(DraV1beta1Servicer(driver, metrics), server)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fracgpu.api.v1beta1.dra.resource import ResourceSlice
 from fracgpu.api.v1beta1.names import DRA_ALLOCATOR_FRACGPU, DRA_ALLOCATOR_SCHEDULER, DRA_ATTR_ALLOCATOR, DRA_DRIVER
@@ -41,8 +44,11 @@ SIM = ["--backend", "simulated", "--gpus", str(EXAMPLE)]
     ([*SIM, "--allocator", "scheduler"], {"NODE_NAME": "n"}, "invalid choice: 'scheduler'"),
     (SIM, {"NODE_NAME": "n", "FRACGPU_DRA_ALLOCATOR": "both"},
      "FRACGPU_DRA_ALLOCATOR='both' (environment): one of fracgpu, kube-scheduler"),
+    ([*SIM, "--metrics-port", "65536"], {"NODE_NAME": "n"}, "argument --metrics-port: '65536' is not a TCP port"),
+    (SIM, {"NODE_NAME": "n", "FRACGPU_METRICS_PORT": "http"}, "FRACGPU_METRICS_PORT='http' (environment)"),
 ], ids=["no node", "no gpus file", "missing gpus file", "relative dir", "bad health env", "no kubeconfig",
-        "bad unhealthy", "bad resync env", "zero resync", "bad allocator", "bad allocator env"])
+        "bad unhealthy", "bad resync env", "zero resync", "bad allocator", "bad allocator env", "bad metrics port",
+        "bad metrics port env"])
 def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str], message: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     try:
@@ -53,6 +59,7 @@ def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_every_flag_has_help_and_an_environment_variable() -> None:
@@ -88,9 +95,12 @@ def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:
     kubelet = FakeDraKubelet(registry)
     kubelet.start()
     apiserver = api_server()
+    with socket.socket() as probe:  # a free port for /metrics (the default 9402 may be taken on this machine)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = dict(os.environ, NODE_NAME=NODE, PYTHONPATH=str(ROOT), FRACGPU_DRA_PLUGIN_DIR=os.path.join(d, "p"),
                FRACGPU_DRA_REGISTRY_DIR=registry, FRACGPU_CDI_DIR=os.path.join(d, "cdi"),
-               FRACGPU_KUBE_API=apiserver.url, FRACGPU_SYSFS=os.path.join(d, "sys"))
+               FRACGPU_KUBE_API=apiserver.url, FRACGPU_SYSFS=os.path.join(d, "sys"), FRACGPU_METRICS_PORT=str(port))
     proc = subprocess.Popen([sys.executable, "-m", "fracgpu.cli", "dra-driver", *SIM], env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -100,6 +110,9 @@ def test_a_real_process_registers_publishes_and_stops_on_sigterm() -> None:
             time.sleep(0.05)
         (s,) = apiserver.list_objects("resourceslices")
         assert len(s["spec"]["devices"]) == 8
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            samples = {x.name: x.value for f in text_string_to_metric_families(r.read().decode()) for x in f.samples}
+        assert samples["fracgpu_dra_driver_registered"] == 1
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0, err

@@ -27,6 +27,8 @@ from tests.fakes.apiserver import DEFAULT_RESOURCES, FakeApiServer
 from tests.manifests.cel import Request, evaluate, run_policy, to_cel
 from tests.manifests.rbac import Access, Grant
 from tests.manifests.render import MANIFESTS, Obj, kubectl_kustomize, kustomization
+from tests.manifests.render import of_kind as base_of_kind
+from tests.manifests.test_network_policies import API_SERVER, SCRAPER, TENANT, Peer, allowed
 
 DRA = MANIFESTS / "dra"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra" / "claims.yaml"
@@ -69,7 +71,7 @@ def test_the_dra_path_is_not_in_the_default_install() -> None:
     assert "dra" not in kustomization()["resources"]
     assert {o["kind"] for o in rendered()} == {"DeviceClass", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                                                "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-                                               "DaemonSet"}
+                                               "DaemonSet", "NetworkPolicy", "Service"}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -368,3 +370,48 @@ def test_the_daemonset_mounts_what_the_driver_uses_by_default() -> None:
     assert term["matchExpressions"] == [{"key": names.LABEL_DRA, "operator": "In", "values": ["true"]},
                                         {"key": names.LABEL_ENABLED, "operator": "NotIn", "values": ["true"]}]
     assert container["image"] == "ghcr.io/fracgpu/fracgpu:v0.1.0"
+
+
+@pytest.mark.parametrize(("name", "peer", "port", "ok"), [
+    ("a scraper scrapes the driver", SCRAPER, "metrics", True),
+    ("a tenant pod reads the driver's GPU metrics", TENANT, "metrics", False),
+    ("the API server reaches the driver's metrics", API_SERVER, "metrics", False),
+    ("a scraper on another port", SCRAPER, 9403, False),
+], ids=["scraper", "tenant", "api-server", "other-port"])
+def test_the_driver_serves_metrics_on_its_named_port_to_scrapers_only(name: str, peer: Peer, port: str | int,
+                                                                      ok: bool) -> None:
+    from fracgpu.draplugin.main import parser
+
+    (ds,) = of_kind("DaemonSet")
+    template = ds["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert ports["metrics"] == parser(env).parse_args([]).metrics_port  # what the driver binds in this pod
+    assert container["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    driver = Peer({"kubernetes.io/metadata.name": names.DEFAULT_NAMESPACE}, template["metadata"]["labels"])
+    number = ports[port] if isinstance(port, str) else port
+    assert allowed(peer, driver, number, ports, of_kind("NetworkPolicy") + base_of_kind("NetworkPolicy")) is ok, name
+
+
+def test_the_service_monitor_finds_the_driver_and_the_scrape_config_keeps_it() -> None:
+    from tests.charts.test_monitoring import monitoring, scrape, scrape_jobs
+
+    (ds,) = of_kind("DaemonSet")
+    template = ds["spec"]["template"]
+    (svc,) = of_kind("Service")
+    (sm,) = [o for o in monitoring() if o["kind"] == "ServiceMonitor"]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert svc["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (port,) = svc["spec"]["ports"]
+    (endpoint,) = [e for e in sm["spec"]["endpoints"] if e["port"] == port["name"]]
+    assert endpoint["scheme"] == "http" and endpoint["path"] == "/metrics"
+    (container,) = template["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]] == port["port"]
+    pod = {"metadata": {**template["metadata"], "name": "fracgpu-dra-driver-0", "namespace": ds["metadata"]["namespace"]},
+           "spec": {**template["spec"], "nodeName": "gpu-1"}}
+    (target,) = scrape(scrape_jobs(), [(pod, "10.0.0.9")])
+    assert target["__address__"] == f"10.0.0.9:{port['port']}" and target["__scheme__"] == "http"
+    assert target["component"] == "dra-driver" and target["node"] == "gpu-1"

@@ -64,9 +64,11 @@ def _peer_matches(rule: dict[str, Any], key: str, peer: Peer, policy_ns: str) ->
     return False
 
 
-def allowed(src: Peer, dst: Peer, port: int, dst_ports: dict[str, int] | None = None) -> bool:
-    """May `src` open a TCP connection to `dst` on `port`? Both directions must admit it."""
-    policies = of_kind("NetworkPolicy")
+def allowed(src: Peer, dst: Peer, port: int, dst_ports: dict[str, int] | None = None,
+            policies: list[Obj] | None = None) -> bool:
+    """May `src` open a TCP connection to `dst` on `port`? Both directions must admit it. `policies`: the
+    cluster's NetworkPolicies (default: those of the rendered base install)."""
+    policies = of_kind("NetworkPolicy") if policies is None else policies
 
     def direction(kind: str, pod: Peer, other: Peer, key: str, ports: dict[str, int]) -> bool:
         selecting = [p for p in policies
