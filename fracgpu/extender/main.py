@@ -42,7 +42,8 @@ from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import Scheduler, SchedulerConfig
 from fracgpu.extender.snapshot import SnapshotBinder, SnapshotError, load_file
 from fracgpu.kube.client import Transport, build_api_client
-from fracgpu.kube.errors import KubeAPIError, KubeConfigError, NotFound
+from fracgpu.kube.dralowering import DRA_MODES, dra_wanted
+from fracgpu.kube.errors import KubeAPIError, KubeConfigError
 from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, SystemClock
 from fracgpu.kube.resources import RESOURCECLAIMS
 from fracgpu.kube.writer import KubeWriter
@@ -108,7 +109,7 @@ FLAGS = (
     Flag("client-names", "comma list: a client certificate must name one (CN or DNS SAN); empty: any", ""),
     Flag("cert-reload", "seconds between checks for rotated certificate files (0: never)", "60", seconds),
     Flag("dra", "allocate the claims of fracgpu's DRA devices (docs/dra.md): on, off, or auto (on when the API "
-         "server serves resource.k8s.io/v1)", "auto", choices=("auto", "on", "off")),
+         "server serves resource.k8s.io/v1)", "auto", choices=DRA_MODES),
     Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
 )
 
@@ -221,17 +222,6 @@ async def _quota_status_loop(scheduler: Scheduler, writer: KubeWriter, interval_
                 last[name] = scheduler.clock()
             except Exception as e:
                 log.warning("tenantquota status write failed name=%s error=%s", name, e)
-
-
-def dra_wanted(mode: str, transport: Transport) -> bool:
-    """--dra on/off as given; auto: on when the API server serves resource.k8s.io/v1 resourceclaims."""
-    if mode != "auto":
-        return mode == "on"
-    try:
-        found = transport.request("GET", f"/apis/{RESOURCECLAIMS.api_version}")
-    except NotFound:
-        return False
-    return any(isinstance(r, dict) and r.get("name") == RESOURCECLAIMS.plural for r in found.get("resources") or [])
 
 
 def new_scheduler(config: SchedulerConfig) -> Scheduler:

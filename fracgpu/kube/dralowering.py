@@ -23,8 +23,24 @@ from fracgpu.api.v1beta1.inventory import GpuInfo
 from fracgpu.api.v1beta1.names import DRA_DRIVER, LABEL_DRA
 from fracgpu.core.draclaims import PodDra
 from fracgpu.core.dralower import LoweredNode, LoweredPod, lower_node, lower_pod, pool_inventories
+from fracgpu.kube.client import Transport
+from fracgpu.kube.errors import NotFound
+from fracgpu.kube.resources import RESOURCECLAIMS
 
 Obj = Mapping[str, Any]
+DRA_MODES = ("auto", "on", "off")  # the programs' --dra: auto = on when the API server serves resource.k8s.io/v1
+
+
+def dra_wanted(mode: str, transport: Transport) -> bool:
+    """--dra on/off as given; auto: on when the API server's discovery lists resource.k8s.io/v1 resourceclaims
+    (a KubeAPIError other than 404 is raised: whether DRA is served is then unknown)."""
+    if mode != "auto":
+        return mode == "on"
+    try:
+        found = transport.request("GET", f"/apis/{RESOURCECLAIMS.api_version}")
+    except NotFound:
+        return False
+    return any(isinstance(r, dict) and r.get("name") == RESOURCECLAIMS.plural for r in found.get("resources") or [])
 
 
 def _meta(obj: Obj) -> Mapping[str, Any]:
@@ -243,5 +259,5 @@ class DraLowering:
         self.pod_lowered(key, state, lp)
 
 
-__all__ = ["DraLowering", "LoweredPodState", "allocated_pool", "bound_node", "has_claims", "is_dra_node",
-           "obj_key"]
+__all__ = ["DRA_MODES", "DraLowering", "LoweredPodState", "allocated_pool", "bound_node", "dra_wanted", "has_claims",
+           "is_dra_node", "obj_key"]

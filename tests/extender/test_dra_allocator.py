@@ -34,9 +34,9 @@ from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.records import node_priority
 from fracgpu.core.request import GpuRequest
 from fracgpu.core.workload import shape_of
-from fracgpu.extender.main import dra_wanted
 from fracgpu.extender.scheduler import SchedulerConfig
 from fracgpu.kube.client import Transport
+from fracgpu.kube.dralowering import dra_wanted
 from tests.extender.draworld import (
     DRA_RESOURCES,
     GI,
