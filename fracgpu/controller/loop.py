@@ -17,10 +17,12 @@ from typing import Any, Protocol
 
 from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
+from fracgpu.controller.dra import ControllerDra
 from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.reconcile import EvictionOutcome, Plan, RoundState
 from fracgpu.controller.views import NodeView, PodView, World, heartbeat, node_view, pod_view
 from fracgpu.kube import errors, objects
+from fracgpu.kube.dralowering import has_claims
 from fracgpu.kube.leader import Clock, LeaderElector
 from fracgpu.kube.objects import ObjectRef
 
@@ -44,7 +46,7 @@ class Writer(Protocol):
 class ClusterCache:
     """Nodes, fracgpu pods and heartbeat Leases as views; thread-safe; ``changed`` is set on updates."""
 
-    def __init__(self, taint_key: str, lease_namespace: str) -> None:
+    def __init__(self, taint_key: str, lease_namespace: str, *, dra: bool = False) -> None:
         self.taint_key = taint_key
         self.lease_namespace = lease_namespace
         self.changed = threading.Event()
@@ -53,8 +55,15 @@ class ClusterCache:
         self._pods: dict[tuple[str, str], PodView] = {}
         self._beats: dict[str, str] = {}
         self._jobs: dict[tuple[str, str], tuple[str, bool]] = {}  # recovery Job -> (node, running)
+        # DRA nodes and claim pods, lowered into the same views (controller/dra.py); None: --dra off
+        self.dra = ControllerDra(self) if dra else None
 
     def node(self, event: str, obj: Mapping[str, Any]) -> None:
+        if self.dra is not None:
+            if event == "DELETED":
+                self.dra.delete_node(objects.name(obj))
+            elif self.dra.apply_node(obj):
+                return
         view = node_view(obj, self.taint_key)
         with self._lock:
             if event == "DELETED":
@@ -65,12 +74,34 @@ class ClusterCache:
 
     def pod(self, event: str, obj: Mapping[str, Any]) -> None:
         key = objects.key(obj)
+        if self.dra is not None and has_claims(obj):
+            if event == "DELETED":
+                self.dra.delete_pod("/".join(key))
+            else:
+                self.dra.apply_pod(obj)
+            return
         view = None if event == "DELETED" else pod_view(obj)
         with self._lock:
             if view is None:
                 self._pods.pop(key, None)
             else:
                 self._pods[key] = view
+        self.changed.set()
+
+    def put_node(self, view: NodeView) -> None:
+        """A node's view as the DRA side lowered it."""
+        with self._lock:
+            self._nodes[view.name] = view
+        self.changed.set()
+
+    def put_pod(self, key: str, view: PodView | None) -> None:
+        """A claim pod's view as the DRA side lowered it (None: not the controller's)."""
+        ns, _, name = key.partition("/")
+        with self._lock:
+            if view is None:
+                self._pods.pop((ns, name), None)
+            else:
+                self._pods[(ns, name)] = view
         self.changed.set()
 
     def lease(self, event: str, obj: Mapping[str, Any]) -> None:

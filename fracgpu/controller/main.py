@@ -24,10 +24,19 @@ from fracgpu.controller.metrics import ControllerMetrics
 from fracgpu.controller.writer import ControllerWriter, KubeLeaseStore
 from fracgpu.core.healthconfig import HealthConfigError, NodePolicy
 from fracgpu.kube import client
-from fracgpu.kube.errors import KubeConfigError
+from fracgpu.kube.dralowering import DRA_MODES, dra_wanted
+from fracgpu.kube.errors import KubeAPIError, KubeConfigError
 from fracgpu.kube.leader import LeaderElector, LeaseTiming, SystemClock
-from fracgpu.kube.reflector import Reflector, WatchEvent
-from fracgpu.kube.resources import JOBS, LEASES, NODES, PODS
+from fracgpu.kube.reflector import DELETED, Reflector, WatchEvent
+from fracgpu.kube.resources import (
+    JOBS,
+    LEASES,
+    NODES,
+    PODS,
+    RESOURCECLAIMS,
+    RESOURCECLAIMTEMPLATES,
+    RESOURCESLICES,
+)
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.startup import (
     ConfigError,
@@ -60,6 +69,7 @@ class Options:
     kubeconfig: str | None = None
     context: str | None = None
     pod_field_selector: str | None = f"spec.schedulerName={SCHEDULER_NAME}"
+    dra: str = "auto"  # DRA_MODES
     sync_timeout: float = 120.0
     log_level: str = "INFO"
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -107,7 +117,10 @@ def flags() -> tuple[Flag, ...]:
         Flag("retry-period", "seconds between two election rounds", _num(d.retry_period), seconds),
         Flag("identity", "this replica's name in the leader Lease", env=("POD_NAME",), unset="hostname-pid"),
         Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
-        Flag("pod-field-selector", "which pods to watch ('': all)", f"spec.schedulerName={SCHEDULER_NAME}"),
+        Flag("pod-field-selector", "which pods to watch ('': all); with --dra on every pod is watched (claim pods "
+             "may use any scheduler)", f"spec.schedulerName={SCHEDULER_NAME}"),
+        Flag("dra", "also heal the DRA path (docs/dra.md): evict pods whose claims hold a failed GPU; on, off, or "
+             "auto (on when the API server serves resource.k8s.io/v1)", "auto", choices=DRA_MODES),
         Flag("recovery-job", "YAML file with a batch/v1 Job to run on a node broken for --recovery-after seconds",
              env=("FRACGPU_RECOVERY_JOB",), metavar="FILE", unset="no recovery Job"),
         Flag("recovery-namespace", "namespace of the recovery Jobs: Pod Security baseline or stricter, never "
@@ -178,6 +191,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> Options:
         kubeconfig=args.kubeconfig,
         context=args.context,
         pod_field_selector=args.pod_field_selector or None,
+        dra=str(args.dra),
         environ=environ,
         log_level=str(args.log_level).upper(),
     )
@@ -202,9 +216,17 @@ def watches(transport: client.Transport, cache: ClusterCache, cfg: ControllerCon
     def feed(handler: Callable[[str, Mapping[str, Any]], None]) -> Callable[[WatchEvent], None]:
         return lambda event: handler(event.type, event.object)
 
-    reflectors = [
-        Reflector(transport, NODES, feed(cache.node)),
-        Reflector(transport, PODS, feed(cache.pod), field_selector=pod_field_selector),
+    dra = cache.dra
+    reflectors = [Reflector(transport, NODES, feed(cache.node))]
+    if dra is not None:  # before the pods, so the first pod list finds their claims
+        reflectors += [
+            Reflector(transport, RESOURCESLICES, lambda e: dra.apply_slice(e.object, deleted=e.type == DELETED)),
+            Reflector(transport, RESOURCECLAIMTEMPLATES,
+                      lambda e: dra.apply_template(e.object, deleted=e.type == DELETED)),
+            Reflector(transport, RESOURCECLAIMS, lambda e: dra.apply_claim(e.object, deleted=e.type == DELETED)),
+        ]
+    reflectors += [
+        Reflector(transport, PODS, feed(cache.pod), field_selector=None if dra is not None else pod_field_selector),
         Reflector(transport, LEASES, feed(cache.lease), namespace=cfg.namespace),
     ]
     if cfg.recovery_job is not None:
@@ -227,7 +249,13 @@ def serve(opts: Options, stop: threading.Event) -> int:
                          ) from None
     transport = client.Transport(api)
     writer = KubeWriter(transport, component=COMPONENT, instance=opts.identity)
-    cache = ClusterCache(cfg.taint_key, cfg.namespace)
+    try:
+        dra = dra_wanted(opts.dra, transport)
+    except KubeAPIError as e:
+        transport.close()
+        raise StartupError(f"--dra auto: cannot tell whether the API server serves {RESOURCECLAIMS.api_version}: "
+                           f"{e}; give --dra on or --dra off") from None
+    cache = ClusterCache(cfg.taint_key, cfg.namespace, dra=dra)
     metrics = ControllerMetrics()
     clock = SystemClock()
     timing = LeaseTiming(cfg.lease_duration, cfg.renew_deadline, cfg.retry_period)

@@ -188,7 +188,9 @@ def plan(world: World, state: RoundState, cfg: ControllerConfig, now: float) -> 
     bad_inventory: set[str] = set()
 
     # -- heartbeats: nodes with an inventory or a Lease are fracgpu nodes
-    for name in sorted({n for n, v in world.nodes.items() if v.inventory or v.error} | set(world.heartbeats)):
+    # (a DRA node has no Lease: its driver's slices are the kubelet's to remove)
+    for name in sorted({n for n, v in world.nodes.items() if (v.inventory or v.error) and not v.dra}
+                       | set(world.heartbeats)):
         if name not in world.nodes:
             continue  # a Lease of a deleted node: nothing to report on
         marker = world.heartbeats.get(name)

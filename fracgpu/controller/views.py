@@ -24,6 +24,7 @@ class NodeView:
     inventory: NodeInventoryDoc | None = None  # None: no (valid) inventory annotation
     tainted: bool = False  # carries the controller's taint key (any effect)
     error: str = ""  # why the inventory annotation could not be read
+    dra: bool = False  # GPUs published as ResourceSlices (docs/dra.md): no heartbeat Lease to judge
 
 
 @dataclass(frozen=True, slots=True)

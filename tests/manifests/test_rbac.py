@@ -194,6 +194,16 @@ def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
         Reflector(reader, PODS, ignore, field_selector=f"spec.schedulerName={names.SCHEDULER_NAME}"),
         Reflector(reader, LEASES, ignore, namespace=NS),
     )
+    # with --dra on: main.watches adds the DRA kinds (and watches every pod)
+    from fracgpu.controller.config import ControllerConfig
+    from fracgpu.controller.loop import ClusterCache
+    from fracgpu.controller.main import watches
+    from tests.extender.draworld import DRA_RESOURCES
+
+    for rt in DRA_RESOURCES:
+        server.add_resource(rt)
+    cfg = ControllerConfig()
+    _sync(*watches(reader, ClusterCache(cfg.taint_key, NS, dra=True), cfg, None))
     w = ControllerWriter(writer)
     w.add_taint(NODE, names.TAINT_GPU_FAILED, "NoSchedule")
     w.remove_taint(NODE, names.TAINT_GPU_FAILED)
