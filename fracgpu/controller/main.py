@@ -249,22 +249,7 @@ def serve(opts: Options, stop: threading.Event) -> int:
                          ) from None
     transport = client.Transport(api)
     writer = KubeWriter(transport, component=COMPONENT, instance=opts.identity)
-    try:
-        dra = dra_wanted(opts.dra, transport)
-    except KubeAPIError as e:
-        transport.close()
-        raise StartupError(f"--dra auto: cannot tell whether the API server serves {RESOURCECLAIMS.api_version}: "
-                           f"{e}; give --dra on or --dra off") from None
-    cache = ClusterCache(cfg.taint_key, cfg.namespace, dra=dra)
     metrics = ControllerMetrics()
-    clock = SystemClock()
-    timing = LeaseTiming(cfg.lease_duration, cfg.renew_deadline, cfg.retry_period)
-    elector = LeaderElector(
-        KubeLeaseStore(writer, cfg.namespace, cfg.leader_lease), cfg.namespace, cfg.leader_lease, opts.identity,
-        timing, clock,
-    )  # fmt: skip
-    controller = Controller(cfg, cache, ControllerWriter(writer), elector, clock, metrics)
-    reflectors = watches(transport, cache, cfg, opts.pod_field_selector)
     if opts.metrics_port:
         from prometheus_client import start_http_server
 
@@ -273,6 +258,24 @@ def serve(opts: Options, stop: threading.Event) -> int:
         except OSError as e:
             transport.close()
             raise metrics_server_error(e, opts.metrics_port) from None
+    try:
+        dra = dra_wanted(opts.dra, transport, wait_s=opts.sync_timeout, sleep=stop.wait)
+    except KubeAPIError as e:
+        transport.close()
+        if stop.is_set():
+            return 0
+        log.error("--dra auto: cannot tell whether the API server serves %s: %s (give --dra on or --dra off)",
+                  RESOURCECLAIMS.api_version, e)
+        return 1
+    cache = ClusterCache(cfg.taint_key, cfg.namespace, dra=dra)
+    clock = SystemClock()
+    timing = LeaseTiming(cfg.lease_duration, cfg.renew_deadline, cfg.retry_period)
+    elector = LeaderElector(
+        KubeLeaseStore(writer, cfg.namespace, cfg.leader_lease), cfg.namespace, cfg.leader_lease, opts.identity,
+        timing, clock,
+    )  # fmt: skip
+    controller = Controller(cfg, cache, ControllerWriter(writer), elector, clock, metrics)
+    reflectors = watches(transport, cache, cfg, opts.pod_field_selector)
     log.info("controller starting identity=%s namespace=%s taint_key=%s policy=%s", opts.identity,
              cfg.namespace, cfg.taint_key, cfg.node_policy.value)  # fmt: skip
     try:

@@ -300,7 +300,7 @@ def main(argv: list[str]) -> int:
         transport = Transport(api)
         writer = KubeWriter(transport, component="fracgpu-extender")
         try:
-            view = DraView(scheduler, time.monotonic) if dra_wanted(ns.dra, transport) else None
+            view = DraView(scheduler, time.monotonic) if dra_wanted(ns.dra, transport, wait_s=60.0) else None
         except KubeAPIError as e:
             sock.close()
             print(f"fracgpu extender: --dra auto: cannot tell whether the API server serves "

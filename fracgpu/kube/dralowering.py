@@ -13,7 +13,8 @@ allocator) and the controller's (which evicts pods from failed GPUs). Thread-saf
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,23 +25,35 @@ from fracgpu.api.v1beta1.names import DRA_DRIVER, LABEL_DRA
 from fracgpu.core.draclaims import PodDra
 from fracgpu.core.dralower import LoweredNode, LoweredPod, lower_node, lower_pod, pool_inventories
 from fracgpu.kube.client import Transport
-from fracgpu.kube.errors import NotFound
+from fracgpu.kube.errors import NotFound, ServerError, TooManyRequests, Unavailable
 from fracgpu.kube.resources import RESOURCECLAIMS
 
 Obj = Mapping[str, Any]
 DRA_MODES = ("auto", "on", "off")  # the programs' --dra: auto = on when the API server serves resource.k8s.io/v1
 
 
-def dra_wanted(mode: str, transport: Transport) -> bool:
-    """--dra on/off as given; auto: on when the API server's discovery lists resource.k8s.io/v1 resourceclaims
-    (a KubeAPIError other than 404 is raised: whether DRA is served is then unknown)."""
+def dra_wanted(mode: str, transport: Transport, *, wait_s: float = 0.0,
+               sleep: Callable[[float], bool | None] = time.sleep) -> bool:
+    """--dra on/off as given; auto: on when the API server's discovery lists resource.k8s.io/v1 resourceclaims.
+
+    An API server that cannot be reached, or answers 429/5xx, is asked again every second for up to
+    `wait_s` (a program starting beside its API server waits, as its watches would); then, and on any
+    other refusal, the KubeAPIError is raised: whether DRA is served is unknown. `sleep` returning True
+    (a stop event's wait) gives up at once."""
     if mode != "auto":
         return mode == "on"
-    try:
-        found = transport.request("GET", f"/apis/{RESOURCECLAIMS.api_version}")
-    except NotFound:
-        return False
-    return any(isinstance(r, dict) and r.get("name") == RESOURCECLAIMS.plural for r in found.get("resources") or [])
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = transport.request("GET", f"/apis/{RESOURCECLAIMS.api_version}")
+        except NotFound:
+            return False
+        except (Unavailable, ServerError, TooManyRequests):
+            if time.monotonic() >= deadline or sleep(1.0):
+                raise
+            continue
+        return any(isinstance(r, dict) and r.get("name") == RESOURCECLAIMS.plural
+                   for r in found.get("resources") or [])
 
 
 def _meta(obj: Obj) -> Mapping[str, Any]:

@@ -37,6 +37,7 @@ from fracgpu.core.workload import shape_of
 from fracgpu.extender.scheduler import SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.dralowering import dra_wanted
+from fracgpu.kube.errors import Unavailable
 from tests.extender.draworld import (
     DRA_RESOURCES,
     GI,
@@ -364,3 +365,26 @@ def test_a_node_kube_scheduler_allocates_is_never_chosen(cluster: DraCluster) ->
     assert {r["pool"] for r in cluster.results(first)} == {"mine"}
     assert cluster.results(second) == []
     assert cluster.events("second") == ["0/1 nodes are available: 1 no whole free GPU"]  # "theirs" is not a candidate
+
+
+class FlakyDiscovery:
+    """An API server that cannot be reached `down` times, then serves resource.k8s.io/v1."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.asked = 0
+
+    def request(self, method: str, path: str) -> dict[str, Any]:
+        self.asked += 1
+        if self.asked <= self.down:
+            raise Unavailable(0, "Unreachable", f"{method} {path}: connection refused")
+        return {"resources": [{"name": "resourceclaims"}]}
+
+
+def test_dra_auto_waits_for_an_api_server_that_is_not_up_yet() -> None:
+    waited: list[float] = []
+    api = FlakyDiscovery(down=2)
+    assert dra_wanted("auto", api, wait_s=60, sleep=waited.append) is True  # type: ignore[arg-type]
+    assert (api.asked, waited) == (3, [1.0, 1.0])
+    with pytest.raises(Unavailable):
+        dra_wanted("auto", FlakyDiscovery(down=5), wait_s=0, sleep=waited.append)  # type: ignore[arg-type]

@@ -203,7 +203,7 @@ def controller_session(server: FakeApiServer, writer: KubeWriter) -> None:
     for rt in DRA_RESOURCES:
         server.add_resource(rt)
     cfg = ControllerConfig()
-    _sync(*watches(reader, ClusterCache(cfg.taint_key, NS, dra=True), cfg, None))
+    _sync(*watches(_reader(server), ClusterCache(cfg.taint_key, NS, dra=True), cfg, None))
     w = ControllerWriter(writer)
     w.add_taint(NODE, names.TAINT_GPU_FAILED, "NoSchedule")
     w.remove_taint(NODE, names.TAINT_GPU_FAILED)
