@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -33,6 +33,7 @@ from fracgpu.core.draslicerules import dns_label, dns_subdomain
 from fracgpu.draplugin.driver import ClaimRef, Driver
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,17 @@ def _refs(claims: Any, context: grpc.ServicerContext) -> list[ClaimRef]:
     return refs
 
 
+def _answer(request: Any, context: grpc.ServicerContext, act: Callable[[list[ClaimRef]], _R], rpc: str,
+            doing: str) -> tuple[list[ClaimRef], _R]:
+    """The request's claims and what the driver made of them; a driver crash is INTERNAL, the rest in its log."""
+    refs = _refs(request.claims, context)
+    try:
+        return refs, act(refs)
+    except Exception:
+        log.exception("%s failed", rpc)
+        context.abort(grpc.StatusCode.INTERNAL, f"{doing} the claims failed; see the driver's log")
+
+
 class _DraService:
     """NodePrepareResources / NodeUnprepareResources over one generated proto module."""
 
@@ -94,12 +106,7 @@ class _DraService:
         self.pb2 = pb2
 
     def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = _refs(request.claims, context)
-        try:
-            results = self.driver.prepare(refs)
-        except Exception:
-            log.exception("NodePrepareResources failed")
-            context.abort(grpc.StatusCode.INTERNAL, "preparing the claims failed; see the driver's log")
+        refs, results = _answer(request, context, self.driver.prepare, "NodePrepareResources", "preparing")
         answer = self.pb2.NodePrepareResourcesResponse()
         for uid in dict.fromkeys(ref.uid for ref in refs):  # a claim named twice is answered once
             r = results[uid]
@@ -111,12 +118,7 @@ class _DraService:
         return answer
 
     def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = _refs(request.claims, context)
-        try:
-            results = self.driver.unprepare(refs)
-        except Exception:
-            log.exception("NodeUnprepareResources failed")
-            context.abort(grpc.StatusCode.INTERNAL, "unpreparing the claims failed; see the driver's log")
+        refs, results = _answer(request, context, self.driver.unprepare, "NodeUnprepareResources", "unpreparing")
         answer = self.pb2.NodeUnprepareResourcesResponse()
         for ref in refs:
             answer.claims[ref.uid].error = results[ref.uid]
