@@ -1,6 +1,6 @@
 """Strict readers for JSON documents: every bad field names itself in the error."""
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fracgpu.api.v1beta1.errors import InvalidDocument
@@ -16,6 +16,19 @@ def lst(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise InvalidDocument(f"{where}: expected a list, got {type(value).__name__}")
     return value
+
+
+def objects(value: Any, where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each item of the list `value` as an object, with the place it stands (`where[i]`)."""
+    for i, item in enumerate(lst(value, where)):
+        yield f"{where}[{i}]", obj(item, f"{where}[{i}]")
+
+
+def version(top: Mapping[str, Any], where: str, supported: int) -> None:
+    """A document's format version must be the one this build reads."""
+    found = integer(top, "version", where, minimum=1)
+    if found != supported:
+        raise InvalidDocument(f"{where}.version: unsupported {found}, this build reads {supported}")
 
 
 def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:

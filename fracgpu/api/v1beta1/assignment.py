@@ -73,13 +73,9 @@ class Assignment:
     def from_json(text: str) -> Assignment:
         raw: Any = jsontext.loads(text, "assigned")
         top = d.obj(raw, "assigned")
-        version = d.integer(top, "version", "assigned", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"assigned.version: unsupported {version}")
+        d.version(top, "assigned", FORMAT_VERSION)
         gpus: list[GpuShare] = []
-        for i, item in enumerate(d.lst(top.get("gpus"), "assigned.gpus")):
-            where = f"assigned.gpus[{i}]"
-            g = d.obj(item, where)
+        for where, g in d.objects(top.get("gpus"), "assigned.gpus"):
             uuid = d.string(g, "uuid", where)
             ids = _ids(g, where)
             cores = d.integer(g, "cores", where, minimum=1)
@@ -92,9 +88,7 @@ class Assignment:
             memory = d.integer(g, "memory", where, maximum=MAX_GPU_MEMORY)
             gpus.append(GpuShare(uuid=uuid, cores=cores, memory=memory, device_ids=ids))
         containers: list[ContainerShare] = []
-        for i, item in enumerate(d.lst(top.get("containers", []), "assigned.containers")):
-            where = f"assigned.containers[{i}]"
-            c = d.obj(item, where)
+        for where, c in d.objects(top.get("containers", []), "assigned.containers"):
             kind = d.string(c, "kind", where)
             if kind not in CONTAINER_KINDS:
                 raise InvalidDocument(f"{where}.kind: one of {', '.join(CONTAINER_KINDS)}, got {kind!r}")

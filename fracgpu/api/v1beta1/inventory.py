@@ -97,17 +97,11 @@ class NodeInventoryDoc:
     def from_json(text: str) -> NodeInventoryDoc:
         raw: Any = jsontext.loads(text, "inventory")
         top = d.obj(raw, "inventory")
-        version = d.integer(top, "version", "inventory", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"inventory.version: unsupported {version}, this build reads {FORMAT_VERSION}")
+        d.version(top, "inventory", FORMAT_VERSION)
         gpus: list[GpuInfo] = []
-        for i, item in enumerate(d.lst(top.get("gpus"), "inventory.gpus")):
-            where = f"inventory.gpus[{i}]"
-            g = d.obj(item, where)
+        for where, g in d.objects(top.get("gpus"), "inventory.gpus"):
             links: list[GpuLink] = []
-            for j, litem in enumerate(d.lst(g.get("links", []), f"{where}.links")):
-                lw = f"{where}.links[{j}]"
-                lo = d.obj(litem, lw)
+            for lw, lo in d.objects(g.get("links", []), f"{where}.links"):
                 name = d.string(lo, "link", lw)
                 if name not in _LINK_BY_NAME:
                     raise InvalidDocument(f"{lw}.link: unknown link class {name!r}")

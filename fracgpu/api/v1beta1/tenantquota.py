@@ -293,9 +293,7 @@ def _status(raw: Any, where: str) -> TenantQuotaStatus:
     if not all(isinstance(q, str) for q in queue):
         raise InvalidDocument(f"{where}.queue: every item must be a string")
     conditions: list[Condition] = []
-    for i, item in enumerate(d.lst(st.get("conditions", []), f"{where}.conditions")):
-        cw = f"{where}.conditions[{i}]"
-        c = d.obj(item, cw)
+    for cw, c in d.objects(st.get("conditions", []), f"{where}.conditions"):
         status = d.string(c, "status", cw)
         if status not in CONDITION_STATUSES:
             raise InvalidDocument(f"{cw}.status: one of True, False, Unknown, got {status!r}")

@@ -82,9 +82,7 @@ class Checkpoint:
         except (json.JSONDecodeError, TypeError) as e:
             raise InvalidDocument(f"checkpoint: not JSON: {e}") from None
         top = d.obj(raw, "checkpoint")
-        version = d.integer(top, "version", "checkpoint", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"checkpoint.version: unsupported {version}, this build reads {FORMAT_VERSION}")
+        d.version(top, "checkpoint", FORMAT_VERSION)
         body = {k: v for k, v in top.items() if k != "checksum"}
         if d.string(top, "checksum", "checkpoint") != _checksum(body):
             raise InvalidDocument("checkpoint.checksum: does not match the content (torn or edited file)")
