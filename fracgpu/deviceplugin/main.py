@@ -182,10 +182,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = startup.parse(parser(environ), argv)
-    if isinstance(args, int):
+    if isinstance(args := startup.begin(parser(environ), argv), int):
         return args
-    startup.start_logging(args.log_level)
     try:
         app, api = build(args, environ)
     except KubeConfigError as e:

@@ -126,10 +126,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> DraDriverApp:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = startup.parse(parser(environ), argv)
-    if isinstance(args, int):
+    if isinstance(args := startup.begin(parser(environ), argv), int):
         return args
-    startup.start_logging(args.log_level)
     try:
         app = build(args, environ)
     except (startup.StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:

@@ -3,6 +3,7 @@
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 
 
@@ -24,11 +25,13 @@ def objects(value: Any, where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
         yield f"{where}[{i}]", obj(item, f"{where}[{i}]")
 
 
-def version(top: Mapping[str, Any], where: str, supported: int) -> None:
-    """A document's format version must be the one this build reads."""
-    found = integer(top, "version", where, minimum=1)
+def versioned(text: str, what: str, supported: int) -> Mapping[str, Any]:
+    """The top object of a JSON document `what` whose format version is the one this build reads."""
+    top = obj(jsontext.loads(text, what), what)
+    found = integer(top, "version", what, minimum=1)
     if found != supported:
-        raise InvalidDocument(f"{where}.version: unsupported {found}, this build reads {supported}")
+        raise InvalidDocument(f"{what}.version: unsupported {found}, this build reads {supported}")
+    return top
 
 
 def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
-from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import DEVICE_ID_SEPARATOR, MAX_GPU_MEMORY
 
@@ -71,9 +70,7 @@ class Assignment:
 
     @staticmethod
     def from_json(text: str) -> Assignment:
-        raw: Any = jsontext.loads(text, "assigned")
-        top = d.obj(raw, "assigned")
-        d.version(top, "assigned", FORMAT_VERSION)
+        top = d.versioned(text, "assigned", FORMAT_VERSION)
         gpus: list[GpuShare] = []
         for where, g in d.objects(top.get("gpus"), "assigned.gpus"):
             uuid = d.string(g, "uuid", where)

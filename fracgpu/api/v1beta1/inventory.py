@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
-from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import MAX_GPU_MEMORY
 
@@ -95,9 +93,7 @@ class NodeInventoryDoc:
 
     @staticmethod
     def from_json(text: str) -> NodeInventoryDoc:
-        raw: Any = jsontext.loads(text, "inventory")
-        top = d.obj(raw, "inventory")
-        d.version(top, "inventory", FORMAT_VERSION)
+        top = d.versioned(text, "inventory", FORMAT_VERSION)
         gpus: list[GpuInfo] = []
         for where, g in d.objects(top.get("gpus"), "inventory.gpus"):
             links: list[GpuLink] = []
