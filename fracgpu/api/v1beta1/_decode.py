@@ -1,6 +1,6 @@
 """Strict readers for JSON documents: every bad field names itself in the error."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from fracgpu.api.v1beta1 import jsontext
@@ -38,6 +38,14 @@ def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = 
     value = d.get(key, default)
     if not isinstance(value, str):
         raise InvalidDocument(f"{where}.{key}: expected a string, got {_kind(value)}")
+    return value
+
+
+def choice(d: Mapping[str, Any], key: str, where: str, allowed: Collection[str]) -> str:
+    """A string field that must be one of `allowed`."""
+    value = string(d, key, where)
+    if value not in allowed:
+        raise InvalidDocument(f"{where}.{key}: one of {', '.join(allowed)}, got {value!r}")
     return value
 
 

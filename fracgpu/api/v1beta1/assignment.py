@@ -86,9 +86,7 @@ class Assignment:
             gpus.append(GpuShare(uuid=uuid, cores=cores, memory=memory, device_ids=ids))
         containers: list[ContainerShare] = []
         for where, c in d.objects(top.get("containers", []), "assigned.containers"):
-            kind = d.string(c, "kind", where)
-            if kind not in CONTAINER_KINDS:
-                raise InvalidDocument(f"{where}.kind: one of {', '.join(CONTAINER_KINDS)}, got {kind!r}")
+            kind = d.choice(c, "kind", where, CONTAINER_KINDS)
             containers.append(ContainerShare(name=d.string(c, "name", where), kind=kind, device_ids=_ids(c, where)))
         all_ids = [i for g in gpus for i in g.device_ids]
         if len(set(all_ids)) != len(all_ids):

@@ -98,9 +98,7 @@ class NodeInventoryDoc:
         for where, g in d.objects(top.get("gpus"), "inventory.gpus"):
             links: list[GpuLink] = []
             for lw, lo in d.objects(g.get("links", []), f"{where}.links"):
-                name = d.string(lo, "link", lw)
-                if name not in _LINK_BY_NAME:
-                    raise InvalidDocument(f"{lw}.link: unknown link class {name!r}")
+                name = d.choice(lo, "link", lw, _LINK_BY_NAME)
                 links.append(
                     GpuLink(
                         peer=d.string(lo, "peer", lw),

@@ -222,9 +222,7 @@ def _selector(raw: Any, where: str) -> NamespaceSelector:
         e = d.obj(item, ew)
         _only(e, ("key", "operator", "values"), ew)
         key = _label_key(e.get("key"), f"{ew}.key")
-        op = d.string(e, "operator", ew)
-        if op not in SELECTOR_OPERATORS:
-            raise InvalidDocument(f"{ew}.operator: one of {', '.join(SELECTOR_OPERATORS)}, got {op!r}")
+        op = d.choice(e, "operator", ew, SELECTOR_OPERATORS)
         values = tuple(
             _label_value(v, f"{ew}.values[{j}]") for j, v in enumerate(d.lst(e.get("values", []), f"{ew}.values"))
         )
@@ -294,9 +292,7 @@ def _status(raw: Any, where: str) -> TenantQuotaStatus:
         raise InvalidDocument(f"{where}.queue: every item must be a string")
     conditions: list[Condition] = []
     for cw, c in d.objects(st.get("conditions", []), f"{where}.conditions"):
-        status = d.string(c, "status", cw)
-        if status not in CONDITION_STATUSES:
-            raise InvalidDocument(f"{cw}.status: one of True, False, Unknown, got {status!r}")
+        status = d.choice(c, "status", cw, CONDITION_STATUSES)
         conditions.append(
             Condition(
                 type=d.string(c, "type", cw),
