@@ -355,6 +355,14 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Na
         return e.code if isinstance(e.code, int) else 2
 
 
+def begin(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace | int:
+    """The parsed flags with logging started at their --log-level, or parse's exit code."""
+    args = parse(p, argv)
+    if not isinstance(args, int):
+        start_logging(args.log_level)
+    return args
+
+
 def start_logging(level: str) -> None:
     """Structured lines on stderr, every program alike."""
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)

@@ -34,7 +34,7 @@ Rules (defaults in ``HealthConfig``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
@@ -131,13 +131,8 @@ def _breaches(s: GpuSample, t: Thresholds) -> list[str]:
     out: list[str] = []
     if t.max_temperature_c is not None and s.temperature_c is not None and s.temperature_c > t.max_temperature_c:
         out.append(f"{REASON_TEMPERATURE} {s.temperature_c:g}C > {t.max_temperature_c:g}C")
-    if (
-        t.max_power_ratio is not None
-        and s.power_w is not None
-        and s.power_limit_w
-        and s.power_w > s.power_limit_w * t.max_power_ratio
-    ):
-        out.append(f"{REASON_POWER} {s.power_w:.0f}W > {t.max_power_ratio:g} x limit {s.power_limit_w:.0f}W")
+    out.extend(_over_share(s.power_w, s.power_limit_w, t.max_power_ratio,
+                           lambda w, limit, r: f"{REASON_POWER} {w:.0f}W > {r:g} x limit {limit:.0f}W"))
     ecc_limit = t.max_ecc_uncorrectable
     if ecc_limit is not None and s.ecc_uncorrectable is not None and s.ecc_uncorrectable > ecc_limit:
         out.append(f"{REASON_ECC} {s.ecc_uncorrectable} > {ecc_limit}")
@@ -149,14 +144,18 @@ def _breaches(s: GpuSample, t: Thresholds) -> list[str]:
         out.append(REASON_REMAP_PENDING)
     if t.remapped_rows_failed and s.remapped_rows_failed:
         out.append(REASON_REMAP_FAILED)
-    if (
-        t.max_memory_used_ratio is not None
-        and s.memory_used is not None
-        and s.memory_total
-        and s.memory_used > s.memory_total * t.max_memory_used_ratio
-    ):
-        out.append(f"{REASON_MEMORY} {s.memory_used / s.memory_total:.0%} > {t.max_memory_used_ratio:.0%}")
+    out.extend(_over_share(s.memory_used, s.memory_total, t.max_memory_used_ratio,
+                           lambda used, total, r: f"{REASON_MEMORY} {used / total:.0%} > {r:.0%}"))
     return out
+
+
+def _over_share(used: float | None, total: float | None, ratio: float | None,
+                say: Callable[[float, float, float], str]) -> list[str]:
+    """say(used, total, ratio) when `used` is over `ratio` of a known, non-zero `total`; a rule off or a value
+    not read says nothing."""
+    if ratio is not None and used is not None and total and used > total * ratio:
+        return [say(used, total, ratio)]
+    return []
 
 
 def required_good_checks(failures: int, cfg: HealthConfig) -> int:

@@ -7,6 +7,7 @@ the client, so this is a small exact re-implementation of the same grammar over 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 _BINARY = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "Pi": 1024**5, "Ei": 1024**6}
@@ -62,28 +63,25 @@ def parse_quantity(text: str | int) -> Decimal:
     return -value if sign == "-" else value
 
 
-def parse_bytes(text: str | int, *, what: str = "quantity", maximum: int = MAX_QUANTITY) -> int:
-    """A non-negative whole number of bytes ("8Gi" -> 8589934592), at most `maximum`."""
+def _whole(text: str | int, what: str, maximum: int, shown: Callable[[int], str], unit: str) -> int:
     value = parse_quantity(text)
     if value < 0:
         raise QuantityError(f"{what} must not be negative, got {text!r}")
     if value > maximum:
-        raise QuantityError(f"{what} is too large, got {text!r} (at most {format_bytes(maximum)})")
+        raise QuantityError(f"{what} is too large, got {text!r} (at most {shown(maximum)})")
     if value != value.to_integral_value():
-        raise QuantityError(f"{what} must be a whole number of bytes, got {text!r}")
+        raise QuantityError(f"{what} must be a whole number{unit}, got {text!r}")
     return int(value)
+
+
+def parse_bytes(text: str | int, *, what: str = "quantity", maximum: int = MAX_QUANTITY) -> int:
+    """A non-negative whole number of bytes ("8Gi" -> 8589934592), at most `maximum`."""
+    return _whole(text, what, maximum, format_bytes, " of bytes")
 
 
 def parse_count(text: str | int, *, what: str = "quantity") -> int:
     """A non-negative whole count ("50" -> 50; "0.5" and "-1" are refused), at most MAX_QUANTITY."""
-    value = parse_quantity(text)
-    if value < 0:
-        raise QuantityError(f"{what} must not be negative, got {text!r}")
-    if value > MAX_QUANTITY:
-        raise QuantityError(f"{what} is too large, got {text!r} (at most {MAX_QUANTITY})")
-    if value != value.to_integral_value():
-        raise QuantityError(f"{what} must be a whole number, got {text!r}")
-    return int(value)
+    return _whole(text, what, MAX_QUANTITY, str, "")
 
 
 MAX_WHOLE_MILLI = MAX_QUANTITY // 1000  # parse_milli's bound, in whole units (cores)

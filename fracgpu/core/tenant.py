@@ -272,42 +272,21 @@ class Tenants:
         only moves when a condition's status changes.
         """
         stamp = rfc3339.format_time(now)
+        def condition(kind: str, status: str, reason: str, message: str) -> Condition:
+            return Condition(type=kind, status=status, reason=reason, message=message, last_transition_time=stamp,
+                             observed_generation=generation)
+
         mine = self.conflicts_of(quota_name)
         if mine:
-            conflict = Condition(
-                type=CONDITION_NAMESPACE_CONFLICT,
-                status="True",
-                reason="NamespaceSelectedTwice",
-                message="; ".join(c.message for c in mine),
-                last_transition_time=stamp,
-                observed_generation=generation,
-            )
+            conflict = condition(CONDITION_NAMESPACE_CONFLICT, "True", "NamespaceSelectedTwice",
+                                 "; ".join(c.message for c in mine))
         else:
-            conflict = Condition(
-                type=CONDITION_NAMESPACE_CONFLICT,
-                status="False",
-                reason="NoConflict",
-                message="no namespace it selects is selected by another TenantQuota",
-                last_transition_time=stamp,
-                observed_generation=generation,
-            )
+            conflict = condition(CONDITION_NAMESPACE_CONFLICT, "False", "NoConflict",
+                                 "no namespace it selects is selected by another TenantQuota")
         limits = self.limits(tq_tenant(quota_name))
         if isinstance(limits, QuotaError):
-            valid = Condition(
-                type=CONDITION_QUOTA_VALID,
-                status="False",
-                reason=limits.condition_reason,
-                message=f"{limits.message}; new pods of {limits.tenant} are refused until it is fixed",
-                last_transition_time=stamp,
-                observed_generation=generation,
-            )
+            valid = condition(CONDITION_QUOTA_VALID, "False", limits.condition_reason,
+                              f"{limits.message}; new pods of {limits.tenant} are refused until it is fixed")
         else:
-            valid = Condition(
-                type=CONDITION_QUOTA_VALID,
-                status="True",
-                reason="Valid",
-                message="spec.hard is in force",
-                last_transition_time=stamp,
-                observed_generation=generation,
-            )
+            valid = condition(CONDITION_QUOTA_VALID, "True", "Valid", "spec.hard is in force")
         return (conflict, valid)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from fracgpu import startup
 from fracgpu.api.v1beta1.names import (
     DEFAULT_NAMESPACE,
     DEVICE_PLUGIN_DIR,
@@ -32,33 +33,13 @@ from fracgpu.deviceplugin.backends.base import BackendError
 from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
 from fracgpu.deviceplugin.metrics import PluginMetrics
-from fracgpu.deviceplugin.nodeflags import (
-    GPU_FLAGS,
-    KUBE_FLAGS,
-    LIMITER_FLAGS,
-    backend_from,
-    limiter_from,
-)
+from fracgpu.deviceplugin.nodeflags import GPU_FLAGS, KUBE_FLAGS, LIMITER_FLAGS, backend_from, limiter_from
 from fracgpu.deviceplugin.plugin import PluginConfig
 from fracgpu.deviceplugin.podresources import HoldingsSource, NoHoldings, PodResourcesClient
 from fracgpu.deviceplugin.response import parse_device_list, valid_cdi_kind
 from fracgpu.deviceplugin.server import LockError, ServerConfig
 from fracgpu.kube.errors import KubeConfigError
-from fracgpu.startup import (
-    ConfigError,
-    Flag,
-    Parser,
-    add_config_flag,
-    add_flags,
-    boolean,
-    log_level,
-    metrics_server_error,
-    no_cluster,
-    parse,
-    port_or_off,
-    seconds,
-    start_logging,
-)
+from fracgpu.startup import ConfigError, Flag, seconds
 
 if TYPE_CHECKING:
     from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
@@ -77,9 +58,9 @@ FLAGS = (
          env=("FRACGPU_POD_RESOURCES_SOCKET",), metavar="PATH"),
     *KUBE_FLAGS,
     Flag("no-kube", "run without an API server (demo: no reservations, every Allocate is refused)",
-         type=boolean, env=("FRACGPU_NO_KUBE",), switch=True),
+         type=startup.boolean, env=("FRACGPU_NO_KUBE",), switch=True),
     Flag("namespace", "namespace of the heartbeat Lease", DEFAULT_NAMESPACE, env=("FRACGPU_NAMESPACE",)),
-    Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
+    Flag("metrics-port", "port of /metrics (0: off)", "9402", startup.port_or_off, env=("FRACGPU_METRICS_PORT",)),
     *LIMITER_FLAGS,
     Flag("cdi-kind", "also name each GPU as a CDI device <kind>=<uuid> in Allocate (e.g. nvidia.com/gpu, as "
          "`nvidia-ctk cdi generate` names them); needs a kubelet and runtime with CDI; empty: none", "",
@@ -99,16 +80,16 @@ FLAGS = (
          "--default-memory-quota", env=("FRACGPU_DEFAULT_MEMORY_QUOTA",), unset="unlimited"),
     Flag("default-core-quota", "vgpu-core quota of a tenant without one; set it to the extender's "
          "--default-core-quota", env=("FRACGPU_DEFAULT_CORE_QUOTA",), unset="unlimited"),
-    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", startup.log_level, env=("FRACGPU_LOG_LEVEL",)),
 )
 
 
 def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = Parser(prog="fracgpu device-plugin", description="Serve fracgpu.io/vgpu-core to the kubelet (run as a "
-               "DaemonSet). GPU health: the --health-* flags (docs/health.md).")
-    add_config_flag(p, environ)
-    add_flags(p, FLAGS, environ)
-    add_flags(p, HEALTH_FLAGS, environ)
+    p = startup.Parser(prog="fracgpu device-plugin", description="Serve fracgpu.io/vgpu-core to the kubelet (run as a "
+                       "DaemonSet). GPU health: the --health-* flags (docs/health.md).")
+    startup.add_config_flag(p, environ)
+    startup.add_flags(p, FLAGS, environ)
+    startup.add_flags(p, HEALTH_FLAGS, environ)
     return p
 
 
@@ -201,15 +182,13 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[DeviceP
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = parse(parser(environ), argv)
-    if isinstance(args, int):
+    if isinstance(args := startup.begin(parser(environ), argv), int):
         return args
-    start_logging(args.log_level)
     try:
         app, api = build(args, environ)
     except KubeConfigError as e:
-        return _refuse(no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, run it in a "
-                                     "pod, or run without a cluster with --no-kube"))
+        return _refuse(startup.no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, run it in "
+                                             "a pod, or run without a cluster with --no-kube"))
     except BackendError as e:
         return _refuse(f"{e}; without a GPU: --backend simulated --gpus FILE" if args.backend == "nvml" else e)
     except (ConfigError, SimulatedConfigError, ValueError) as e:
@@ -226,7 +205,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             metrics_server, _ = start_http_server(args.metrics_port, registry=app.metrics.registry)
         except OSError as e:
             _stop(app, api, None, started=False)
-            return _refuse(metrics_server_error(e, args.metrics_port))
+            return _refuse(startup.metrics_server_error(e, args.metrics_port))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

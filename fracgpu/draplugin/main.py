@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import FrameType
 
+from fracgpu import startup
 from fracgpu.api.v1beta1.names import (
     CDI_DIR,
     DRA_ALLOCATOR_FRACGPU,
@@ -29,32 +30,12 @@ from fracgpu.core.healthconfig import HealthConfigError
 from fracgpu.deviceplugin.backends.base import BackendError
 from fracgpu.deviceplugin.backends.simulated import SimulatedConfigError
 from fracgpu.deviceplugin.healthflags import HEALTH_FLAGS, health_config
-from fracgpu.deviceplugin.nodeflags import (
-    GPU_FLAGS,
-    KUBE_FLAGS,
-    LIMITER_FLAGS,
-    backend_from,
-    limiter_from,
-)
+from fracgpu.deviceplugin.nodeflags import GPU_FLAGS, KUBE_FLAGS, LIMITER_FLAGS, backend_from, limiter_from
 from fracgpu.draplugin.app import AppConfig, DraDriverApp
 from fracgpu.draplugin.driver import DriverConfig, KubeClaims
 from fracgpu.draplugin.server import ServerConfig
 from fracgpu.kube import client, errors, writer
-from fracgpu.startup import (
-    ConfigError,
-    Flag,
-    Parser,
-    StartupError,
-    add_config_flag,
-    add_flags,
-    log_level,
-    metrics_server_error,
-    no_cluster,
-    parse,
-    port_or_off,
-    seconds,
-    start_logging,
-)
+from fracgpu.startup import ConfigError, Flag, seconds
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +69,21 @@ FLAGS = (
          "deletes them when it starts)", "30", positive_seconds, env=("FRACGPU_DRA_RESYNC_INTERVAL",),
          metavar="SECONDS"),
     *KUBE_FLAGS,
-    Flag("metrics-port", "port of /metrics (0: off)", "9402", port_or_off, env=("FRACGPU_METRICS_PORT",)),
+    Flag("metrics-port", "port of /metrics (0: off)", "9402", startup.port_or_off, env=("FRACGPU_METRICS_PORT",)),
     *LIMITER_FLAGS,
     Flag("sysfs", "sysfs root, where the GPUs' PCIe roots are read", "/sys", env=("FRACGPU_SYSFS",), metavar="DIR"),
-    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level, env=("FRACGPU_LOG_LEVEL",)),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", startup.log_level, env=("FRACGPU_LOG_LEVEL",)),
 )
 
 
 def parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = Parser(prog="fracgpu dra-driver",
-               description="Publish this node's GPUs as DRA ResourceSlices and prepare the claims allocated on them "
-                           "(run as a DaemonSet on nodes of the DRA path). Health thresholds come from "
-                           "FRACGPU_HEALTH_* (docs/health.md).")
-    add_config_flag(p, environ)
-    add_flags(p, FLAGS, environ)
-    add_flags(p, HEALTH_FLAGS, environ)
+    p = startup.Parser(prog="fracgpu dra-driver",
+                       description="Publish this node's GPUs as DRA ResourceSlices and prepare the claims allocated "
+                                   "on them (run as a DaemonSet on nodes of the DRA path). Health thresholds come "
+                                   "from FRACGPU_HEALTH_* (docs/health.md).")
+    startup.add_config_flag(p, environ)
+    startup.add_flags(p, FLAGS, environ)
+    startup.add_flags(p, HEALTH_FLAGS, environ)
     return p
 
 
@@ -138,21 +119,19 @@ def build(args: argparse.Namespace, environ: Mapping[str, str]) -> DraDriverApp:
                                       environ=environ)
     except errors.KubeConfigError as e:
         backend.close()
-        raise no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, or run it in a pod"
-                         ) from None
+        raise startup.no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG) or --kube-api URL, or run it in a pod"
+                                 ) from None
     kube = writer.KubeWriter(client.Transport(api), component="fracgpu-dra-driver")
     return DraDriverApp(cfg, backend, KubeClaims(kube), kube)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = parse(parser(environ), argv)
-    if isinstance(args, int):
+    if isinstance(args := startup.begin(parser(environ), argv), int):
         return args
-    start_logging(args.log_level)
     try:
         app = build(args, environ)
-    except (StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
+    except (startup.StartupError, ConfigError, SimulatedConfigError, BackendError, ValueError) as e:
         print(f"fracgpu dra-driver: {e}", file=sys.stderr)
         return 2
     if args.metrics_port:
@@ -160,7 +139,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             app.serve_metrics(args.metrics_port)
         except OSError as e:
             app.monitor.stop()  # not started: only the backend to close
-            print(f"fracgpu dra-driver: {metrics_server_error(e, args.metrics_port)}", file=sys.stderr)
+            print(f"fracgpu dra-driver: {startup.metrics_server_error(e, args.metrics_port)}", file=sys.stderr)
             return 2
     stop = threading.Event()
 

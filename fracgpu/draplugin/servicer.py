@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -34,6 +34,7 @@ from fracgpu.draplugin.driver import ClaimRef, Driver
 from fracgpu.draplugin.metrics import OUTCOME_ERROR, OUTCOME_OK, DriverMetrics
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,25 +96,24 @@ class _DraService:
         self.pb2 = pb2
         self.metrics = metrics
 
-    def _refs_or_abort(self, call: str, request: Any, context: grpc.ServicerContext) -> list[ClaimRef]:
+    def _answer(self, call: str, request: Any, context: grpc.ServicerContext,
+                act: Callable[[list[ClaimRef]], _R]) -> tuple[list[ClaimRef], _R]:
+        """The request's claims and what the driver made of them: a malformed request is INVALID_ARGUMENT,
+        a driver crash INTERNAL (the rest in its log); both counted as errors of every claim named."""
         refs = _refs(request.claims)
         if isinstance(refs, str):
             self.metrics.count(call, [OUTCOME_ERROR] * len(request.claims))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, refs)
-        return refs
+        try:
+            return refs, act(refs)
+        except Exception:
+            log.exception("%s of claims failed", call)
+            self.metrics.count(call, [OUTCOME_ERROR] * len(set(ref.uid for ref in refs)))
+            context.abort(grpc.StatusCode.INTERNAL, f"{call.rstrip('e')}ing the claims failed; see the driver's log")
 
     def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self.metrics.prepare_seconds.time():
-            return self._prepare(request, context)
-
-    def _prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = self._refs_or_abort("prepare", request, context)
-        try:
-            results = self.driver.prepare(refs)
-        except Exception:
-            log.exception("NodePrepareResources failed")
-            self.metrics.count("prepare", [OUTCOME_ERROR] * len(set(ref.uid for ref in refs)))
-            context.abort(grpc.StatusCode.INTERNAL, "preparing the claims failed; see the driver's log")
+            refs, results = self._answer("prepare", request, context, self.driver.prepare)
         self.metrics.count("prepare", [results[uid].outcome for uid in dict.fromkeys(ref.uid for ref in refs)])
         answer = self.pb2.NodePrepareResourcesResponse()
         for uid in dict.fromkeys(ref.uid for ref in refs):  # a claim named twice is answered once
@@ -126,13 +126,7 @@ class _DraService:
         return answer
 
     def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        refs = self._refs_or_abort("unprepare", request, context)
-        try:
-            results = self.driver.unprepare(refs)
-        except Exception:
-            log.exception("NodeUnprepareResources failed")
-            self.metrics.count("unprepare", [OUTCOME_ERROR] * len(set(ref.uid for ref in refs)))
-            context.abort(grpc.StatusCode.INTERNAL, "unpreparing the claims failed; see the driver's log")
+        refs, results = self._answer("unprepare", request, context, self.driver.unprepare)
         self.metrics.count("unprepare", [OUTCOME_ERROR if results[uid] else OUTCOME_OK
                                          for uid in dict.fromkeys(ref.uid for ref in refs)])
         answer = self.pb2.NodeUnprepareResourcesResponse()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from fracgpu import startup
 from fracgpu.api.v1beta1.names import DEFAULT_NAMESPACE, TAINT_GPU_FAILED
 from fracgpu.core.quantity import QuantityError
 from fracgpu.core.quota import QuotaConfig
@@ -48,23 +49,7 @@ from fracgpu.kube.leader import KubeLeaseStore, LeaderElector, LeaseTiming, Syst
 from fracgpu.kube.resources import RESOURCECLAIMS
 from fracgpu.kube.writer import KubeWriter
 from fracgpu.servingtls import CertificateReloader, make_server_context, reload_task
-from fracgpu.startup import (
-    ConfigError,
-    Flag,
-    Parser,
-    StartupError,
-    add_config_flag,
-    add_flags,
-    boolean,
-    listen,
-    log_level,
-    no_cluster,
-    non_negative_int,
-    port,
-    positive_int,
-    seconds,
-    start_logging,
-)
+from fracgpu.startup import ConfigError, Flag, listen, non_negative_int, port, positive_int, seconds
 
 log = logging.getLogger(__name__)
 ENV_PREFIX = "FRACGPU_EXTENDER_"
@@ -93,7 +78,7 @@ FLAGS = (
     Flag("default-core-quota", "vgpu-core quota of a tenant without one, e.g. 400", unset="unlimited"),
     Flag("queue-head-wait", "seconds a queued pod that fits may hold back later pods of its tenant", "60", seconds),
     Flag("status-interval", "least seconds between two status writes of one TenantQuota", "10", seconds),
-    Flag("leader-elect", "elect one binding replica through a Lease (true/false)", "true", boolean),
+    Flag("leader-elect", "elect one binding replica through a Lease (true/false)", "true", startup.boolean),
     Flag("leader-lease", "name of the leader-election Lease in --namespace", DEFAULT_LEASE),
     Flag("identity", "this replica's name in the Lease", unset="$POD_NAME, else hostname_random"),
     Flag("lease-duration", "seconds a follower waits on an unrenewed Lease before taking over", "15", seconds),
@@ -110,15 +95,16 @@ FLAGS = (
     Flag("cert-reload", "seconds between checks for rotated certificate files (0: never)", "60", seconds),
     Flag("dra", "allocate the claims of fracgpu's DRA devices (docs/dra.md): on, off, or auto (on when the API "
          "server serves resource.k8s.io/v1)", "auto", choices=DRA_MODES),
-    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", log_level),
+    Flag("log-level", "DEBUG, INFO, WARNING or ERROR", "INFO", startup.log_level),
 )
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The command's parser (also read by scripts/gen_config_reference.py for docs/configuration.md)."""
-    p = Parser(prog="fracgpu extender", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_flag(p, environ)
-    add_flags(p, FLAGS, environ, env_prefix=ENV_PREFIX)
+    p = startup.Parser(prog="fracgpu extender", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    startup.add_config_flag(p, environ)
+    startup.add_flags(p, FLAGS, environ, env_prefix=ENV_PREFIX)
     return p
 
 
@@ -247,7 +233,7 @@ def main(argv: list[str]) -> int:
         ns = parse_args(argv, os.environ)
     except SystemExit as e:  # --help, or a flag argparse refused (it printed why)
         return e.code if isinstance(e.code, int) else 2
-    start_logging(ns.log_level)
+    startup.start_logging(ns.log_level)
     try:
         config = build_config(ns)
         port = int(_num(ns, "port", int))
@@ -268,7 +254,7 @@ def main(argv: list[str]) -> int:
     client_names = tls.client_names if tls is not None and tls.client_ca else None
     try:  # bound before anything is loaded or logged: a busy port is one line, not a traceback after "listening"
         sock = listen(ns.bind_address, port)
-    except StartupError as e:
+    except startup.StartupError as e:
         print(f"fracgpu extender: {e}", file=sys.stderr)
         return 2
     scheduler = new_scheduler(config)
@@ -293,8 +279,8 @@ def main(argv: list[str]) -> int:
             api = build_api_client(kubeconfig=ns.kubeconfig, context=ns.context)
         except KubeConfigError as e:
             sock.close()
-            why = no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG), run it in a pod, "
-                                "or serve from a file with --snapshot FILE")
+            why = startup.no_cluster(e, "give --kubeconfig FILE (or set KUBECONFIG), run it in a pod, "
+                                        "or serve from a file with --snapshot FILE")
             print(f"fracgpu extender: {why}", file=sys.stderr)
             return 2
         transport = Transport(api)

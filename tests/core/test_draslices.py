@@ -8,16 +8,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from fracgpu.api.v1beta1.dra.resource import (
-    Attribute,
-    Capacity,
-    CapacityRange,
-    Device,
-    DeviceTaint,
-    OwnerReference,
-    RequestPolicy,
-    ResourceSlice,
-)
+from fracgpu.api.v1beta1.dra import resource
+from fracgpu.api.v1beta1.dra.resource import Attribute, Capacity, CapacityRange, Device, DeviceTaint, RequestPolicy
 from fracgpu.api.v1beta1.inventory import GpuInfo, GpuLink, LinkClass
 from fracgpu.api.v1beta1.names import DRA_ALLOCATORS, DRA_ATTR_ALLOCATOR
 from fracgpu.core.draslicerules import validate_slice
@@ -198,10 +190,10 @@ def test_slice_names_of_very_long_node_names_stay_dns_subdomains() -> None:
 # -- the published objects are what kube-apiserver accepts --------------------------------------------------
 
 
-def fleet() -> list[ResourceSlice]:
+def fleet() -> list[resource.ResourceSlice]:
     g = [gpu(i, bus=f"00000000:{i + 7:02X}:00.0", numa=i // 4, nvlink=(f"GPU-{(i ^ 1):08x}-0000-0000-0000-000000000000",),
              healthy=i != 3, reason="XID 79" if i == 3 else "") for i in range(8)]
-    owner = OwnerReference("v1", "Node", "n1", "0b6a4f2c-1b1e-4c39-9a51-6d0fb1c4a111")
+    owner = resource.OwnerReference("v1", "Node", "n1", "0b6a4f2c-1b1e-4c39-9a51-6d0fb1c4a111")
     return build_slices("n1", node_devices(g, pcie_roots={g[0].uuid: "pci0000:00"}), 4, owner=owner)
 
 
@@ -218,10 +210,10 @@ def test_published_slices_pass_the_api_servers_rules() -> None:
 
 def test_json_round_trip() -> None:
     for s in fleet():
-        assert ResourceSlice.from_json(s.to_json()) == s
+        assert resource.ResourceSlice.from_json(s.to_json()) == s
 
 
-def _slice(dev: Device) -> ResourceSlice:
+def _slice(dev: Device) -> resource.ResourceSlice:
     return build_slices("n1", [dev], 1)[0]
 
 

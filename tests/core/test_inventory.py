@@ -41,7 +41,7 @@ def test_inventory_round_trip_and_links() -> None:
         ('{"version": 1, "gpus": [{"uuid": "g", "index": "0", "model": "T4", "memory": 1}]}', "index: expected an integer"),
         ('{"version": 1, "gpus": [{"uuid": "a::1", "index": 0, "model": "T4", "memory": 1}]}', "no '::'"),
         ('{"version": 1, "gpus": [{"uuid": "g", "index": 0, "model": "T4", "memory": 1, '
-         '"links": [{"peer": "h", "link": "warp"}]}]}', "unknown link class"),
+         '"links": [{"peer": "h", "link": "warp"}]}]}', "link: one of system, numa, pcie-switch, nvlink, got 'warp'"),
         ('{"version": 1, "gpus": [{"uuid": "g", "index": 0, "model": "T4", "memory": 1},'
          '{"uuid": "g", "index": 1, "model": "T4", "memory": 1}]}', "duplicate uuid"),
     ],

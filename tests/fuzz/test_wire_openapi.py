@@ -69,22 +69,16 @@ def _run(op: Any, url: str, mode: Any) -> None:
 EXTENDER_OPS = _operations("extender.yaml")
 WEBHOOK_OPS = _operations("webhook.yaml")
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+# (the fixture serving the app, an operation of its description)
+SERVED_OPS = [("extender_url", op) for op in EXTENDER_OPS] + [("webhook_url", op) for op in WEBHOOK_OPS]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-@pytest.mark.parametrize("op", EXTENDER_OPS, ids=lambda o: o.label)
-def test_extender_conforms(extender_url: str, op: Any, mode: Any) -> None:
+@pytest.mark.parametrize(("served", "op"), SERVED_OPS, ids=[f"{s.removesuffix('_url')}-{o.label}" for s, o in SERVED_OPS])
+def test_app_conforms(request: pytest.FixtureRequest, served: str, op: Any, mode: Any) -> None:
     if mode is GenerationMode.NEGATIVE and op.method.upper() == "GET":
         pytest.skip("nothing to negate in a GET without parameters")
-    _run(op, extender_url, mode)
-
-
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
-@pytest.mark.parametrize("op", WEBHOOK_OPS, ids=lambda o: o.label)
-def test_webhook_conforms(webhook_url: str, op: Any, mode: Any) -> None:
-    if mode is GenerationMode.NEGATIVE and op.method.upper() == "GET":
-        pytest.skip("nothing to negate in a GET without parameters")
-    _run(op, webhook_url, mode)
+    _run(op, request.getfixturevalue(served), mode)
 
 
 def test_every_served_route_is_described() -> None:

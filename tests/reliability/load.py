@@ -131,15 +131,20 @@ async def burst(url: str, pods: list[dict[str, Any]], nodes: list[str], *, binds
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=binds_in_flight + 2)) as http:
 
+        async def post(verb: str, body: dict[str, Any], took_ms: list[float]) -> tuple[int, Any]:
+            """One extender call; its latency goes to `took_ms`."""
+            t0 = time.perf_counter()
+            async with http.post(f"{url}/{verb}", json=body) as r:
+                out = await r.json()
+                status = r.status
+            took_ms.append((time.perf_counter() - t0) * 1000)
+            return status, out
+
         async def bind(pod: dict[str, Any], node: str) -> None:
             nonlocal progress
             meta = pod["metadata"]
             body = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
-            t0 = time.perf_counter()
-            async with http.post(f"{url}/bind", json=body) as r:
-                out = await r.json()
-                status = r.status
-            report.bind_ms.append((time.perf_counter() - t0) * 1000)
+            status, out = await post("bind", body, report.bind_ms)
             report.binds += 1
             if status != 200:
                 report.errors.append(f"bind {meta['name']}: HTTP {status} {out}")
@@ -167,11 +172,7 @@ async def burst(url: str, pods: list[dict[str, Any]], nodes: list[str], *, binds
                     continue
                 pod = queue.popleft()
                 body = {"Pod": pod, "NodeNames": nodes, "Nodes": None}
-                t0 = time.perf_counter()
-                async with http.post(f"{url}/filter", json=body) as r:
-                    out = await r.json()
-                    status = r.status
-                report.filter_ms.append((time.perf_counter() - t0) * 1000)
+                status, out = await post("filter", body, report.filter_ms)
                 report.filters += 1
                 name = pod["metadata"]["name"]
                 if (status == 200 and isinstance(out.get("Error"), str)

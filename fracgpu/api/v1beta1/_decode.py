@@ -1,8 +1,9 @@
 """Strict readers for JSON documents: every bad field names itself in the error."""
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
+from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 
 
@@ -18,10 +19,33 @@ def lst(value: Any, where: str) -> list[Any]:
     return value
 
 
+def objects(value: Any, where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each item of the list `value` as an object, with the place it stands (`where[i]`)."""
+    for i, item in enumerate(lst(value, where)):
+        yield f"{where}[{i}]", obj(item, f"{where}[{i}]")
+
+
+def versioned(text: str, what: str, supported: int) -> Mapping[str, Any]:
+    """The top object of a JSON document `what` whose format version is the one this build reads."""
+    top = obj(jsontext.loads(text, what), what)
+    found = integer(top, "version", what, minimum=1)
+    if found != supported:
+        raise InvalidDocument(f"{what}.version: unsupported {found}, this build reads {supported}")
+    return top
+
+
 def string(d: Mapping[str, Any], key: str, where: str, *, default: str | None = None) -> str:
     value = d.get(key, default)
     if not isinstance(value, str):
         raise InvalidDocument(f"{where}.{key}: expected a string, got {_kind(value)}")
+    return value
+
+
+def choice(d: Mapping[str, Any], key: str, where: str, allowed: Collection[str]) -> str:
+    """A string field that must be one of `allowed`."""
+    value = string(d, key, where)
+    if value not in allowed:
+        raise InvalidDocument(f"{where}.{key}: one of {', '.join(allowed)}, got {value!r}")
     return value
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
-from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import DEVICE_ID_SEPARATOR, MAX_GPU_MEMORY
 
@@ -71,15 +70,9 @@ class Assignment:
 
     @staticmethod
     def from_json(text: str) -> Assignment:
-        raw: Any = jsontext.loads(text, "assigned")
-        top = d.obj(raw, "assigned")
-        version = d.integer(top, "version", "assigned", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"assigned.version: unsupported {version}")
+        top = d.versioned(text, "assigned", FORMAT_VERSION)
         gpus: list[GpuShare] = []
-        for i, item in enumerate(d.lst(top.get("gpus"), "assigned.gpus")):
-            where = f"assigned.gpus[{i}]"
-            g = d.obj(item, where)
+        for where, g in d.objects(top.get("gpus"), "assigned.gpus"):
             uuid = d.string(g, "uuid", where)
             ids = _ids(g, where)
             cores = d.integer(g, "cores", where, minimum=1)
@@ -92,12 +85,8 @@ class Assignment:
             memory = d.integer(g, "memory", where, maximum=MAX_GPU_MEMORY)
             gpus.append(GpuShare(uuid=uuid, cores=cores, memory=memory, device_ids=ids))
         containers: list[ContainerShare] = []
-        for i, item in enumerate(d.lst(top.get("containers", []), "assigned.containers")):
-            where = f"assigned.containers[{i}]"
-            c = d.obj(item, where)
-            kind = d.string(c, "kind", where)
-            if kind not in CONTAINER_KINDS:
-                raise InvalidDocument(f"{where}.kind: one of {', '.join(CONTAINER_KINDS)}, got {kind!r}")
+        for where, c in d.objects(top.get("containers", []), "assigned.containers"):
+            kind = d.choice(c, "kind", where, CONTAINER_KINDS)
             containers.append(ContainerShare(name=d.string(c, "name", where), kind=kind, device_ids=_ids(c, where)))
         all_ids = [i for g in gpus for i in g.device_ids]
         if len(set(all_ids)) != len(all_ids):

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
 from fracgpu.api.v1beta1 import _decode as d
-from fracgpu.api.v1beta1 import jsontext
 from fracgpu.api.v1beta1.errors import InvalidDocument
 from fracgpu.api.v1beta1.names import MAX_GPU_MEMORY
 
@@ -95,22 +93,12 @@ class NodeInventoryDoc:
 
     @staticmethod
     def from_json(text: str) -> NodeInventoryDoc:
-        raw: Any = jsontext.loads(text, "inventory")
-        top = d.obj(raw, "inventory")
-        version = d.integer(top, "version", "inventory", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"inventory.version: unsupported {version}, this build reads {FORMAT_VERSION}")
+        top = d.versioned(text, "inventory", FORMAT_VERSION)
         gpus: list[GpuInfo] = []
-        for i, item in enumerate(d.lst(top.get("gpus"), "inventory.gpus")):
-            where = f"inventory.gpus[{i}]"
-            g = d.obj(item, where)
+        for where, g in d.objects(top.get("gpus"), "inventory.gpus"):
             links: list[GpuLink] = []
-            for j, litem in enumerate(d.lst(g.get("links", []), f"{where}.links")):
-                lw = f"{where}.links[{j}]"
-                lo = d.obj(litem, lw)
-                name = d.string(lo, "link", lw)
-                if name not in _LINK_BY_NAME:
-                    raise InvalidDocument(f"{lw}.link: unknown link class {name!r}")
+            for lw, lo in d.objects(g.get("links", []), f"{where}.links"):
+                name = d.choice(lo, "link", lw, _LINK_BY_NAME)
                 links.append(
                     GpuLink(
                         peer=d.string(lo, "peer", lw),

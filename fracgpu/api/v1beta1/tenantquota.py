@@ -222,9 +222,7 @@ def _selector(raw: Any, where: str) -> NamespaceSelector:
         e = d.obj(item, ew)
         _only(e, ("key", "operator", "values"), ew)
         key = _label_key(e.get("key"), f"{ew}.key")
-        op = d.string(e, "operator", ew)
-        if op not in SELECTOR_OPERATORS:
-            raise InvalidDocument(f"{ew}.operator: one of {', '.join(SELECTOR_OPERATORS)}, got {op!r}")
+        op = d.choice(e, "operator", ew, SELECTOR_OPERATORS)
         values = tuple(
             _label_value(v, f"{ew}.values[{j}]") for j, v in enumerate(d.lst(e.get("values", []), f"{ew}.values"))
         )
@@ -293,12 +291,8 @@ def _status(raw: Any, where: str) -> TenantQuotaStatus:
     if not all(isinstance(q, str) for q in queue):
         raise InvalidDocument(f"{where}.queue: every item must be a string")
     conditions: list[Condition] = []
-    for i, item in enumerate(d.lst(st.get("conditions", []), f"{where}.conditions")):
-        cw = f"{where}.conditions[{i}]"
-        c = d.obj(item, cw)
-        status = d.string(c, "status", cw)
-        if status not in CONDITION_STATUSES:
-            raise InvalidDocument(f"{cw}.status: one of True, False, Unknown, got {status!r}")
+    for cw, c in d.objects(st.get("conditions", []), f"{where}.conditions"):
+        status = d.choice(c, "status", cw, CONDITION_STATUSES)
         conditions.append(
             Condition(
                 type=d.string(c, "type", cw),

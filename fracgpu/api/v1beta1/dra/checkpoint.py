@@ -77,14 +77,7 @@ class Checkpoint:
 
     @staticmethod
     def from_json(text: str) -> Checkpoint:
-        try:
-            raw = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise InvalidDocument(f"checkpoint: not JSON: {e}") from None
-        top = d.obj(raw, "checkpoint")
-        version = d.integer(top, "version", "checkpoint", minimum=1)
-        if version != FORMAT_VERSION:
-            raise InvalidDocument(f"checkpoint.version: unsupported {version}, this build reads {FORMAT_VERSION}")
+        top = d.versioned(text, "checkpoint", FORMAT_VERSION)
         body = {k: v for k, v in top.items() if k != "checksum"}
         if d.string(top, "checksum", "checkpoint") != _checksum(body):
             raise InvalidDocument("checkpoint.checksum: does not match the content (torn or edited file)")
