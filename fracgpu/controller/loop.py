@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fracgpu.controller import reconcile, recovery
 from fracgpu.controller.config import ControllerConfig
@@ -27,6 +27,8 @@ from fracgpu.kube.leader import Clock, LeaderElector
 from fracgpu.kube.objects import ObjectRef
 
 log = logging.getLogger(__name__)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class Writer(Protocol):
@@ -58,6 +60,15 @@ class ClusterCache:
         # DRA nodes and claim pods, lowered into the same views (controller/dra.py); None: --dra off
         self.dra = ControllerDra(self) if dra else None
 
+    def _put(self, table: dict[_K, _V], key: _K, value: _V | None) -> None:
+        """Set or (None) remove one entry of a table under the lock, and wake a round."""
+        with self._lock:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        self.changed.set()
+
     def node(self, event: str, obj: Mapping[str, Any]) -> None:
         if self.dra is not None:
             if event == "DELETED":
@@ -65,12 +76,7 @@ class ClusterCache:
             elif self.dra.apply_node(obj):
                 return
         view = node_view(obj, self.taint_key)
-        with self._lock:
-            if event == "DELETED":
-                self._nodes.pop(view.name, None)
-            else:
-                self._nodes[view.name] = view
-        self.changed.set()
+        self._put(self._nodes, view.name, None if event == "DELETED" else view)
 
     def pod(self, event: str, obj: Mapping[str, Any]) -> None:
         key = objects.key(obj)
@@ -80,52 +86,26 @@ class ClusterCache:
             else:
                 self.dra.apply_pod(obj)
             return
-        view = None if event == "DELETED" else pod_view(obj)
-        with self._lock:
-            if view is None:
-                self._pods.pop(key, None)
-            else:
-                self._pods[key] = view
-        self.changed.set()
+        self._put(self._pods, key, None if event == "DELETED" else pod_view(obj))
 
     def put_node(self, view: NodeView) -> None:
         """A node's view as the DRA side lowered it."""
-        with self._lock:
-            self._nodes[view.name] = view
-        self.changed.set()
+        self._put(self._nodes, view.name, view)
 
     def put_pod(self, key: str, view: PodView | None) -> None:
         """A claim pod's view as the DRA side lowered it (None: not the controller's)."""
         ns, _, name = key.partition("/")
-        with self._lock:
-            if view is None:
-                self._pods.pop((ns, name), None)
-            else:
-                self._pods[(ns, name)] = view
-        self.changed.set()
+        self._put(self._pods, (ns, name), view)
 
     def lease(self, event: str, obj: Mapping[str, Any]) -> None:
         if objects.meta(obj).get("namespace", self.lease_namespace) != self.lease_namespace:
             return
         beat = heartbeat(obj)
-        if beat is None:
-            return
-        with self._lock:
-            if event == "DELETED":
-                self._beats.pop(beat[0], None)
-            else:
-                self._beats[beat[0]] = beat[1]
-        self.changed.set()
+        if beat is not None:
+            self._put(self._beats, beat[0], None if event == "DELETED" else beat[1])
 
     def job(self, event: str, obj: Mapping[str, Any]) -> None:
-        key = objects.key(obj)
-        state = None if event == "DELETED" else recovery.job_state(obj)
-        with self._lock:
-            if state is None:
-                self._jobs.pop(key, None)
-            else:
-                self._jobs[key] = state
-        self.changed.set()
+        self._put(self._jobs, objects.key(obj), None if event == "DELETED" else recovery.job_state(obj))
 
     def replace(self, kind: str, objs: list[Mapping[str, Any]]) -> None:
         """A relist: the whole set of one kind ("nodes" | "pods" | "leases" | "jobs") at once."""
