@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fracgpu.api.v1beta1.names import ANN_PHASE, PHASE_ALLOCATED
 from tests.extender.builders import node_obj
 from tests.fakes.apiserver import FakeApiServer
-from tests.reliability.harness import LiveExtender, audit, eventually, heartbeat_off
+from tests.poll import eventually
+from tests.reliability.harness import LiveExtender, audit, heartbeat_off
 from tests.reliability.load import GPUS_PER_NODE, burst, node_names, share_pods
 
 

@@ -5,8 +5,7 @@ heartbeat Lease, is never reported stale. Fed by the real list+watch of the fake
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,19 +27,11 @@ from tests.controller.conftest import CFG, NS
 from tests.controller.test_self_heal import evictions
 from tests.extender.draworld import DRA_RESOURCES, GI, dra_node, gpus, pool
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import wait_until as eventually
 
 NODE = "dra-1"
 INVENTORY = gpus(NODE, 2)
 WAIT_S = 10.0  # bounds a failing test; never a timing assertion
-
-
-def eventually(check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def claim_on(name: str, gpu: GpuInfo) -> dict[str, Any]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -15,16 +14,7 @@ from fracgpu.startup import ConfigError
 from tests.controller.conftest import NS, inventory
 from tests.controller.test_self_heal import set_inventory, taints, terminating
 from tests.fakes.apiserver import FakeApiServer
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """Poll until ``check()`` holds; a generous bound, never a timing assertion."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
+from tests.poll import wait_until as eventually
 
 
 def test_flags_and_env() -> None:

@@ -7,7 +7,6 @@ reaches it as a watch event (ADDED, MODIFIED, DELETED) through `main.watches`, s
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,19 +24,11 @@ from fracgpu.kube.writer import KubeWriter
 from tests.controller.conftest import NS, with_cfg
 from tests.controller.test_recovery import TEMPLATE
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import wait_until as eventually
 
 RECOVERY_NS = DEFAULT_RECOVERY_NAMESPACE
 CFG = with_cfg(recovery_job=TEMPLATE, recovery_namespace=RECOVERY_NS)
 WAIT_S = 10.0  # upper bound for the watch to deliver; never a timing assertion
-
-
-def eventually(check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 @dataclass

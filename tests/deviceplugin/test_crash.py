@@ -25,8 +25,9 @@ from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_PHASE, PHASE_ALLOCATED, 
 from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Container
-from tests.deviceplugin.world import NODE, World, gpu_uuid, gpus_doc, wait_until
+from tests.deviceplugin.world import NODE, World, gpu_uuid, gpus_doc
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

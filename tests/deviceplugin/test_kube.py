@@ -21,8 +21,9 @@ from fracgpu.api.v1beta1.names import (
 from fracgpu.deviceplugin.kubeapiserver import KubeApiServer
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Container
-from tests.deviceplugin.world import NODE, World, gpu_uuid, wait_until
+from tests.deviceplugin.world import NODE, World, gpu_uuid
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import wait_until
 
 
 @pytest.fixture

@@ -35,8 +35,9 @@ from fracgpu.deviceplugin.metrics import PluginMetrics
 from fracgpu.deviceplugin.quotawatch import KubeTenantQuotas
 from fracgpu.kube import client, writer
 from tests.deviceplugin.kubelet import Admission, Container
-from tests.deviceplugin.world import NODE, World, wait_until
+from tests.deviceplugin.world import NODE, World
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import wait_until
 
 GiB = 1024**3
 

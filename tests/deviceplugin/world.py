@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,17 +174,6 @@ class World:
 
     def assignment(self, name: str) -> Assignment:
         return Assignment.from_json(self.annotations(name)[ANN_ASSIGNED])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
-    """Poll `predicate` until it holds or `timeout` seconds pass (a bound, not an assertion on time)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def short_tmpdir() -> str:

@@ -28,7 +28,8 @@ from tests.deviceplugin.kubelet import Container
 from tests.deviceplugin.world import NODE, World, gpu_uuid, gpus
 from tests.extender.builders import filter_args, pod_obj
 from tests.fakes.apiserver import FakeApiServer
-from tests.reliability.harness import HttpClient, LiveExtender, eventually
+from tests.poll import eventually
+from tests.reliability.harness import HttpClient, LiveExtender
 
 GPU0, GPU1 = gpu_uuid(0), gpu_uuid(1)
 

@@ -6,7 +6,6 @@ claims deallocated when their pod ends) played by this test world, after the ups
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from fracgpu.kube.retry import Backoff
 from fracgpu.kube.writer import KubeWriter
 from tests.extender.conftest import FakeClock
 from tests.fakes.apiserver import FakeApiServer, ResourceType
+from tests.poll import eventually
 
 GI = 1024**3
 DRA_RESOURCES = (
@@ -169,13 +169,9 @@ class DraCluster:
         return [e["message"] for e in self.apiserver.list_objects("events")
                 if e["involvedObject"]["name"] == name and e["reason"] == "FailedGPUAllocation"]
 
-    def settle(self, cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-        """Wait for the watches to bring `cond` about (the timeout only bounds a failing test)."""
-        deadline = time.monotonic() + timeout_s
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError("the cache did not catch up")
-            time.sleep(0.005)
+    def settle(self, cond: Callable[[], bool]) -> None:
+        """Wait for the watches to bring `cond` about."""
+        eventually(cond, what="the cache's view")
 
     def waiting(self) -> set[str]:
         return {w.key for w in self.view.waiting()}

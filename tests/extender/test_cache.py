@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,21 +24,13 @@ from tests.extender.builders import bind_args, filter_args, node_obj, pod_obj
 from tests.extender.conftest import FakeClock
 from tests.extender.probe import room, scheduler_filter
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import eventually
 
 
 def lease(node: str) -> dict[str, Any]:
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": lease_name(node), "namespace": DEFAULT_NAMESPACE},
             "spec": {"holderIdentity": node, "leaseDurationSeconds": 40}}
-
-
-def eventually(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for another thread's work; the timeout only bounds a failing test."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.005)
 
 
 class CacheWorld:

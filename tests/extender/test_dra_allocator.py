@@ -213,7 +213,7 @@ def test_a_tenant_quota_holds_claims_as_it_holds_pods(cluster: DraCluster) -> No
         world.schedule(first)
         world.end_pod(first)
         world.settle(lambda: "team-a/first" not in {k for k in world.waiting()} and world.caught_up())
-        world.settle(lambda: world.allocator.run_once() == 1, timeout_s=5)
+        world.settle(lambda: world.allocator.run_once() == 1)
         assert world.results(second)
 
 

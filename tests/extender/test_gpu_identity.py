@@ -21,7 +21,8 @@ from fracgpu.core.request import parse_pod_request
 from fracgpu.extender.decide import RETRY_ALLOCATING
 from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_obj
 from tests.fakes.apiserver import FakeApiServer
-from tests.reliability.harness import HttpClient, LiveExtender, audit, eventually, heartbeat_off
+from tests.poll import eventually
+from tests.reliability.harness import HttpClient, LiveExtender, audit, heartbeat_off
 
 # what every node of a simulated fleet publishes: the same two GPUs, the same UUIDs
 SHARED_INVENTORY = NodeInventoryDoc(gpus=tuple(

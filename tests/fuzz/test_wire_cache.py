@@ -29,7 +29,8 @@ from tests.extender.builders import filter_args, inventory, node_obj, pod_obj
 from tests.extender.probe import room, whole_gpus
 from tests.fakes.apiserver import FakeApiServer
 from tests.fuzz.test_wire_extender import json_any, json_leaf, quantity
-from tests.reliability.harness import HttpClient, LiveExtender, eventually, heartbeat_off
+from tests.poll import eventually
+from tests.reliability.harness import HttpClient, LiveExtender, heartbeat_off
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -13,6 +13,7 @@ from fracgpu.kube.reflector import Reflector, WatchEvent
 from fracgpu.kube.resources import NODES, PODS
 from fracgpu.kube.retry import Backoff
 from tests.fakes.apiserver import FakeApiServer
+from tests.poll import eventually
 
 WAIT_S = 10.0  # upper bound for a condition to become true; never asserted on
 
@@ -70,15 +71,6 @@ class GatedSleep:
 
     def release(self) -> None:
         self._gate.set()
-
-
-def eventually(predicate: Callable[[], bool]) -> None:
-    done = threading.Event()
-    for _ in range(int(WAIT_S / 0.01)):
-        if predicate():
-            return
-        done.wait(0.01)
-    raise AssertionError("condition never became true")
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ from fracgpu.kube.errors import KubeAPIError, ServerError, Unavailable
 from fracgpu.webhook.app import WebhookConfig, make_app
 from tests.extender.builders import inventory
 from tests.fuzz.test_wire_cache import VICTIM_ASSIGNED, CacheFuzz
+from tests.poll import eventually
 from tests.realwire.conftest import PLAIN, TLS, Listener, Serve, captured, lab_world, serve_extender, tracebacks
 from tests.realwire.gowire import GO_LENGTH
-from tests.reliability.harness import eventually
 from tests.webhook.reviews import container, pod, review
 
 DIGITS = 5_000

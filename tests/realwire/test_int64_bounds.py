@@ -23,7 +23,7 @@ from fracgpu.api.v1beta1.names import ANN_ASSIGNED, ANN_INVENTORY
 from fracgpu.core.records import NODE_BAD_INVENTORY, node_unreadable_reservation
 from tests.extender.builders import inventory, pod_obj
 from tests.fuzz.test_wire_cache import GOOD_QUOTA, VICTIM_ASSIGNED, CacheFuzz, tenant_quota
-from tests.reliability.harness import eventually
+from tests.poll import eventually
 
 HUGE = [2**63, 2**64, 10**30]
 HUGE_TEXTS = [str(2**63), str(2**64), "1e30"]

@@ -134,15 +134,6 @@ class HttpClient:
         self.close()
 
 
-def eventually(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    """Wait for another thread's work; the timeout only bounds a failing test."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s} s")
-        time.sleep(0.002)
-
-
 @dataclass
 class LiveExtender:
     """One extender process' worth of objects over the fake API server: cache, writer, HTTP app.

@@ -24,7 +24,8 @@ from tests.extender.builders import GI, bind_args, filter_args, node_obj, pod_ob
 from tests.extender.conftest import FakeClock
 from tests.extender.probe import room
 from tests.fakes.apiserver import ApiError, FakeApiServer
-from tests.reliability.harness import HttpClient, LiveExtender, audit, eventually, heartbeat_off
+from tests.poll import eventually
+from tests.reliability.harness import HttpClient, LiveExtender, audit, heartbeat_off
 
 
 def free(ext: LiveExtender, node: str = "n1") -> int:

@@ -16,7 +16,8 @@ from fracgpu.kube.retry import Backoff
 from tests.extender.builders import node_obj, pod_obj
 from tests.extender.conftest import FakeClock
 from tests.fakes.apiserver import FakeApiServer
-from tests.reliability.harness import eventually, heartbeat_off
+from tests.poll import eventually
+from tests.reliability.harness import heartbeat_off
 
 
 def test_not_ready_before_the_pods_are_listed(apiserver: FakeApiServer) -> None:
