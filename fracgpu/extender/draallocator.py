@@ -28,7 +28,6 @@ from fracgpu.api.v1beta1.extender import ExtenderArgs, ExtenderBindingArgs
 from fracgpu.core.draallocation import allocated_claim, claim_allocations, placed_on
 from fracgpu.core.nodematch import nodes_unavailable, refusal_of
 from fracgpu.extender.dracache import DraView, Waiting
-from fracgpu.extender.leader import Leadership
 from fracgpu.extender.metrics import ExtenderMetrics
 from fracgpu.extender.scheduler import BindRefused, Scheduler
 from fracgpu.kube.dralowering import obj_key
@@ -45,6 +44,12 @@ PARTIAL_GRACE_S = 30.0  # a pod seen half-allocated this long (and not by a writ
 ALLOCATED, REFUSED, UNREADABLE, WRITE_FAILED = "allocated", "refused", "unreadable", "write_failed"
 
 Obj = Mapping[str, Any]
+
+
+class Lead(Protocol):
+    """May this replica write allocations now (extender.leader.Leadership)."""
+
+    def can_bind(self) -> bool: ...
 
 
 class ClaimWriter(Protocol):
@@ -66,7 +71,7 @@ def _sort_key(w: Waiting) -> tuple[int, str, str]:
 
 class Allocator:
     def __init__(self, scheduler: Scheduler, view: DraView, writer: ClaimWriter, *, clock: Callable[[], float],
-                 leadership: Leadership | None = None, new_share_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+                 leadership: Lead | None = None, new_share_id: Callable[[], str] = lambda: str(uuid.uuid4()),
                  interval_s: float = 1.0, tell_every_s: float = 60.0, metrics: ExtenderMetrics | None = None) -> None:
         self.scheduler = scheduler
         self.view = view

@@ -388,3 +388,63 @@ def test_dra_auto_waits_for_an_api_server_that_is_not_up_yet() -> None:
     assert (api.asked, waited) == (3, [1.0, 1.0])
     with pytest.raises(Unavailable):
         dra_wanted("auto", FlakyDiscovery(down=5), wait_s=0, sleep=waited.append)  # type: ignore[arg-type]
+
+
+def test_the_allocator_thread_places_pods_as_their_claims_arrive(cluster: DraCluster) -> None:
+    """Started as `fracgpu extender` starts it: woken by the cache's changes, no pass called by hand."""
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(share_template("s10", 10, "1Gi"))
+    cluster.allocator.start()
+    try:
+        pod = claim_pod("live", ["s10"])
+        cluster.create_pod(pod)
+        cluster.settle(lambda: bool(cluster.results(pod)))
+    finally:
+        cluster.allocator.stop()
+
+
+def test_a_half_allocated_pod_is_cleared_after_a_grace_and_placed_whole(cluster: DraCluster) -> None:
+    """A crash between the writes of a pod's two claims leaves one allocated: after 30 s it is cleared (not
+    taken for kube-scheduler refusing the node) and the pod is allocated as a whole."""
+    with_nodes(cluster, {"n1": 2})
+    cluster.apiserver.seed(whole_template("one", 1))
+    pod = claim_pod("half", ["one", "one"])
+    cluster.create_pod(pod)
+    [first, _] = cluster.claims_of(pod)
+    device = device_names(gpus("n1", 2))["GPU-n1-0"]
+    cluster.apiserver.seed({**first, "status": {"allocation": {
+        "devices": {"results": [{"request": "gpus", "driver": DRA_DRIVER, "pool": "n1", "device": device,
+                                 "shareID": str(uuid.uuid4()), "consumedCapacity": {"cores": "100",
+                                                                                    "memory": str(80 * GI)}}]},
+        "nodeSelector": {"nodeSelectorTerms": []}}}})
+    cluster.settle(lambda: [p.key for p in cluster.view.partial()] == ["default/half"])
+    assert cluster.allocator.run_once() == 0 and len(cluster.results(pod)) == 1  # within the grace: left
+    cluster.clock.advance(31)
+    # cleared, then (as soon as the watch shows it) allocated whole on n1, the only node: had the clearing
+    # been taken for a refusal of n1, no node would be left
+    cluster.settle(lambda: cluster.allocator.run_once() >= 0 and len(cluster.results(pod)) == 2)
+    assert cluster.counted("allocated") == 1
+
+
+class Follower:
+    def can_bind(self) -> bool:
+        return False
+
+
+def test_a_replica_that_does_not_lead_allocates_nothing(cluster: DraCluster) -> None:
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(share_template("s10", 10, "1Gi"))
+    place(cluster, claim_pod("p", ["s10"]))
+    cluster.allocator.leadership = Follower()
+    assert cluster.allocator.run_once() == 0
+    assert [r for r in cluster.apiserver.requests if r.resource == "resourceclaims" and r.verb == "update"] == []
+
+
+def test_an_event_that_cannot_be_written_does_not_stop_the_pass(cluster: DraCluster) -> None:
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(share_template("no-memory", 50, None), share_template("s10", 10, "1Gi"))
+    place(cluster, claim_pod("vague", ["no-memory"], created="2026-12-01T00:00:00Z"),
+          claim_pod("fine", ["s10"], created="2026-12-01T00:01:00Z"))
+    cluster.apiserver.fail_next("create", "events", 500, times=5)
+    assert cluster.allocator.run_once() == 1
+    assert cluster.counted("unreadable") == 1
