@@ -29,13 +29,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from fracgpu.core.records import PodRecord, pod_record
 from fracgpu.extender.scheduler import Scheduler
 from fracgpu.kube import errors, pager
 from fracgpu.kube.client import Transport
+from fracgpu.kube.dralowering import allocated_pool, obj_key
 from fracgpu.kube.leader import LeaderElector, LeaseTiming
-from fracgpu.kube.resources import PODS
+from fracgpu.kube.resources import PODS, RESOURCECLAIMS
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +69,24 @@ def check_timing(cfg: LeaderConfig) -> str | None:
     return None
 
 
+class ClaimsSeen(Protocol):
+    """The DRA side of the cache (kube.dralowering.DraLowering)."""
+
+    def knows_allocation(self, key: str, pool: str) -> bool: ...
+
+
 class CacheFence:
     """Does the cache hold every reservation the API server has committed? (a consistent list of the
-    bound pods, compared with the Scheduler's reservations). Returns None when it does, else why not."""
+    bound pods, compared with the Scheduler's reservations; with `dra`, also of the claims allocated on
+    fracgpu's devices — by the old leader's allocator or kube-scheduler's — compared with the DRA cache's).
+    Returns None when it does, else why not."""
 
-    def __init__(self, transport: Transport, scheduler: Scheduler, *, page_size: int = pager.PAGE_SIZE) -> None:
+    def __init__(self, transport: Transport, scheduler: Scheduler, *, page_size: int = pager.PAGE_SIZE,
+                 dra: ClaimsSeen | None = None) -> None:
         self.transport = transport
         self.scheduler = scheduler
         self.page_size = page_size
+        self.dra = dra
 
     def __call__(self) -> str | None:
         missing: list[str] = []
@@ -87,9 +99,19 @@ class CacheFence:
                     continue  # holds nothing (the cache keeps no reservation for it either)
                 bound.append(rec)
             missing += self.scheduler.not_held(bound)
-        if not missing:
+        if missing:
+            return f"{len(missing)} bound pod(s) not in the cache yet, e.g. {missing[0]}"
+        if self.dra is None:
             return None
-        return f"{len(missing)} bound pod(s) not in the cache yet, e.g. {missing[0]}"
+        unseen: list[str] = []
+        for page in pager.pages(self.transport, RESOURCECLAIMS, page_size=self.page_size):
+            for item in page.items:
+                pool = allocated_pool(item)
+                if pool and not self.dra.knows_allocation(obj_key(item), pool):
+                    unseen.append(obj_key(item))
+        if unseen:
+            return f"{len(unseen)} allocated claim(s) not in the cache yet, e.g. {unseen[0]}"
+        return None
 
 
 class Leadership:

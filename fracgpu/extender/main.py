@@ -302,7 +302,8 @@ def main(argv: list[str]) -> int:
             elector = LeaderElector(KubeLeaseStore(writer, leader_cfg.namespace, leader_cfg.lease),
                                     leader_cfg.namespace, leader_cfg.lease, leader_cfg.identity,
                                     leader_cfg.timing, SystemClock())
-            leadership = Leadership(cache.synced.is_set, elector, CacheFence(transport, scheduler), leader_cfg)
+            leadership = Leadership(cache.synced.is_set, elector, CacheFence(transport, scheduler, dra=view),
+                                    leader_cfg)
         else:
             binder = writer
             leadership = None

@@ -208,6 +208,13 @@ class DraLowering:
         self._devices[name] = ln.devices
         self.node_lowered(name, slices, ln)
 
+    def knows_allocation(self, key: str, pool: str) -> bool:
+        """Whether the claim is known here allocated on `pool` (a new leader's fence asks this of every
+        claim the API server lists allocated)."""
+        with self._lock:
+            claim = self._claims.get(key)
+            return claim is not None and allocated_pool(claim) == pool
+
     def devices(self, node: str) -> Mapping[str, GpuInfo]:
         with self._lock:
             return self._devices.get(node, {})

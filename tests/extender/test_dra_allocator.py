@@ -34,6 +34,7 @@ from fracgpu.core.ranking import Weighted, rank
 from fracgpu.core.records import node_priority
 from fracgpu.core.request import GpuRequest
 from fracgpu.core.workload import shape_of
+from fracgpu.extender.leader import CacheFence
 from fracgpu.extender.scheduler import SchedulerConfig
 from fracgpu.kube.client import Transport
 from fracgpu.kube.dralowering import dra_wanted
@@ -448,3 +449,31 @@ def test_an_event_that_cannot_be_written_does_not_stop_the_pass(cluster: DraClus
     cluster.apiserver.fail_next("create", "events", 500, times=5)
     assert cluster.allocator.run_once() == 1
     assert cluster.counted("unreadable") == 1
+
+
+def test_a_new_leader_allocates_only_once_its_cache_holds_the_old_leaders_allocations(cluster: DraCluster) -> None:
+    """The fence a replica passes before it leads (extender.leader.CacheFence) also lists the claims: one the
+    old leader allocated that this replica's claim watch has not shown yet keeps it from allocating, so it
+    cannot give the same share away twice."""
+    with_nodes(cluster, {"n1": 1})
+    cluster.apiserver.seed(whole_template("one", 1))
+    old, new = claim_pod("old", ["one"]), claim_pod("new", ["one"])
+    place(cluster, old, new)
+    fence = CacheFence(cluster.transport, cluster.scheduler, dra=cluster.view)
+    assert fence() is None
+    cluster.cache.reflectors["resourceclaims"].stop()  # this replica's claim watch lags from here
+    [claim] = cluster.claims_of(old)
+    device = device_names(gpus("n1", 1))["GPU-n1-0"]
+    cluster.apiserver.seed({**claim, "status": {"allocation": {  # what the old leader wrote
+        "devices": {"results": [{"request": "gpus", "driver": DRA_DRIVER, "pool": "n1", "device": device,
+                                 "shareID": str(uuid.uuid4()),
+                                 "consumedCapacity": {"cores": "100", "memory": str(80 * GI)}}]},
+        "nodeSelector": {"nodeSelectorTerms": []}}}})
+    why = fence()
+    assert why == "1 allocated claim(s) not in the cache yet, e.g. default/old-c0"
+    stored = cluster.apiserver.get_object("resourceclaims", "old-c0", "default")
+    assert stored is not None
+    cluster.view.apply_claim(stored)  # the lagging watch catches up
+    assert fence() is None
+    assert cluster.allocator.run_once() == 0  # the one GPU is old's: new does not fit
+    assert cluster.results(new) == []
