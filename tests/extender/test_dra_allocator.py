@@ -26,6 +26,7 @@ from fracgpu.api.v1beta1.names import (
 )
 from fracgpu.api.v1beta1.tenantquota import TenantQuota
 from fracgpu.core.cluster import ClusterState, GpuUse, NodeSpec, PodUse
+from fracgpu.core.draallocation import node_selector
 from fracgpu.core.draclaims import allocated_gpus
 from fracgpu.core.draslices import device_names
 from fracgpu.core.fit import FitOptions
@@ -417,7 +418,7 @@ def test_a_half_allocated_pod_is_cleared_after_a_grace_and_placed_whole(cluster:
         "devices": {"results": [{"request": "gpus", "driver": DRA_DRIVER, "pool": "n1", "device": device,
                                  "shareID": str(uuid.uuid4()), "consumedCapacity": {"cores": "100",
                                                                                     "memory": str(80 * GI)}}]},
-        "nodeSelector": {"nodeSelectorTerms": []}}}})
+        "nodeSelector": node_selector("n1")}}})
     cluster.settle(lambda: [p.key for p in cluster.view.partial()] == ["default/half"])
     assert cluster.allocator.run_once() == 0 and len(cluster.results(pod)) == 1  # within the grace: left
     cluster.clock.advance(31)
@@ -468,7 +469,7 @@ def test_a_new_leader_allocates_only_once_its_cache_holds_the_old_leaders_alloca
         "devices": {"results": [{"request": "gpus", "driver": DRA_DRIVER, "pool": "n1", "device": device,
                                  "shareID": str(uuid.uuid4()),
                                  "consumedCapacity": {"cores": "100", "memory": str(80 * GI)}}]},
-        "nodeSelector": {"nodeSelectorTerms": []}}}})
+        "nodeSelector": node_selector("n1")}}})
     why = fence()
     assert why == "1 allocated claim(s) not in the cache yet, e.g. default/old-c0"
     stored = cluster.apiserver.get_object("resourceclaims", "old-c0", "default")

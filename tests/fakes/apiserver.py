@@ -309,6 +309,35 @@ def _selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, s
 # patches
 
 
+_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _check_claim_status(name: str, new: Obj, old: Obj) -> None:
+    """The rules kube-apiserver applies to a ResourceClaim status update that fracgpu's writes could break
+    (pkg/apis/resource/validation: validateResourceClaimStatusUpdate, validateDeviceRequestAllocationResult)."""
+    status, old_status = new.get("status") or {}, old.get("status") or {}
+    allocation, old_allocation = status.get("allocation"), old_status.get("allocation")
+    where = f'ResourceClaim.resource.k8s.io "{name}" is invalid: status'
+    if status.get("reservedFor") and allocation is None:
+        raise ApiError(422, f"{where}.reservedFor: Forbidden: may not be specified when `allocated` is not set")
+    if old_allocation is not None and allocation is not None and allocation != old_allocation:
+        raise ApiError(422, f"{where}.allocation: Invalid value: field is immutable")
+    if allocation is None or old_allocation is not None:
+        return
+    requests = {r.get("name") for r in ((new.get("spec") or {}).get("devices") or {}).get("requests") or []}
+    for i, r in enumerate((allocation.get("devices") or {}).get("results") or []):
+        if str(r.get("request", "")).split("/", 1)[0] not in requests:
+            raise ApiError(422, f"{where}.allocation.devices.results[{i}].request: Invalid value: "
+                                f"{r.get('request')!r}: must be the name of a request in the claim")
+        if "shareID" in r and not _UID.fullmatch(str(r["shareID"])):
+            raise ApiError(422, f"{where}.allocation.devices.results[{i}].shareID: Invalid value: "
+                                f"{r['shareID']!r}: must be a lowercase UUID")
+    selector = allocation.get("nodeSelector")
+    if selector is not None and not (selector.get("nodeSelectorTerms") or []):
+        raise ApiError(422, f"{where}.allocation.nodeSelector.nodeSelectorTerms: Required value: must have at "
+                            "least one node selector term")
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch (also used for strategic merge patch: lists are replaced)."""
     if not isinstance(patch, dict):
@@ -1086,6 +1115,8 @@ class FakeApiServer:
             else:
                 merged.pop("status", None)
             new = merged
+            if rtype.plural == "resourceclaims":
+                _check_claim_status(target.name, new, old)
         else:
             if rtype.status_subresource:
                 if "status" in old:

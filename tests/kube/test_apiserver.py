@@ -321,3 +321,48 @@ def test_unknown_paths_are_404_status(apiserver: FakeApiServer) -> None:
     response = rest.request("GET", f"{apiserver.url}/apis/apps/v1/namespaces/default/deployments")
     assert response.status == 404
     assert json.loads(response.read())["kind"] == "Status"
+
+
+CLAIM_RULES = [
+    ("reserved without an allocation", {"reservedFor": [{"resource": "pods", "name": "p", "uid": "u"}]},
+     "may not be specified when `allocated` is not set"),
+    ("a request the claim does not have", {"allocation": {"devices": {"results": [
+        {"request": "other", "driver": "gpu.fracgpu.io", "pool": "n1", "device": "d"}]}}},
+     "must be the name of a request in the claim"),
+    ("a share ID that is not a UUID", {"allocation": {"devices": {"results": [
+        {"request": "gpu", "driver": "gpu.fracgpu.io", "pool": "n1", "device": "d", "shareID": "s-1"}]}}},
+     "must be a lowercase UUID"),
+    ("a node selector without terms", {"allocation": {"devices": {"results": []},
+                                                      "nodeSelector": {"nodeSelectorTerms": []}}},
+     "must have at least one node selector term"),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "message"), CLAIM_RULES, ids=[c[0] for c in CLAIM_RULES])
+def test_claim_status_writes_follow_the_api_servers_rules(apiserver: FakeApiServer, name: str,
+                                                          status: Obj, message: str) -> None:
+    """What kube-apiserver refuses in a ResourceClaim status update, the fake refuses too (422), so a wrong
+    allocation write fails in the tests as it would on a cluster; and a set allocation cannot change."""
+    from tests.extender.draworld import DRA_RESOURCES
+
+    for rt in DRA_RESOURCES:
+        apiserver.add_resource(rt)
+    claim = apiserver.seed({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                            "metadata": {"name": "c", "namespace": "default"},
+                            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                                "deviceClassName": "vgpu.fracgpu.io"}}]}}})[0]
+    api = kubernetes.client.CustomObjectsApi(apiserver.api_client())
+    with pytest.raises(ApiException) as refused:
+        api.replace_namespaced_custom_object_status("resource.k8s.io", "v1", "default", "resourceclaims", "c",
+                                                    {**claim, "status": status})
+    assert refused.value.status == 422 and message in str(refused.value.body)
+    good = {"allocation": {"devices": {"results": [{"request": "gpu", "driver": "gpu.fracgpu.io", "pool": "n1",
+                                                    "device": "d"}]}}}
+    stored: Obj = api.replace_namespaced_custom_object_status("resource.k8s.io", "v1", "default", "resourceclaims", "c",
+                                                         {**claim, "status": good})
+    changed = {"allocation": {"devices": {"results": [{"request": "gpu", "driver": "gpu.fracgpu.io", "pool": "n2",
+                                                       "device": "d"}]}}}
+    with pytest.raises(ApiException) as immutable:
+        api.replace_namespaced_custom_object_status("resource.k8s.io", "v1", "default", "resourceclaims", "c",
+                                                    {**stored, "status": changed})
+    assert immutable.value.status == 422 and "immutable" in str(immutable.value.body)
