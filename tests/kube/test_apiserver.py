@@ -358,8 +358,9 @@ def test_claim_status_writes_follow_the_api_servers_rules(apiserver: FakeApiServ
     assert refused.value.status == 422 and message in str(refused.value.body)
     good = {"allocation": {"devices": {"results": [{"request": "gpu", "driver": "gpu.fracgpu.io", "pool": "n1",
                                                     "device": "d"}]}}}
-    stored: Obj = api.replace_namespaced_custom_object_status("resource.k8s.io", "v1", "default", "resourceclaims", "c",
+    stored = api.replace_namespaced_custom_object_status("resource.k8s.io", "v1", "default", "resourceclaims", "c",
                                                          {**claim, "status": good})
+    assert isinstance(stored, dict)
     changed = {"allocation": {"devices": {"results": [{"request": "gpu", "driver": "gpu.fracgpu.io", "pool": "n2",
                                                        "device": "d"}]}}}
     with pytest.raises(ApiException) as immutable:
